@@ -1,0 +1,5 @@
+import sys
+
+from mmbert.cli import main
+
+sys.exit(main())

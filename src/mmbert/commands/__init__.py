@@ -1,0 +1,1 @@
+"""One module per ``mmbert`` sub-command, each with ``register(subparsers)``."""

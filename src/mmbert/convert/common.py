@@ -1,0 +1,161 @@
+"""Key maps between mmbert state dicts and foreign checkpoints, and strict, shape-checked loading.
+
+A map is a list of ``Rule``s: one mmbert key, made from one or more foreign keys (concatenated along
+dim 0, as the fused q/k/v projection needs), optionally with its two rows swapped (match heads whose
+source puts "matches" at index 0). The same rules run backwards for export, so a round trip is exact.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as asked; the message names the file and keys at fault."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    ours: str
+    theirs: tuple[str, ...]
+    flip_rows: bool = False
+
+
+def linear(ours: str, theirs: str, flip_rows: bool = False) -> list[Rule]:
+    """weight and bias of a Linear or LayerNorm."""
+    return [Rule(f"{ours}.{p}", (f"{theirs}.{p}",), flip_rows) for p in ("weight", "bias")]
+
+
+def fused(ours: str, parts: Iterable[str]) -> list[Rule]:
+    """One fused Linear (q|k|v or k|v) from separate foreign Linears."""
+    parts = tuple(parts)
+    return [Rule(f"{ours}.{p}", tuple(f"{t}.{p}" for t in parts)) for p in ("weight", "bias")]
+
+
+def hf_self_attention_block(ours: str, theirs: str) -> list[Rule]:
+    """An mmbert ``Block`` from a Hugging Face ``BertLayer`` (attention.self / attention.output /
+    intermediate / output)."""
+    return [
+        *fused(f"{ours}.attn.qkv", (f"{theirs}.attention.self.{n}" for n in ("query", "key", "value"))),
+        *linear(f"{ours}.attn.out", f"{theirs}.attention.output.dense"),
+        *linear(f"{ours}.norm1", f"{theirs}.attention.output.LayerNorm"),
+        *linear(f"{ours}.ffn.fc1", f"{theirs}.intermediate.dense"),
+        *linear(f"{ours}.ffn.fc2", f"{theirs}.output.dense"),
+        *linear(f"{ours}.norm2", f"{theirs}.output.LayerNorm"),
+    ]
+
+
+def hf_mlm_head(ours: str, theirs: str) -> list[Rule]:
+    """mmbert ``MLMHead`` from HF ``cls.predictions`` (the decoder matrix is tied, so not listed)."""
+    return [
+        *linear(f"{ours}.transform.dense", f"{theirs}.transform.dense"),
+        *linear(f"{ours}.transform.norm", f"{theirs}.transform.LayerNorm"),
+        Rule(f"{ours}.bias", (f"{theirs}.bias",)),
+    ]
+
+
+def normalise_key(key: str) -> str:
+    """Old TF-converted checkpoints name LayerNorm parameters gamma/beta."""
+    if key.endswith(".gamma"):
+        return key[: -len("gamma")] + "weight"
+    if key.endswith(".beta"):
+        return key[: -len("beta")] + "bias"
+    return key
+
+
+def import_state(rules: list[Rule], source: dict[str, Tensor], source_name: str) -> tuple[dict[str, Tensor], set[str]]:
+    """Apply rules to a foreign state dict. Returns our state and the foreign keys used.
+    Raises, naming every foreign key that a rule needs and the file lacks."""
+    missing = sorted({t for r in rules for t in r.theirs if t not in source})
+    if missing:
+        raise CheckpointError(f"{source_name}: missing keys {missing}")
+    state: dict[str, Tensor] = {}
+    for r in rules:
+        parts = [source[t] for t in r.theirs]
+        value = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        state[r.ours] = value.flip(0) if r.flip_rows else value
+    return state, {t for r in rules for t in r.theirs}
+
+
+def export_state(rules: list[Rule], ours: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Run rules backwards: split fused tensors, swap flipped rows back."""
+    out: dict[str, Tensor] = {}
+    for r in rules:
+        value = ours[r.ours]
+        if r.flip_rows:
+            value = value.flip(0)
+        for name, part in zip(r.theirs, value.chunk(len(r.theirs), dim=0)):
+            out[name] = part.clone().contiguous()
+    return out
+
+
+def load_state_strict(module: nn.Module, state: dict[str, Tensor], source_name: str) -> None:
+    """Copy ``state`` into ``module``: every parameter must be present with the right shape, and no key
+    may be left over. Never leaves a weight silently at its random initialisation."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    for key in sorted(set(expected) & set(state)):
+        if expected[key].shape != state[key].shape:
+            problems.append(
+                f"shape mismatch for {key}: checkpoint has {tuple(state[key].shape)}, "
+                f"model expects {tuple(expected[key].shape)}"
+            )
+    if problems:
+        raise CheckpointError(f"{source_name}: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def read_config(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (expected a checkpoint directory with config.json)")
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(
+            f"{path}: no config.json; expected config.json plus one of {', '.join(WEIGHT_FILES)} "
+            f"(found: {sorted(p.name for p in path.iterdir()) or 'nothing'})"
+        )
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_file}: not valid JSON ({e})") from e
+
+
+def read_weights(path: Path) -> tuple[dict[str, Tensor], str]:
+    """All tensors of a checkpoint directory (safetensors, sharded safetensors, or pytorch_model.bin)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        f = path / "model.safetensors"
+        state = load_file(str(f))
+    elif (path / "model.safetensors.index.json").exists():
+        f = path / "model.safetensors.index.json"
+        shards = sorted(set(json.loads(f.read_text())["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(load_file(str(path / shard)))
+    elif (path / "pytorch_model.bin").exists():
+        f = path / "pytorch_model.bin"
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    else:
+        raise CheckpointError(
+            f"{path}: no weights; expected one of {', '.join(WEIGHT_FILES)} "
+            f"(found: {sorted(p.name for p in path.iterdir())})"
+        )
+    return {normalise_key(k): v for k, v in state.items()}, str(f)

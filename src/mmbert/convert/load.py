@@ -1,0 +1,116 @@
+"""``load_model`` / ``load_pretraining`` / ``export_hf``: mmbert directories and Hugging Face ones,
+detected from config.json, converted through tested key maps, never left half-random."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+
+from safetensors.torch import save_file
+
+from mmbert.convert import common, hf_bert
+from mmbert.convert.common import CheckpointError, load_state_strict, read_config, read_weights
+from mmbert.models import EncoderModel, PretrainingModel, config_from_dict, model_class
+from mmbert.models.base import atomic_write
+
+# Hugging Face model_type -> converter module (config_from_hf, encoder_prefix, encoder_rules,
+# head_rules, ignorable, to_hf_config).
+HF_CONVERTERS: dict[str, ModuleType] = {
+    hf_bert.HF_MODEL_TYPE: hf_bert,
+}
+
+
+def _converter_for(config: dict, path: Path) -> ModuleType | None:
+    if "mmbert_version" in config:
+        return None
+    model_type = config.get("model_type")
+    if model_type in HF_CONVERTERS:
+        return HF_CONVERTERS[model_type]
+    raise CheckpointError(
+        f"{path / 'config.json'}: not an mmbert checkpoint (no 'mmbert_version') and model_type "
+        f"{model_type!r} is not one mmbert converts (supported: {sorted(HF_CONVERTERS)})"
+    )
+
+
+def _our_config(raw: dict, path: Path):
+    return config_from_dict({k: v for k, v in raw.items() if not k.startswith("mmbert_")}, str(path / "config.json"))
+
+
+def load_model(path: str | os.PathLike) -> EncoderModel:
+    """An encoder from an mmbert directory or a Hugging Face BERT / VisualBERT / LXMERT directory.
+    Heads in the checkpoint are ignored; every encoder weight must be there."""
+    path = Path(path)
+    raw = read_config(path)
+    conv = _converter_for(raw, path)
+    state, weights_file = read_weights(path)
+    if conv is None:
+        config = _our_config(raw, path)
+        model = model_class(config)(config)
+        if any(k.startswith("encoder.") for k in state):  # a saved PretrainingModel: take its encoder
+            state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+        load_state_strict(model, state, weights_file)
+        return model.eval()
+    config = conv.config_from_hf(raw, str(path / "config.json"))
+    model = model_class(config)(config)
+    prefix = conv.encoder_prefix(set(state))
+    ours, used = common.import_state(conv.encoder_rules(config, prefix), state, weights_file)
+    leftover = sorted(k for k in state if k not in used and not conv.ignorable(k) and not k.startswith(conv.HEAD_PREFIXES))
+    if leftover:
+        raise CheckpointError(f"{weights_file}: unexpected encoder keys {leftover} (does config.json match the weights?)")
+    load_state_strict(model, ours, weights_file)
+    return model.eval()
+
+
+def load_pretraining(path: str | os.PathLike, allow_new_heads: bool = False) -> PretrainingModel:
+    """Encoder + its pre-training heads. A checkpoint without (some of) the heads is refused unless
+    ``allow_new_heads``, in which case the missing heads keep their fresh initialisation and are listed
+    in ``model.new_heads``."""
+    path = Path(path)
+    raw = read_config(path)
+    conv = _converter_for(raw, path)
+    encoder = load_model(path).train()
+    model = PretrainingModel(encoder)
+    state, weights_file = read_weights(path)
+    if conv is None:
+        heads_state = {k[len("heads.") :]: v for k, v in state.items() if k.startswith("heads.")}
+    else:
+        rules = conv.head_rules(encoder.config)
+        present = [r for r in rules if all(t in state for t in r.theirs)]
+        heads_state, _ = common.import_state(present, state, weights_file)
+    expected = model.heads.state_dict()
+    absent = sorted(set(expected) - set(heads_state))
+    model.new_heads = sorted({k.split(".")[0] for k in absent})
+    if absent and not allow_new_heads:
+        raise CheckpointError(
+            f"{weights_file}: no pre-training head weights for {model.new_heads} (missing {absent}); "
+            "this looks like an encoder-only checkpoint: use load_model, or load_pretraining(..., "
+            "allow_new_heads=True) to start those heads from scratch"
+        )
+    heads_state = {**{k: v for k, v in expected.items() if k in absent}, **heads_state}
+    load_state_strict(model.heads, heads_state, weights_file)
+    return model.eval()
+
+
+def export_hf(model: EncoderModel | PretrainingModel, path: str | os.PathLike) -> Path:
+    """Write a Hugging Face directory (config.json + model.safetensors) that ``transformers`` loads."""
+    path = Path(path)
+    encoder = model.encoder if isinstance(model, PretrainingModel) else model
+    hf_type = next((t for t, c in HF_CONVERTERS.items() if c.config_class_matches(encoder.config)), None)
+    if hf_type is None:
+        raise CheckpointError(
+            f"{type(encoder).__name__} has no Hugging Face counterpart to export to "
+            f"(supported: {sorted(HF_CONVERTERS)})"
+        )
+    conv = HF_CONVERTERS[hf_type]
+    with_heads = isinstance(model, PretrainingModel)
+    prefix = conv.export_prefix(with_heads)
+    state = common.export_state(conv.encoder_rules(encoder.config, prefix), encoder.state_dict())
+    if with_heads:
+        state.update(common.export_state(conv.head_rules(encoder.config), model.heads.state_dict()))
+    path.mkdir(parents=True, exist_ok=True)
+    config = conv.to_hf_config(encoder.config, with_heads)
+    atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
+    atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))
+    return path

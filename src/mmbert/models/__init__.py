@@ -1,0 +1,65 @@
+"""The model registry: preset name -> config factory, and model_type -> model class. Explicit dicts,
+no import side effects: a new model costs one file plus its lines here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mmbert.config import ModelConfig
+from mmbert.models import bert
+from mmbert.models.base import Encoded, EncoderModel
+from mmbert.models.pretraining import PretrainingHeads, PretrainingModel, PretrainingOutput
+
+MODELS: dict[str, Callable[[], ModelConfig]] = {
+    "bert_base": bert.bert_base,
+    "bert_large": bert.bert_large,
+    "bert_tiny": bert.bert_tiny,
+}
+
+MODEL_CLASSES: dict[str, type[EncoderModel]] = {
+    "bert": bert.Bert,
+}
+
+
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+def model_class(config: ModelConfig) -> type[EncoderModel]:
+    return MODEL_CLASSES[config.model_type]
+
+
+def build_model(name: str, **overrides: Any) -> EncoderModel:
+    """Build a preset by name, with any config field overridden (``build_model("bert_base", num_layers=6)``)."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+    init_text_from = overrides.pop("init_text_from", None)
+    config = MODELS[name]().replace(**overrides)
+    model = model_class(config)(config)
+    if init_text_from is not None:
+        from mmbert.convert.init_text import init_text_from_bert
+
+        init_text_from_bert(model, init_text_from)
+    return model
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config.json") -> ModelConfig:
+    model_type = data.get("model_type")
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(f"{source}: unknown mmbert model_type {model_type!r}; known: {sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[model_type].config_class.from_dict(data, source)
+
+
+__all__ = [
+    "MODELS",
+    "MODEL_CLASSES",
+    "Encoded",
+    "EncoderModel",
+    "PretrainingHeads",
+    "PretrainingModel",
+    "PretrainingOutput",
+    "build_model",
+    "config_from_dict",
+    "list_models",
+]

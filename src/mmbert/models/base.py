@@ -1,0 +1,141 @@
+"""What every mmbert model shares: its output type, weight init, parameter counts and saving."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from mmbert.config import ModelConfig
+
+if TYPE_CHECKING:
+    from mmbert.models.pretraining import PretrainingHeads
+
+
+@dataclass
+class Encoded:
+    """What every model returns: text (B, T, D), vision (B, R, Dv) or None for text-only BERT, pooled (B, P).
+
+    ``attentions`` (only when asked) maps a direction — ``text_text``, ``text_vision``, ``vision_text``,
+    ``vision_vision`` — to one probability tensor per layer, shaped (B, H, queries, keys).
+    """
+
+    text: Tensor
+    vision: Tensor | None
+    pooled: Tensor
+    attentions: dict[str, list[Tensor]] | None = field(default=None)
+
+
+def check_text_inputs(
+    config: ModelConfig, text_ids: Tensor, text_mask: Tensor | None, segment_ids: Tensor | None
+) -> None:
+    """Clear errors for the classic input mistakes, before they turn into an index error deep inside."""
+    if text_ids.dim() != 2:
+        raise ValueError(f"text_ids must be (batch, tokens), got shape {tuple(text_ids.shape)}")
+    if text_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"text_ids must be integer token ids, got dtype {text_ids.dtype}")
+    bad = (text_ids < 0) | (text_ids >= config.vocab_size)
+    if bool(bad.any()):
+        where = tuple(bad.nonzero()[0].tolist())
+        raise ValueError(
+            f"text_ids[{where[0]}, {where[1]}] = {int(text_ids[where])} is outside the vocabulary "
+            f"(size {config.vocab_size})"
+        )
+    for name, t in (("text_mask", text_mask), ("segment_ids", segment_ids)):
+        if t is not None and t.shape != text_ids.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but text_ids has shape {tuple(text_ids.shape)}")
+    if text_mask is not None and text_mask.dtype != torch.bool:
+        raise TypeError(f"text_mask must be boolean (True = real token), got dtype {text_mask.dtype}")
+    if segment_ids is not None:
+        bad = (segment_ids < 0) | (segment_ids >= config.type_vocab_size)
+        if bool(bad.any()):
+            where = tuple(bad.nonzero()[0].tolist())
+            raise ValueError(
+                f"segment_ids[{where[0]}, {where[1]}] = {int(segment_ids[where])} is outside "
+                f"0..{config.type_vocab_size - 1} (type_vocab_size)"
+            )
+
+
+class EncoderModel(nn.Module):
+    """Base class of every model: ``forward(...) -> Encoded``, BERT initialisation, ``save``."""
+
+    config_class: ClassVar[type[ModelConfig]]
+    config: ModelConfig
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        """The text vocabulary matrix the MLM decoder is tied to."""
+        return self.embeddings.word  # type: ignore[attr-defined]
+
+    def init_weights(self) -> None:
+        """BERT's initialisation: N(0, init_std) for weights, zero biases, LayerNorm = identity."""
+        std = self.config.init_std
+
+        def init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(init)
+
+    def build_pretraining_heads(self) -> PretrainingHeads:
+        """The heads this model's paper pre-trains with (each model overrides)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no pre-training heads")
+
+    def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
+        """(our prefix, BERT prefix) pairs saying where a BERT checkpoint's weights go
+        (``build_model(..., init_text_from=DIR)``). Each model overrides."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be initialised from BERT")
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def layer_plan(self) -> list[str]:
+        """Human-readable order in which the layers run (for ``mmbert inspect``)."""
+        return [f"{name}: {type(m).__name__}" for name, m in self.named_children()]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into a directory, each file atomically."""
+        return save_module(self, self.config, Path(path))
+
+
+def save_module(module: nn.Module, config: ModelConfig, path: Path, extra_config: dict | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    config_dict = {"mmbert_version": 1, **config.to_dict(), **(extra_config or {})}
+    atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
+    atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config_dict, indent=2) + "\n"))
+    return path
+
+
+def atomic_write(target: Path, write) -> None:
+    """Write through a temporary file in the same directory, fsync, then rename over the target:
+    a crash leaves either the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

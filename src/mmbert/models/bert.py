@@ -1,0 +1,112 @@
+"""BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding (arXiv:1810.04805).
+
+Word + position + segment embeddings (LayerNorm), a stack of post-LN ``Block``s, a tanh pooler on
+[CLS]. Pre-trained with masked LM (decoder tied to the word embeddings) and next-sentence prediction.
+Matches Hugging Face ``BertModel`` / ``BertForPreTraining`` exactly; the only deviation is that our NSP
+head puts "is next" at index 1 (HF uses index 0); the converter swaps the rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from mmbert.config import ModelConfig
+from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
+from mmbert.models.pretraining import PretrainingHeads
+from mmbert.nn import Block, MLMHead, PairHead, Pooler, TextEmbeddings, key_padding_bias
+
+
+@dataclass
+class BertConfig(ModelConfig):
+    model_type = "bert"
+
+
+class Bert(EncoderModel):
+    config_class = BertConfig
+    config: BertConfig
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.embeddings = TextEmbeddings(
+            c.vocab_size, c.dim, c.max_positions, c.type_vocab_size, c.dropout, c.layer_norm_eps, c.pad_token_id
+        )
+        self.layers = nn.ModuleList(
+            Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
+            for _ in range(c.num_layers)
+        )
+        self.pooler = Pooler(c.dim)
+        self.init_weights()
+
+    def forward(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        region_feats: Tensor | None = None,
+        region_boxes: Tensor | None = None,
+        region_mask: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> Encoded:
+        if region_feats is not None or region_boxes is not None or region_mask is not None:
+            raise ValueError("BERT is a text-only model: it takes no region_feats / region_boxes / region_mask")
+        check_text_inputs(self.config, text_ids, text_mask, segment_ids)
+        x = self.embeddings(text_ids, segment_ids)
+        bias = key_padding_bias(text_mask, x.dtype)
+        maps: list[Tensor] = []
+        for layer in self.layers:
+            x, probs = layer(x, bias, need_weights=output_attentions)
+            if output_attentions:
+                maps.append(probs)
+        return Encoded(
+            text=x,
+            vision=None,
+            pooled=self.pooler(x),
+            attentions={"text_text": maps} if output_attentions else None,
+        )
+
+    def build_pretraining_heads(self) -> PretrainingHeads:
+        c = self.config
+        heads = PretrainingHeads(mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps), pair=PairHead(c.dim))
+        _init_heads(heads, c.init_std)
+        return heads
+
+    def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
+        if num_bert_layers != self.config.num_layers:
+            raise ValueError(f"BERT checkpoint has {num_bert_layers} layers, this model {self.config.num_layers}")
+        return [("embeddings", "embeddings"), ("layers", "layers"), ("pooler", "pooler")]
+
+    def layer_plan(self) -> list[str]:
+        c = self.config
+        return [
+            f"embeddings: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment {c.type_vocab_size}, LN",
+            *(f"layers.{i}: Block(dim {c.dim}, heads {c.num_heads}, ffn {c.ffn_dim})" for i in range(c.num_layers)),
+            f"pooler: tanh(Linear({c.dim}, {c.dim})) on [CLS]",
+        ]
+
+
+def _init_heads(heads: nn.Module, std: float) -> None:
+    for m in heads.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def bert_base() -> BertConfig:
+    """BERT-base: 12 layers, 768 hidden, 12 heads, 3072 FFN (110M parameters)."""
+    return BertConfig()
+
+
+def bert_large() -> BertConfig:
+    """BERT-large: 24 layers, 1024 hidden, 16 heads, 4096 FFN (340M parameters)."""
+    return BertConfig(dim=1024, num_heads=16, num_layers=24, ffn_dim=4096)
+
+
+def bert_tiny() -> BertConfig:
+    """A tiny BERT for tests and quick experiments."""
+    return BertConfig(dim=32, num_heads=2, num_layers=2, ffn_dim=64, vocab_size=100, max_positions=64)

@@ -1,0 +1,97 @@
+"""Multi-head attention, self or cross, on PyTorch's fused scaled-dot-product kernel."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def key_padding_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """Turn a boolean key mask (B, S), True = attend, into the additive bias SDPA takes: (B, 1, 1, S).
+
+    This is the one place where masks change form. Masked keys get the dtype's minimum (as the Hugging
+    Face reference does), so a row with no real key gives a uniform distribution instead of NaN.
+    Returns None when every key is real, which lets SDPA pick its fastest kernel.
+    """
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        raise TypeError(f"attention masks must be boolean (True = real), got dtype {mask.dtype}")
+    if bool(mask.all()):
+        return None
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    bias.masked_fill_(~mask, torch.finfo(dtype).min)
+    return bias[:, None, None, :]
+
+
+class Attention(nn.Module):
+    """Multi-head attention: ``softmax(q k^T / sqrt(d_head) + bias) v``, then an output projection.
+
+    Self-attention (``context_dim=None``) projects q, k, v with one fused matrix. Cross-attention
+    (``context_dim`` given) projects queries from ``x`` and keys/values from ``context``; the inner width
+    may differ from both inputs (ViLBERT's co-attention runs at 1024 between 768 text and 1024 vision).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        context_dim: int | None = None,
+        inner_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        inner_dim = inner_dim or dim
+        if inner_dim % num_heads:
+            raise ValueError(f"attention width {inner_dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = inner_dim // num_heads
+        self.dropout = dropout
+        self.is_cross = context_dim is not None
+        if self.is_cross:
+            self.q = nn.Linear(dim, inner_dim)
+            self.kv = nn.Linear(context_dim, 2 * inner_dim)
+        else:
+            self.qkv = nn.Linear(dim, 3 * inner_dim)
+        self.out = nn.Linear(inner_dim, dim)
+
+    def _heads(self, t: Tensor) -> Tensor:  # (B, S, H*Dh) -> (B, H, S, Dh)
+        b, s, _ = t.shape
+        return t.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        bias: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, D), context (B, S, Dc) for cross-attention, bias (B, 1, 1, S) from ``key_padding_bias``.
+
+        Returns the output (B, T, D) and, only when ``need_weights``, the probabilities (B, H, T, S).
+        """
+        if self.is_cross:
+            if context is None:
+                raise ValueError("cross-attention needs a context tensor")
+            q = self._heads(self.q(x))
+            k, v = (self._heads(t) for t in self.kv(context).chunk(2, dim=-1))
+        else:
+            if context is not None:
+                raise ValueError("this Attention was built for self-attention (no context_dim) but got a context")
+            q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+        probs = None
+        if need_weights:  # the explicit path, only for analysis
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+            if bias is not None:
+                scores = scores + bias
+            probs = scores.softmax(dim=-1)
+            out = F.dropout(probs, self.dropout, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0
+            )
+        b, _, t, _ = out.shape
+        return self.out(out.transpose(1, 2).reshape(b, t, -1)), probs

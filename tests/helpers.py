@@ -1,0 +1,28 @@
+"""Helpers shared by the tests (importable as `helpers`: tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_inputs(config, batch: int = 2, text_len: int = 7, regions: int = 5, seed: int = 0) -> dict:
+    """Random inputs that fit ``config``: text always; regions when the model has ``region_feat_dim``.
+    The second example is padded (3 fewer tokens, 2 fewer regions) so masks are exercised."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, config.vocab_size, (batch, text_len), generator=g)
+    mask = torch.ones(batch, text_len, dtype=torch.bool)
+    if batch > 1:
+        mask[1, text_len - 3 :] = False
+        ids[1, text_len - 3 :] = config.pad_token_id
+    inputs = {"text_ids": ids, "text_mask": mask, "segment_ids": torch.zeros_like(ids)}
+    feat_dim = getattr(config, "region_feat_dim", None)
+    if feat_dim:
+        feats = torch.randn(batch, regions, feat_dim, generator=g)
+        xy = torch.rand(batch, regions, 2, generator=g) * 0.5
+        wh = torch.rand(batch, regions, 2, generator=g) * 0.5 + 0.01
+        boxes = torch.cat([xy, xy + wh], -1)
+        rmask = torch.ones(batch, regions, dtype=torch.bool)
+        if batch > 1:
+            rmask[1, regions - 2 :] = False
+        inputs.update(region_feats=feats, region_boxes=boxes, region_mask=rmask)
+    return inputs

@@ -1,0 +1,110 @@
+"""Every registered model, tested the same way: shapes, gradients, determinism, padding invariance,
+save/load. A new model in MODELS is covered here for free (its ``*_tiny`` preset)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import make_inputs
+
+import mmbert
+from mmbert.models import MODELS
+
+TINY = [name for name in MODELS if name.endswith("_tiny")]
+
+
+def test_every_family_has_a_tiny_preset():
+    families = {name.rsplit("_", 1)[0] for name in MODELS}
+    assert families <= {name.rsplit("_", 1)[0] for name in TINY}
+
+
+def test_list_models_matches_registry():
+    assert mmbert.list_models() == list(MODELS)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_output_shapes(name):
+    model = mmbert.build_model(name).eval()
+    inputs = make_inputs(model.config)
+    enc = model(**inputs)
+    b, t = inputs["text_ids"].shape
+    assert enc.text.shape == (b, t, model.config.dim)
+    assert enc.pooled.shape[0] == b and enc.pooled.dim() == 2
+    if "region_feats" in inputs:
+        assert enc.vision is not None and enc.vision.shape[0] == b and enc.vision.dim() == 3
+        assert enc.vision.shape[1] >= inputs["region_feats"].shape[1]
+    else:
+        assert enc.vision is None
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_gradients_reach_every_parameter(name):
+    torch.manual_seed(0)
+    model = mmbert.build_model(name).train()
+    pt = mmbert.PretrainingModel(model)
+    inputs = make_inputs(model.config, batch=3)
+    out = pt(**inputs)
+    loss = sum(
+        v.float().pow(2).mean()
+        for v in (out.mlm_logits, out.pair_logits, out.region_class_logits, out.region_attr_logits,
+                  out.region_feat_pred, out.answer_logits, out.encoded.vision)
+        if v is not None
+    )
+    loss.backward()
+    dead = [n for n, p in pt.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert not dead, f"no gradient reaches {dead}"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_eval_is_deterministic(name):
+    model = mmbert.build_model(name).eval()
+    inputs = make_inputs(model.config)
+    with torch.no_grad():
+        a, b = model(**inputs), model(**inputs)
+    assert torch.equal(a.text, b.text) and torch.equal(a.pooled, b.pooled)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_padding_invariance(name):
+    """Appending padded tokens (and padded regions) changes nothing at the real positions."""
+    model = mmbert.build_model(name).eval()
+    inputs = make_inputs(model.config, batch=2)
+    padded = dict(inputs)
+    extra = 4
+    padded["text_ids"] = torch.cat([inputs["text_ids"], torch.full((2, extra), model.config.pad_token_id)], 1)
+    padded["text_mask"] = torch.cat([inputs["text_mask"], torch.zeros(2, extra, dtype=torch.bool)], 1)
+    padded["segment_ids"] = torch.cat([inputs["segment_ids"], torch.zeros(2, extra, dtype=torch.long)], 1)
+    if "region_feats" in inputs:
+        f = inputs["region_feats"].shape[-1]
+        padded["region_feats"] = torch.cat([inputs["region_feats"], torch.randn(2, 3, f)], 1)
+        padded["region_boxes"] = torch.cat([inputs["region_boxes"], torch.rand(2, 3, 4).sort(-1).values], 1)
+        padded["region_mask"] = torch.cat([inputs["region_mask"], torch.zeros(2, 3, dtype=torch.bool)], 1)
+    with torch.no_grad():
+        a, b = model(**inputs), model(**padded)
+    m = inputs["text_mask"]
+    t = inputs["text_ids"].shape[1]
+    torch.testing.assert_close(b.text[:, :t][m], a.text[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.pooled, a.pooled, atol=1e-5, rtol=1e-5)
+    if a.vision is not None:
+        r = a.vision.shape[1]
+        real = model.vision_mask(inputs) if hasattr(model, "vision_mask") else None
+        va, vb = a.vision, b.vision[:, :r]
+        if real is not None:
+            va, vb = va[real], vb[real]
+        torch.testing.assert_close(vb, va, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_save_and_load_roundtrip(name, tmp_path):
+    model = mmbert.build_model(name).eval()
+    model.save(tmp_path / "m")
+    loaded = mmbert.load_model(tmp_path / "m")
+    inputs = make_inputs(model.config)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).text, loaded(**inputs).text)
+    pt = mmbert.PretrainingModel(model).eval()
+    pt.save(tmp_path / "p")
+    pt2 = mmbert.load_pretraining(tmp_path / "p")
+    with torch.no_grad():
+        o1, o2 = pt(**inputs), pt2(**inputs)
+    assert torch.equal(o1.mlm_logits, o2.mlm_logits)
