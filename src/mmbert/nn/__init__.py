@@ -4,7 +4,7 @@ from mmbert.nn.attention import Attention, key_padding_bias
 from mmbert.nn.block import Block, CrossBlock
 from mmbert.nn.embeddings import TextEmbeddings
 from mmbert.nn.feedforward import FeedForward
-from mmbert.nn.heads import MLMHead, PairHead, Pooler
+from mmbert.nn.heads import MLMHead, MLPClassifier, PairHead, Pooler, PredictionTransform, RegionHeads
 
 __all__ = [
     "Attention",
@@ -12,6 +12,9 @@ __all__ = [
     "CrossBlock",
     "FeedForward",
     "MLMHead",
+    "MLPClassifier",
+    "PredictionTransform",
+    "RegionHeads",
     "PairHead",
     "Pooler",
     "TextEmbeddings",

@@ -70,3 +70,36 @@ class PairHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         return self.proj(pooled)
+
+
+class RegionHeads(nn.Module):
+    """Per-region predictions from the vision stream: a shared transform (dense, GELU, LN), then one
+    Linear decoder per named output, e.g. ``{"class": 1601}`` (ViLBERT's KL target) or LXMERT's
+    ``{"class": 1600, "attr": 400, "feat": 2048}``. Returns a dict of (B, R, size) tensors."""
+
+    def __init__(self, dim: int, outputs: dict[str, int], eps: float = 1e-12) -> None:
+        super().__init__()
+        if not outputs:
+            raise ValueError("RegionHeads needs at least one output")
+        self.transform = PredictionTransform(dim, eps)
+        self.decoders = nn.ModuleDict({name: nn.Linear(dim, size) for name, size in outputs.items()})
+
+    def forward(self, vision: Tensor) -> dict[str, Tensor]:
+        h = self.transform(vision)
+        return {name: decoder(h) for name, decoder in self.decoders.items()}
+
+
+class MLPClassifier(nn.Module):
+    """``fc2(LN(gelu(fc1(x))))``: LXMERT's answer head and the VQA classifier of VOLTA/ViLBERT-style
+    fine-tuning (hidden width 2x the input by convention)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, num_labels: int, eps: float = 1e-12, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.norm = nn.LayerNorm(hidden_dim, eps=eps)
+        self.fc2 = nn.Linear(hidden_dim, num_labels)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(F.gelu(self.fc1(x)))
+        return self.fc2(F.dropout(h, self.dropout, self.training))
