@@ -68,6 +68,9 @@ class Tokenizer:
         if lines and lines[-1] == "":
             lines.pop()
         vocab = {tok: i for i, tok in enumerate(lines)}
+        missing = [t for t in SPECIAL_TOKENS.values() if t not in vocab]
+        if missing:
+            raise ValueError(f"{vocab_file}: vocabulary lacks the special tokens {missing}")
         backend = _Backend(WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk"], max_input_chars_per_word=100))
         backend.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=handle_chinese_chars, strip_accents=strip_accents, lowercase=lowercase
@@ -140,7 +143,8 @@ class Tokenizer:
                 raise ValueError(f"max_length={max_length} leaves no room for text between the special tokens")
             self.backend.enable_truncation(max_length, strategy="longest_first")
         try:
-            inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+            # An empty second text counts as none, as in Hugging Face ([CLS] a [SEP], not [CLS] a [SEP] [SEP]).
+            inputs = list(texts) if pairs is None else [(t, p) if p else t for t, p in zip(texts, pairs)]
             encs = self.backend.encode_batch(inputs, add_special_tokens=True)
         finally:
             self.backend.no_truncation()
@@ -178,7 +182,7 @@ class Tokenizer:
 def _set_template(backend: _Backend) -> None:
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     if cls_id is None or sep_id is None:
-        raise ValueError("vocabulary lacks [CLS] or [SEP]")
+        raise ValueError("vocabulary lacks the special tokens [CLS] or [SEP]")
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS]:0 $A:0 [SEP]:0",
         pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
