@@ -32,7 +32,9 @@ from mmbert.objectives import MaskedLM, PairMatch
 
 def make_models(preset: str, seed: int = 0):
     config = mmbert.MODELS[preset]()
-    hf_cfg = transformers.BertConfig(**{k: v for k, v in to_hf_config(config, True).items() if k != "architectures"})
+    hf_cfg = transformers.BertConfig(
+        **{k: v for k, v in to_hf_config(config, True).items() if k != "architectures"}
+    )
     hf_cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     ref = transformers.BertForPreTraining(hf_cfg)
@@ -67,8 +69,13 @@ def ours_step(model, opt, batch):
 
 def hf_step(model, opt, batch):
     ids, mask, seg, labels, nsp = batch
-    out = model(input_ids=ids, attention_mask=mask.long(), token_type_ids=seg, labels=labels,
-                next_sentence_label=1 - nsp)  # HF: 0 = is next
+    out = model(
+        input_ids=ids,
+        attention_mask=mask.long(),
+        token_type_ids=seg,
+        labels=labels,
+        next_sentence_label=1 - nsp,
+    )  # HF: 0 = is next
     out.loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -101,7 +108,9 @@ def memory_worker(args) -> None:
     if args.worker == "mmbert":
         model, step = mmbert.PretrainingModel(mmbert.build_model(args.preset)), ours_step
     else:
-        hf_cfg = transformers.BertConfig(**{k: v for k, v in to_hf_config(config, True).items() if k != "architectures"})
+        hf_cfg = transformers.BertConfig(
+            **{k: v for k, v in to_hf_config(config, True).items() if k != "architectures"}
+        )
         hf_cfg._attn_implementation = "sdpa"
         model, step = transformers.BertForPreTraining(hf_cfg), hf_step
     model.train()
@@ -114,7 +123,9 @@ def memory_worker(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="bert_base", choices=[m for m in mmbert.MODELS if m.startswith("bert")])
+    p.add_argument(
+        "--preset", default="bert_base", choices=[m for m in mmbert.MODELS if m.startswith("bert")]
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per implementation (alternating)")
@@ -137,7 +148,10 @@ def main() -> None:
     ref.eval()
     diff = float((ours_infer(ours, batch) - hf_infer(ref, batch)).abs().max())
     with torch.no_grad():
-        o, r = ours(*batch[:3]), ref(input_ids=batch[0], attention_mask=batch[1].long(), token_type_ids=batch[2])
+        o, r = (
+            ours(*batch[:3]),
+            ref(input_ids=batch[0], attention_mask=batch[1].long(), token_type_ids=batch[2]),
+        )
     logit_diff = float((o.mlm_logits - r.prediction_logits).abs().max())
     ours.train()
     ref.train()
@@ -157,8 +171,20 @@ def main() -> None:
     del ours, ref, opt_o, opt_r
 
     def peak(worker: str) -> float:
-        cmd = [sys.executable, __file__, "--worker", worker, "--preset", args.preset, "--batch", str(args.batch),
-               "--seq", str(args.seq), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            worker,
+            "--preset",
+            args.preset,
+            "--batch",
+            str(args.batch),
+            "--seq",
+            str(args.seq),
+            "--threads",
+            str(args.threads),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
@@ -185,10 +211,14 @@ def main() -> None:
         "step_memory_ratio": mem_o / mem_r,
     }
     print(f"{'':<26}{'mmbert':>12}{'transformers':>14}{'ratio':>8}")
-    print(f"{'pre-training step (s)':<26}{result['step_s_median']['mmbert']:>12.3f}{result['step_s_median']['hf']:>14.3f}"
-          f"{result['step_speedup']:>7.2f}x")
-    print(f"{'inference (s)':<26}{result['inference_s_median']['mmbert']:>12.3f}"
-          f"{result['inference_s_median']['hf']:>14.3f}{result['inference_speedup']:>7.2f}x")
+    print(
+        f"{'pre-training step (s)':<26}{result['step_s_median']['mmbert']:>12.3f}{result['step_s_median']['hf']:>14.3f}"
+        f"{result['step_speedup']:>7.2f}x"
+    )
+    print(
+        f"{'inference (s)':<26}{result['inference_s_median']['mmbert']:>12.3f}"
+        f"{result['inference_s_median']['hf']:>14.3f}{result['inference_speedup']:>7.2f}x"
+    )
     print(f"{'step peak RSS (MiB)':<26}{mem_o:>12.0f}{mem_r:>14.0f}{result['step_memory_ratio']:>7.2f}")
     print(json.dumps(result))
 

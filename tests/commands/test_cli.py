@@ -39,8 +39,9 @@ def test_inspect_preset_and_directory(capsys, tmp_path):
 
 def test_convert_to_hf_and_back(tmp_path, capsys):
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=20)
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20
+    )
     transformers.BertForPreTraining(cfg).save_pretrained(tmp_path / "hf")
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "ours")]) == 0
     assert "encoder + pre-training heads" in capsys.readouterr().out
@@ -55,6 +56,8 @@ def test_convert_to_hf_and_back(tmp_path, capsys):
 
 
 def test_demo_runs_on_the_real_checkpoint(minilm_path):
-    out = subprocess.run([sys.executable, "-m", "mmbert", "demo"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "mmbert", "demo"], capture_output=True, text=True, check=True
+    ).stdout
     assert "nearest sentence" in out
     assert "A person rides a brown horse along the shore." in out

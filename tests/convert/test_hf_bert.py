@@ -77,7 +77,11 @@ def test_real_minilm_checkpoint_matches_transformers(minilm_path):
     tok = mmbert.Tokenizer.from_pretrained(minilm_path)
     batch = tok(["A man is playing a guitar on stage.", "Das Wetter ist schön heute!", "短い文"])
     with torch.no_grad():
-        r = ref(input_ids=batch["text_ids"], attention_mask=batch["text_mask"].long(), token_type_ids=batch["segment_ids"])
+        r = ref(
+            input_ids=batch["text_ids"],
+            attention_mask=batch["text_mask"].long(),
+            token_type_ids=batch["segment_ids"],
+        )
         o = ours(**batch)
     m = batch["text_mask"]
     torch.testing.assert_close(o.text[m], r.last_hidden_state[m], atol=1e-5, rtol=0)
@@ -86,7 +90,7 @@ def test_real_minilm_checkpoint_matches_transformers(minilm_path):
 
 def test_encoder_only_checkpoint_without_prefix_and_pytorch_bin(tmp_path):
     ref = hf_pretraining(tmp_path / "pt", **SHAPES[1])
-    state = {k[len("bert."):]: v for k, v in ref.state_dict().items() if k.startswith("bert.")}
+    state = {k[len("bert.") :]: v for k, v in ref.state_dict().items() if k.startswith("bert.")}
     (tmp_path / "bin").mkdir()
     torch.save(state, tmp_path / "bin" / "pytorch_model.bin")
     cfg = json.loads((tmp_path / "pt" / "config.json").read_text())
@@ -94,8 +98,9 @@ def test_encoder_only_checkpoint_without_prefix_and_pytorch_bin(tmp_path):
     model = mmbert.load_model(tmp_path / "bin")
     ids, mask, seg = inputs(97, 3, length=12)
     with torch.no_grad():
-        torch.testing.assert_close(model(ids, mask, seg).text, ref.bert(ids, mask.long(), seg).last_hidden_state,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model(ids, mask, seg).text, ref.bert(ids, mask.long(), seg).last_hidden_state, atol=1e-5, rtol=0
+        )
     with pytest.raises(CheckpointError, match="no pre-training head weights"):
         mmbert.load_pretraining(tmp_path / "bin")
     fresh = mmbert.load_pretraining(tmp_path / "bin", allow_new_heads=True)
@@ -114,27 +119,32 @@ def test_export_to_hf_and_back_is_exact(tmp_path):
         assert torch.equal(a, b), k
     ids, mask, seg = inputs(97, 3, length=16)
     with torch.no_grad():
-        torch.testing.assert_close(again(ids, mask.long(), seg).prediction_logits, ours(ids, mask, seg).mlm_logits,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            again(ids, mask.long(), seg).prediction_logits, ours(ids, mask, seg).mlm_logits, atol=1e-5, rtol=0
+        )
     # encoder-only export loads as transformers.BertModel
     mmbert.export_hf(mmbert.load_model(tmp_path / "src"), tmp_path / "enc")
     enc = transformers.BertModel.from_pretrained(tmp_path / "enc").eval()
     with torch.no_grad():
-        torch.testing.assert_close(enc(ids, mask.long(), seg).last_hidden_state,
-                                   ours.encoder(ids, mask, seg).text, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            enc(ids, mask.long(), seg).last_hidden_state, ours.encoder(ids, mask, seg).text, atol=1e-5, rtol=0
+        )
 
 
 def test_directory_without_config_names_expected_files(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="no config.json; expected config.json plus one of model.safetensors"):
+    with pytest.raises(
+        CheckpointError, match="no config.json; expected config.json plus one of model.safetensors"
+    ):
         mmbert.load_model(tmp_path)
     with pytest.raises(CheckpointError, match="not a directory"):
         mmbert.load_model(tmp_path / "nope")
 
 
 def test_missing_weights_file(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32,
-                                                      "num_attention_heads": 2}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "bert", "hidden_size": 32, "num_attention_heads": 2})
+    )
     with pytest.raises(CheckpointError, match="no weights; expected one of"):
         mmbert.load_model(tmp_path)
 
@@ -145,15 +155,21 @@ def test_missing_unexpected_and_misshapen_keys_are_named(tmp_path):
     broken = dict(state)
     del broken["bert.encoder.layer.1.attention.self.key.weight"]
     save_file(broken, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"missing keys \['bert.encoder.layer.1.attention.self.key.weight'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys \['bert.encoder.layer.1.attention.self.key.weight'\]"
+    ):
         mmbert.load_model(tmp_path)
     extra = dict(state, **{"bert.encoder.layer.2.output.dense.weight": torch.zeros(3, 3)})
     save_file(extra, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"unexpected encoder keys \['bert.encoder.layer.2.output.dense.weight'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"unexpected encoder keys \['bert.encoder.layer.2.output.dense.weight'\]"
+    ):
         mmbert.load_model(tmp_path)
     wrong = dict(state, **{"bert.pooler.dense.weight": torch.zeros(32, 31)})
     save_file(wrong, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"shape mismatch for pooler.dense.weight: checkpoint has \(32, 31\)"):
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatch for pooler.dense.weight: checkpoint has \(32, 31\)"
+    ):
         mmbert.load_model(tmp_path)
 
 

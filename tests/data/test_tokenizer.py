@@ -46,8 +46,36 @@ def test_minilm_directory_matches_and_ignores_stored_padding(minilm_path):
 
 
 def write_vocab_dir(tmp_path, lowercase, strip_accents=None, with_config=True):
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "Hello", "world", "café", "cafe", "Café",
-             "##s", "un", "##aff", "##able", ",", "!", "我", "爱", "é", "e", "c", "a", "f", "##a", "##f", "##e", "##é"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "hello",
+        "Hello",
+        "world",
+        "café",
+        "cafe",
+        "Café",
+        "##s",
+        "un",
+        "##aff",
+        "##able",
+        ",",
+        "!",
+        "我",
+        "爱",
+        "é",
+        "e",
+        "c",
+        "a",
+        "f",
+        "##a",
+        "##f",
+        "##e",
+        "##é",
+    ]
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
     if with_config:

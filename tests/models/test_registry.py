@@ -46,8 +46,15 @@ def test_gradients_reach_every_parameter(name):
     out = pt(**inputs)
     loss = sum(
         v.float().pow(2).mean()
-        for v in (out.mlm_logits, out.pair_logits, out.region_class_logits, out.region_attr_logits,
-                  out.region_feat_pred, out.answer_logits, out.encoded.vision)
+        for v in (
+            out.mlm_logits,
+            out.pair_logits,
+            out.region_class_logits,
+            out.region_attr_logits,
+            out.region_feat_pred,
+            out.answer_logits,
+            out.encoded.vision,
+        )
         if v is not None
     )
     loss.backward()

@@ -16,7 +16,6 @@ def reference_attention(attn: Attention, x, context, mask):
     else:
         q, k, v = attn.qkv(x).chunk(3, -1)
     b, t, _ = q.shape
-    s = k.shape[1]
     h, d = attn.num_heads, attn.head_dim
     q, k, v = (z.view(b, -1, h, d).transpose(1, 2) for z in (q, k, v))
     scores = q @ k.transpose(-1, -2) / math.sqrt(d)

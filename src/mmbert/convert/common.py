@@ -69,7 +69,9 @@ def normalise_key(key: str) -> str:
     return key
 
 
-def import_state(rules: list[Rule], source: dict[str, Tensor], source_name: str) -> tuple[dict[str, Tensor], set[str]]:
+def import_state(
+    rules: list[Rule], source: dict[str, Tensor], source_name: str
+) -> tuple[dict[str, Tensor], set[str]]:
     """Apply rules to a foreign state dict. Returns our state and the foreign keys used.
     Raises, naming every foreign key that a rule needs and the file lacks."""
     missing = sorted({t for r in rules for t in r.theirs if t not in source})

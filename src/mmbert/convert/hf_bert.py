@@ -32,7 +32,9 @@ HF_FIELDS = {
 def common_fields_from_hf(hf: dict[str, Any], source: str) -> dict[str, Any]:
     act = hf.get("hidden_act", "gelu")
     if act != "gelu":
-        raise CheckpointError(f"{source}: hidden_act {act!r} is not supported (mmbert's BERT blocks use exact GELU)")
+        raise CheckpointError(
+            f"{source}: hidden_act {act!r} is not supported (mmbert's BERT blocks use exact GELU)"
+        )
     pos = hf.get("position_embedding_type", "absolute")
     if pos != "absolute":
         raise CheckpointError(f"{source}: position_embedding_type {pos!r} is not supported (only 'absolute')")
@@ -74,7 +76,10 @@ def encoder_rules(config: BertConfig, prefix: str) -> list[Rule]:
 
 def head_rules(config: BertConfig) -> list[Rule]:
     # HF's NSP head puts "is next" at index 0; ours at index 1.
-    return [*hf_mlm_head("mlm", "cls.predictions"), *linear("pair.proj", "cls.seq_relationship", flip_rows=True)]
+    return [
+        *hf_mlm_head("mlm", "cls.predictions"),
+        *linear("pair.proj", "cls.seq_relationship", flip_rows=True),
+    ]
 
 
 def ignorable(key: str) -> bool:

@@ -74,7 +74,11 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {
-            f.name: (getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), Tensor) else getattr(self, f.name))
+            f.name: (
+                getattr(self, f.name).to(device)
+                if isinstance(getattr(self, f.name), Tensor)
+                else getattr(self, f.name)
+            )
             for f in fields(self)
         }
         return Batch(**moved)

@@ -37,10 +37,14 @@ def check_region_inputs(
     if text_batch is not None and b != text_batch:
         raise ValueError(f"region_feats has batch size {b} but text_ids has {text_batch}")
     if boxes.shape != (b, r, 4):
-        raise ValueError(f"region_boxes has shape {tuple(boxes.shape)}, expected {(b, r, 4)} to match region_feats")
+        raise ValueError(
+            f"region_boxes has shape {tuple(boxes.shape)}, expected {(b, r, 4)} to match region_feats"
+        )
     if mask is not None:
         if mask.shape != (b, r):
-            raise ValueError(f"region_mask has shape {tuple(mask.shape)}, expected {(b, r)} to match region_feats")
+            raise ValueError(
+                f"region_mask has shape {tuple(mask.shape)}, expected {(b, r)} to match region_feats"
+            )
         if mask.dtype != torch.bool:
             raise TypeError(f"region_mask must be boolean (True = real region), got dtype {mask.dtype}")
     real = torch.ones(b, r, dtype=torch.bool, device=feats.device) if mask is None else mask
@@ -55,14 +59,18 @@ def check_region_inputs(
     outside = ((boxes < 0) | (boxes > 1)).any(-1) & real
     if bool(outside.any()):
         i, j = outside.nonzero()[0].tolist()
-        hint = " — these look like pixel boxes: normalise them with mmbert.data.boxes.normalise_boxes" if bool(
-            (boxes[real] > 1.5).any()
-        ) else ""
+        hint = (
+            " — these look like pixel boxes: normalise them with mmbert.data.boxes.normalise_boxes"
+            if bool((boxes[real] > 1.5).any())
+            else ""
+        )
         raise ValueError(f"region_boxes[{i}, {j}] = {boxes[i, j].tolist()} is outside [0, 1]{hint}")
     flipped = ((boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])) & real
     if bool(flipped.any()):
         i, j = flipped.nonzero()[0].tolist()
-        raise ValueError(f"region_boxes[{i}, {j}] = {boxes[i, j].tolist()} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)")
+        raise ValueError(
+            f"region_boxes[{i}, {j}] = {boxes[i, j].tolist()} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)"
+        )
 
 
 def location_features(boxes: Tensor, kind: Literal["4d", "5d", "7d"]) -> Tensor:
@@ -88,15 +96,18 @@ def sinusoidal_box_embedding(boxes: Tensor, dim: int = 256, wave_length: float =
     Box -> (x_center, y_center, width, height) * 100 on normalised coordinates; each value v gives
     sin(v / wave_length^(k/dim)) and cos(...) for k < dim (sines then cosines, per coordinate).
     """
-    centre_size = torch.stack(
-        [
-            (boxes[..., 0] + boxes[..., 2]) / 2,
-            (boxes[..., 1] + boxes[..., 3]) / 2,
-            boxes[..., 2] - boxes[..., 0],
-            boxes[..., 3] - boxes[..., 1],
-        ],
-        dim=-1,
-    ) * 100.0
+    centre_size = (
+        torch.stack(
+            [
+                (boxes[..., 0] + boxes[..., 2]) / 2,
+                (boxes[..., 1] + boxes[..., 3]) / 2,
+                boxes[..., 2] - boxes[..., 0],
+                boxes[..., 3] - boxes[..., 1],
+            ],
+            dim=-1,
+        )
+        * 100.0
+    )
     freqs = wave_length ** (torch.arange(dim, dtype=boxes.dtype, device=boxes.device) / dim)
     angles = centre_size[..., None] / freqs  # (B, R, 4, dim)
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)

@@ -73,7 +73,10 @@ class Tokenizer:
             raise ValueError(f"{vocab_file}: vocabulary lacks the special tokens {missing}")
         backend = _Backend(WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk"], max_input_chars_per_word=100))
         backend.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=handle_chinese_chars, strip_accents=strip_accents, lowercase=lowercase
+            clean_text=True,
+            handle_chinese_chars=handle_chinese_chars,
+            strip_accents=strip_accents,
+            lowercase=lowercase,
         )
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         backend.decoder = decoders.WordPiece(prefix="##")
@@ -91,13 +94,18 @@ class Tokenizer:
         lowercase = bool(cfg.get("do_lower_case", True))
         strip_accents = cfg.get("strip_accents")
         chinese = bool(cfg.get("tokenize_chinese_chars", True))
-        max_len = int(cfg.get("model_max_length", 512)) if int(cfg.get("model_max_length", 512)) < 10**6 else 512
+        max_len = (
+            int(cfg.get("model_max_length", 512)) if int(cfg.get("model_max_length", 512)) < 10**6 else 512
+        )
         if (path / "tokenizer.json").exists():
             backend = _Backend.from_file(str(path / "tokenizer.json"))
             if cfg and isinstance(backend.normalizer, normalizers.BertNormalizer):
                 # tokenizer_config.json wins over the normaliser stored in tokenizer.json, as in HF.
                 backend.normalizer = normalizers.BertNormalizer(
-                    clean_text=True, handle_chinese_chars=chinese, strip_accents=strip_accents, lowercase=lowercase
+                    clean_text=True,
+                    handle_chinese_chars=chinese,
+                    strip_accents=strip_accents,
+                    lowercase=lowercase,
                 )
             _set_template(backend)
             return cls(backend, max_len)
@@ -125,7 +133,10 @@ class Tokenizer:
         return self.backend.encode(text, add_special_tokens=False).tokens
 
     def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
-        return [self.backend.token_to_id(t) if self.backend.token_to_id(t) is not None else self.unk_id for t in tokens]
+        return [
+            self.backend.token_to_id(t) if self.backend.token_to_id(t) is not None else self.unk_id
+            for t in tokens
+        ]
 
     def encode(self, text: str, pair: str | None = None, max_length: int | None = None) -> Encoding:
         """One text (or pair) with [CLS] ... [SEP] (... [SEP]); ``max_length`` truncates longest-first."""
@@ -140,7 +151,9 @@ class Tokenizer:
             raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
         if max_length is not None:
             if max_length < (4 if pairs is not None else 3):
-                raise ValueError(f"max_length={max_length} leaves no room for text between the special tokens")
+                raise ValueError(
+                    f"max_length={max_length} leaves no room for text between the special tokens"
+                )
             self.backend.enable_truncation(max_length, strategy="longest_first")
         try:
             # An empty second text counts as none, as in Hugging Face ([CLS] a [SEP], not [CLS] a [SEP] [SEP]).
@@ -163,7 +176,9 @@ class Tokenizer:
         encs = self.encode_batch(texts, pairs, max_length)
         return self.pad([e.ids for e in encs], [e.segment_ids for e in encs])
 
-    def pad(self, ids: Sequence[Sequence[int]], segment_ids: Sequence[Sequence[int]] | None = None) -> dict[str, Tensor]:
+    def pad(
+        self, ids: Sequence[Sequence[int]], segment_ids: Sequence[Sequence[int]] | None = None
+    ) -> dict[str, Tensor]:
         longest = max((len(x) for x in ids), default=0)
         text_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
         segments = torch.zeros((len(ids), longest), dtype=torch.long)

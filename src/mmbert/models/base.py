@@ -50,7 +50,9 @@ def check_text_inputs(
         )
     for name, t in (("text_mask", text_mask), ("segment_ids", segment_ids)):
         if t is not None and t.shape != text_ids.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but text_ids has shape {tuple(text_ids.shape)}")
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} but text_ids has shape {tuple(text_ids.shape)}"
+            )
     if text_mask is not None and text_mask.dtype != torch.bool:
         raise TypeError(f"text_mask must be boolean (True = real token), got dtype {text_mask.dtype}")
     if segment_ids is not None:

@@ -31,7 +31,13 @@ class Bert(EncoderModel):
         super().__init__(config)
         c = config
         self.embeddings = TextEmbeddings(
-            c.vocab_size, c.dim, c.max_positions, c.type_vocab_size, c.dropout, c.layer_norm_eps, c.pad_token_id
+            c.vocab_size,
+            c.dim,
+            c.max_positions,
+            c.type_vocab_size,
+            c.dropout,
+            c.layer_norm_eps,
+            c.pad_token_id,
         )
         self.layers = nn.ModuleList(
             Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
@@ -51,7 +57,9 @@ class Bert(EncoderModel):
         output_attentions: bool = False,
     ) -> Encoded:
         if region_feats is not None or region_boxes is not None or region_mask is not None:
-            raise ValueError("BERT is a text-only model: it takes no region_feats / region_boxes / region_mask")
+            raise ValueError(
+                "BERT is a text-only model: it takes no region_feats / region_boxes / region_mask"
+            )
         check_text_inputs(self.config, text_ids, text_mask, segment_ids)
         x = self.embeddings(text_ids, segment_ids)
         bias = key_padding_bias(text_mask, x.dtype)
@@ -69,20 +77,27 @@ class Bert(EncoderModel):
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         c = self.config
-        heads = PretrainingHeads(mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps), pair=PairHead(c.dim))
+        heads = PretrainingHeads(
+            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps), pair=PairHead(c.dim)
+        )
         _init_heads(heads, c.init_std)
         return heads
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
         if num_bert_layers != self.config.num_layers:
-            raise ValueError(f"BERT checkpoint has {num_bert_layers} layers, this model {self.config.num_layers}")
+            raise ValueError(
+                f"BERT checkpoint has {num_bert_layers} layers, this model {self.config.num_layers}"
+            )
         return [("embeddings", "embeddings"), ("layers", "layers"), ("pooler", "pooler")]
 
     def layer_plan(self) -> list[str]:
         c = self.config
         return [
             f"embeddings: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment {c.type_vocab_size}, LN",
-            *(f"layers.{i}: Block(dim {c.dim}, heads {c.num_heads}, ffn {c.ffn_dim})" for i in range(c.num_layers)),
+            *(
+                f"layers.{i}: Block(dim {c.dim}, heads {c.num_heads}, ffn {c.ffn_dim})"
+                for i in range(c.num_layers)
+            ),
             f"pooler: tanh(Linear({c.dim}, {c.dim})) on [CLS]",
         ]
 

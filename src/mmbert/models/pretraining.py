@@ -102,4 +102,6 @@ class PretrainingModel(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Encoder and heads in one directory (``encoder.*`` and ``heads.*`` keys)."""
-        return save_module(self, self.encoder.config, Path(path), extra_config={"mmbert_heads": "pretraining"})
+        return save_module(
+            self, self.encoder.config, Path(path), extra_config={"mmbert_heads": "pretraining"}
+        )

@@ -80,7 +80,9 @@ class Attention(nn.Module):
             k, v = (self._heads(t) for t in self.kv(context).chunk(2, dim=-1))
         else:
             if context is not None:
-                raise ValueError("this Attention was built for self-attention (no context_dim) but got a context")
+                raise ValueError(
+                    "this Attention was built for self-attention (no context_dim) but got a context"
+                )
             q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
         probs = None
         if need_weights:  # the explicit path, only for analysis

@@ -28,7 +28,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, bias: Tensor | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, bias: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D); bias (B, 1, 1, T). Returns the new x and, if asked, attention probs (B, H, T, T)."""
         h, probs = self.attn(x, bias=bias, need_weights=need_weights)
         x = self.norm1(x + F.dropout(h, self.dropout, self.training))

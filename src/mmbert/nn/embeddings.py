@@ -28,7 +28,9 @@ class TextEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.dropout = dropout
 
-    def summed(self, ids: Tensor, segment_ids: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+    def summed(
+        self, ids: Tensor, segment_ids: Tensor | None = None, positions: Tensor | None = None
+    ) -> Tensor:
         """ids (B, T) -> word + position + segment embeddings (B, T, D), not normalised."""
         _, t = ids.shape
         if t > self.position.num_embeddings:
@@ -41,5 +43,7 @@ class TextEmbeddings(nn.Module):
             segment_ids = torch.zeros_like(ids)
         return self.word(ids) + self.position(positions) + self.segment(segment_ids)
 
-    def forward(self, ids: Tensor, segment_ids: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+    def forward(
+        self, ids: Tensor, segment_ids: Tensor | None = None, positions: Tensor | None = None
+    ) -> Tensor:
         return F.dropout(self.norm(self.summed(ids, segment_ids, positions)), self.dropout, self.training)

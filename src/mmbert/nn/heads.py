@@ -93,7 +93,9 @@ class MLPClassifier(nn.Module):
     """``fc2(LN(gelu(fc1(x))))``: LXMERT's answer head and the VQA classifier of VOLTA/ViLBERT-style
     fine-tuning (hidden width 2x the input by convention)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, num_labels: int, eps: float = 1e-12, dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_dim: int, hidden_dim: int, num_labels: int, eps: float = 1e-12, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.norm = nn.LayerNorm(hidden_dim, eps=eps)

@@ -23,7 +23,9 @@ class MaskedLM(nn.Module):
     def forward(self, logits: Tensor, labels: Tensor) -> LossOutput:
         if logits.dim() == 3:
             if logits.shape[:2] != labels.shape:
-                raise ValueError(f"mlm logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
+                raise ValueError(
+                    f"mlm logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}"
+                )
             selected = labels != IGNORE
             logits, targets = logits[selected], labels[selected]
         else:
