@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mmbert.config import ModelConfig
-from mmbert.models import bert
+from mmbert.models import bert, lxmert, vilbert
 from mmbert.models.base import Encoded, EncoderModel
 from mmbert.models.pretraining import PretrainingHeads, PretrainingModel, PretrainingOutput
 
@@ -15,10 +15,17 @@ MODELS: dict[str, Callable[[], ModelConfig]] = {
     "bert_base": bert.bert_base,
     "bert_large": bert.bert_large,
     "bert_tiny": bert.bert_tiny,
+    "vilbert_base": vilbert.vilbert_base,
+    "vilbert_2layer": vilbert.vilbert_2layer,
+    "vilbert_tiny": vilbert.vilbert_tiny,
+    "lxmert_base": lxmert.lxmert_base,
+    "lxmert_tiny": lxmert.lxmert_tiny,
 }
 
 MODEL_CLASSES: dict[str, type[EncoderModel]] = {
     "bert": bert.Bert,
+    "vilbert": vilbert.ViLBert,
+    "lxmert": lxmert.Lxmert,
 }
 
 

@@ -1,0 +1,265 @@
+"""LXMERT: Learning Cross-Modality Encoder Representations from Transformers
+(Tan & Bansal 2019; arXiv:1908.07490).
+
+Three encoders. The language encoder (9 BERT layers) runs over word + position + segment embeddings;
+the object-relationship encoder (5 self-attention layers) over the visual feature encoder's output
+(LN(Linear(feat)) + LN(Linear(4-d box))) / 2. Then 5 cross-modality layers: ONE cross-attention
+``CrossBlock`` (no FFN) serves both directions — text queries over the vision states and vision
+queries over the text states, both from the states before the layer — followed by a per-stream
+``Block`` (self-attention + FFN). Pooled output: tanh(Linear) on the language [CLS].
+Pre-training heads (reference shapes): MLM (tied), cross-modality matching (index 1 = matches, as in
+LXMERT), masked object prediction (shared transform, then object 1600 / attribute 400 / feature 2048
+decoders) and image QA (Linear(768, 1536), GELU, LN, Linear(1536, 9500)).
+
+Matches Hugging Face ``LxmertModel`` / ``LxmertForPreTraining`` / ``LxmertForQuestionAnswering`` to
+float precision (``mmbert.convert.hf_lxmert``). Deviations: none in the forward pass. In training,
+Hugging Face builds the position and segment tables with ``padding_idx=0``, so position 0 and segment
+0 never receive gradient there; ours do (as in BERT and the original LXMERT code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmbert.config import ModelConfig
+from mmbert.data.boxes import check_region_inputs, location_features
+from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
+from mmbert.models.bert import _init_heads
+from mmbert.models.pretraining import PretrainingHeads
+from mmbert.nn import (
+    Block,
+    CrossBlock,
+    MLMHead,
+    MLPClassifier,
+    PairHead,
+    Pooler,
+    RegionHeads,
+    TextEmbeddings,
+    key_padding_bias,
+)
+
+
+@dataclass
+class LxmertConfig(ModelConfig):
+    model_type = "lxmert"
+
+    num_layers: int = 9  # language encoder (l_layers)
+    num_vision_layers: int = 5  # object-relationship encoder (r_layers)
+    num_cross_layers: int = 5  # cross-modality encoder (x_layers)
+    region_feat_dim: int = 2048  # visual_feat_dim
+    num_qa_labels: int = 9500  # answers of the pre-training QA head; 0 = no answer head
+    num_object_labels: int = 1600  # masked object classification; 0 = none
+    num_attr_labels: int = 400  # masked attribute classification; 0 = none
+    predict_region_feats: bool = True  # masked feature regression (region_feat_dim outputs)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in (
+            "num_vision_layers",
+            "num_cross_layers",
+            "num_qa_labels",
+            "num_object_labels",
+            "num_attr_labels",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LxmertConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.region_feat_dim <= 0:
+            raise ValueError(f"LxmertConfig.region_feat_dim must be positive, got {self.region_feat_dim}")
+
+    def region_outputs(self) -> dict[str, int]:
+        """The masked-object-prediction decoders this config has, in Hugging Face's order."""
+        outputs = {"class": self.num_object_labels, "attr": self.num_attr_labels}
+        outputs = {k: v for k, v in outputs.items() if v > 0}
+        if self.predict_region_feats:
+            outputs["feat"] = self.region_feat_dim
+        return outputs
+
+
+class VisualFeatureEncoder(nn.Module):
+    """(LN(Linear(feat)) + LN(Linear(box))) / 2, dropout: features and 4-d boxes, each normalised."""
+
+    def __init__(self, feat_dim: int, dim: int, dropout: float, eps: float) -> None:
+        super().__init__()
+        self.feat = nn.Linear(feat_dim, dim)
+        self.feat_norm = nn.LayerNorm(dim, eps=eps)
+        self.box = nn.Linear(4, dim)
+        self.box_norm = nn.LayerNorm(dim, eps=eps)
+        self.dropout = dropout
+
+    def forward(self, feats: Tensor, boxes: Tensor) -> Tensor:
+        """feats (B, R, F), boxes (B, R, 4) normalised -> (B, R, D)."""
+        x = (self.feat_norm(self.feat(feats)) + self.box_norm(self.box(location_features(boxes, "4d")))) / 2
+        return F.dropout(x, self.dropout, self.training)
+
+
+class CrossModalityLayer(nn.Module):
+    """One shared cross-attention for both directions, then per-stream self-attention and FFN."""
+
+    def __init__(self, c: LxmertConfig) -> None:
+        super().__init__()
+        eps = c.layer_norm_eps
+        self.cross = CrossBlock(c.dim, c.dim, c.num_heads, None, None, c.dropout, c.attn_dropout, eps)
+        self.text = Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, eps)
+        self.vision = Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, eps)
+
+    def forward(
+        self,
+        text: Tensor,
+        vision: Tensor,
+        text_bias: Tensor | None,
+        vision_bias: Tensor | None,
+        need_weights: bool,
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor | None]]:
+        """text (B, T, D), vision (B, R, D) -> new text, new vision, and (if asked) the four maps."""
+        new_text, text_vision = self.cross(text, vision, vision_bias, need_weights)
+        new_vision, vision_text = self.cross(vision, text, text_bias, need_weights)  # same weights
+        text, text_text = self.text(new_text, text_bias, need_weights)
+        vision, vision_vision = self.vision(new_vision, vision_bias, need_weights)
+        maps = {
+            "text_vision": text_vision,
+            "vision_text": vision_text,
+            "text_text": text_text,
+            "vision_vision": vision_vision,
+        }
+        return text, vision, maps
+
+
+class Lxmert(EncoderModel):
+    config_class = LxmertConfig
+    config: LxmertConfig
+
+    def __init__(self, config: LxmertConfig) -> None:
+        super().__init__(config)
+        c = config
+        eps = c.layer_norm_eps
+        self.embeddings = TextEmbeddings(
+            c.vocab_size, c.dim, c.max_positions, c.type_vocab_size, c.dropout, eps, c.pad_token_id
+        )
+        self.region_embeddings = VisualFeatureEncoder(c.region_feat_dim, c.dim, c.dropout, eps)
+        self.text_layers = nn.ModuleList(
+            Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, eps) for _ in range(c.num_layers)
+        )
+        self.vision_layers = nn.ModuleList(
+            Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, eps)
+            for _ in range(c.num_vision_layers)
+        )
+        self.cross_layers = nn.ModuleList(CrossModalityLayer(c) for _ in range(c.num_cross_layers))
+        self.pooler = Pooler(c.dim)
+        self.init_weights()
+
+    def forward(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        region_feats: Tensor | None = None,
+        region_boxes: Tensor | None = None,
+        region_mask: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> Encoded:
+        c = self.config
+        check_text_inputs(c, text_ids, text_mask, segment_ids)
+        if region_feats is None or region_boxes is None:
+            raise ValueError("LXMERT needs region_feats (B, R, F) and region_boxes (B, R, 4)")
+        check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_ids.shape[0])
+
+        text = self.embeddings(text_ids, segment_ids)  # (B, T, D)
+        vision = self.region_embeddings(region_feats, region_boxes)  # (B, R, D)
+        text_bias = key_padding_bias(text_mask, text.dtype)
+        vision_bias = key_padding_bias(region_mask, vision.dtype)
+
+        maps: dict[str, list[Tensor]] | None = None
+        if output_attentions:
+            maps = {"text_text": [], "vision_vision": [], "text_vision": [], "vision_text": []}
+        for layer in self.text_layers:  # language encoder
+            text, probs = layer(text, text_bias, output_attentions)
+            if maps is not None:
+                maps["text_text"].append(probs)
+        for layer in self.vision_layers:  # object-relationship encoder
+            vision, probs = layer(vision, vision_bias, output_attentions)
+            if maps is not None:
+                maps["vision_vision"].append(probs)
+        for layer in self.cross_layers:  # cross-modality encoder
+            text, vision, layer_maps = layer(text, vision, text_bias, vision_bias, output_attentions)
+            if maps is not None:
+                for key, probs in layer_maps.items():
+                    maps[key].append(probs)
+        return Encoded(text=text, vision=vision, pooled=self.pooler(text), attentions=maps)
+
+    def build_pretraining_heads(self) -> PretrainingHeads:
+        c = self.config
+        outputs = c.region_outputs()
+        heads = PretrainingHeads(
+            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+            pair=PairHead(c.dim),
+            region=RegionHeads(c.dim, outputs, c.layer_norm_eps) if outputs else None,
+            answer=self.build_answer_head(c.num_qa_labels) if c.num_qa_labels else None,
+        )
+        _init_heads(heads, c.init_std)
+        return heads
+
+    def build_answer_head(self, num_labels: int) -> MLPClassifier:
+        """LXMERT's answer head over the pooled output: Linear(D, 2D), GELU, LN, Linear(2D, num_labels).
+        Also the VQA / GQA fine-tuning head (3129 / 1534 answers)."""
+        c = self.config
+        head = MLPClassifier(c.dim, 2 * c.dim, num_labels, c.layer_norm_eps)
+        _init_heads(head, c.init_std)
+        return head
+
+    def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
+        """BERT's embeddings, its first 9 layers (the language encoder) and its pooler (same shape,
+        same role on [CLS]). New: the visual feature encoder, the object-relationship and
+        cross-modality encoders."""
+        n = self.config.num_layers
+        if num_bert_layers < n:
+            raise ValueError(
+                f"BERT checkpoint has {num_bert_layers} layers, LXMERT's language encoder needs {n}"
+            )
+        return [
+            ("embeddings", "embeddings"),
+            *((f"text_layers.{i}", f"layers.{i}") for i in range(n)),
+            ("pooler", "pooler"),
+        ]
+
+    def layer_plan(self) -> list[str]:
+        c = self.config
+        block = f"Block(dim {c.dim}, heads {c.num_heads}, ffn {c.ffn_dim})"
+        return [
+            f"embeddings: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment {c.type_vocab_size}, LN",
+            f"region_embeddings: (LN(Linear({c.region_feat_dim}, {c.dim})) + LN(Linear(4, {c.dim}))) / 2",
+            *(f"text_layers.{i}: {block} (language)" for i in range(c.num_layers)),
+            *(f"vision_layers.{i}: {block} (object relationships)" for i in range(c.num_vision_layers)),
+            *(
+                f"cross_layers.{i}: shared CrossBlock(dim {c.dim}, heads {c.num_heads}) text->vision and "
+                f"vision->text, then text {block}, vision {block}"
+                for i in range(c.num_cross_layers)
+            ),
+            f"pooler: tanh(Linear({c.dim}, {c.dim})) on [CLS]",
+        ]
+
+
+def lxmert_base() -> LxmertConfig:
+    """LXMERT as pre-trained (unc-nlp/lxmert-base-uncased): 9 language, 5 object-relationship,
+    5 cross-modality layers at BERT-base width; 2048-d features."""
+    return LxmertConfig()
+
+
+def lxmert_tiny() -> LxmertConfig:
+    """A tiny LXMERT for tests."""
+    return LxmertConfig(
+        dim=32,
+        num_heads=2,
+        num_layers=2,
+        num_vision_layers=1,
+        num_cross_layers=2,
+        ffn_dim=64,
+        vocab_size=100,
+        max_positions=64,
+        region_feat_dim=16,
+        num_qa_labels=7,
+        num_object_labels=9,
+        num_attr_labels=5,
+    )

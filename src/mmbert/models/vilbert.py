@@ -1,0 +1,303 @@
+"""ViLBERT: Pretraining Task-Agnostic Visiolinguistic Representations for Vision-and-Language Tasks
+(Lu, Batra, Parikh, Lee 2019; arXiv:1908.02265).
+
+Two streams: a BERT-base text stream (768 wide, 12 layers) and a narrower vision stream (1024 wide,
+8 heads, FFN 1024, 6 layers), joined by co-attention layers. In a co-attention layer text queries
+attend to the vision states and vision queries attend to the text states (inner width 1024, 8 heads),
+both from the states *before* the layer; each side then has its own residual + LayerNorm and its own
+FFN (text 3072, vision 1024). Where the co-attention layers sit is given by the reference's two id
+lists (``v_biattention_id`` / ``t_biattention_id``), turned here into a readable plan of named steps
+(``interleave``). Regions: LN(Linear(feat) + Linear(5-d location)), with the mean-pooled whole-image
+region (box [0, 0, 1, 1]) first. Pooled output: ReLU(Linear(768->1024)) on [CLS] times
+ReLU(Linear(1024->1024)) on the global region (element-wise product, the reference's "mul" fusion).
+Pre-training heads: MLM (tied), the 1601-way detector class distribution per region (KL target), and
+image-text alignment on the fused pooled vector (index 1 = matches).
+
+Deviations from vilbert-multi-task (vilbert/vilbert.py), all weight-free or dead code there:
+* ``BertBiOutput.q_dense1`` / ``q_dense2`` are created but never used in the reference; we omit them
+  (1024*1024+1024 + 1024*768+768 parameters per co-attention layer).
+* The multi-task extras (task tokens, dynamic attention, frozen layers, fast mode, in-batch pairs) are
+  not part of the pre-trained model and are left out.
+* The vision output keeps the global region at index 0 (``vision_mask`` marks it real), so
+  ``Encoded.vision`` has R + 1 positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmbert.config import ModelConfig
+from mmbert.data.boxes import add_global_region, check_region_inputs, location_features
+from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
+from mmbert.models.bert import _init_heads
+from mmbert.models.pretraining import PretrainingHeads
+from mmbert.nn import (
+    Block,
+    CrossBlock,
+    MLMHead,
+    PairHead,
+    Pooler,
+    RegionHeads,
+    TextEmbeddings,
+    key_padding_bias,
+)
+
+Step = tuple[str, int]  # ("text", i) | ("vision", j) | ("co", k)
+
+
+@dataclass
+class ViLBertConfig(ModelConfig):
+    model_type = "vilbert"
+
+    region_feat_dim: int = 2048  # detector feature width (v_feature_size)
+    vision_dim: int = 1024  # v_hidden_size
+    vision_heads: int = 8  # v_num_attention_heads
+    vision_ffn_dim: int = 1024  # v_intermediate_size
+    num_vision_layers: int = 6  # v_num_hidden_layers
+    co_dim: int = 1024  # bi_hidden_size: inner width of the co-attention
+    co_heads: int = 8  # bi_num_attention_heads
+    # A co-attention layer runs after vision layer id-1 / before vision layer `id` (v_biattention_id) and
+    # before text layer `id` (t_biattention_id): k-th entries of the two lists belong to co-attention k.
+    vision_co_ids: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    text_co_ids: tuple[int, ...] = (6, 7, 8, 9, 10, 11)
+    pooled_dim: int = 1024  # pooler_size = v_pooler_size
+    num_region_classes: int = 1601  # v_target_size: detector classes incl. background
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        for field, heads in (("vision_dim", self.vision_heads), ("co_dim", self.co_heads)):
+            if getattr(self, field) % heads:
+                raise ValueError(f"{name}: {field}={getattr(self, field)} is not divisible by {heads} heads")
+        if len(self.vision_co_ids) != len(self.text_co_ids):
+            raise ValueError(
+                f"{name}: vision_co_ids {list(self.vision_co_ids)} and text_co_ids {list(self.text_co_ids)} "
+                "must have one entry per co-attention layer each"
+            )
+        for field, top in (("vision_co_ids", self.num_vision_layers), ("text_co_ids", self.num_layers)):
+            ids = list(getattr(self, field))
+            if any(b < a for a, b in zip(ids, ids[1:])) or any(not 0 <= i <= top for i in ids):
+                raise ValueError(f"{name}: {field} {ids} must be non-decreasing and within 0..{top}")
+
+
+def interleave(
+    num_text: int, num_vision: int, text_co_ids: tuple[int, ...], vision_co_ids: tuple[int, ...]
+) -> list[Step]:
+    """The reference's run order (vilbert.py ``BertEncoder.forward``), as a list of named steps.
+
+    For each co-attention k: the text layers not yet run below ``text_co_ids[k]``, then the vision
+    layers below ``vision_co_ids[k]``, then co-attention k. Afterwards the remaining vision layers,
+    then the remaining text layers. ViLBERT-base gives T0-T5, C0, T6, V0, C1, ..., T10, V4, C5, V5, T11.
+    """
+    plan: list[Step] = []
+    t = v = 0
+    for k, (t_stop, v_stop) in enumerate(zip(text_co_ids, vision_co_ids)):
+        plan += [("text", i) for i in range(t, t_stop)]
+        plan += [("vision", j) for j in range(v, v_stop)]
+        plan.append(("co", k))
+        t, v = t_stop, v_stop
+    plan += [("vision", j) for j in range(v, num_vision)]
+    plan += [("text", i) for i in range(t, num_text)]
+    return plan
+
+
+class RegionEmbeddings(nn.Module):
+    """ViLBERT's ``BertImageEmbeddings``: LN(Linear(feat) + Linear(5-d location)), dropout."""
+
+    def __init__(self, feat_dim: int, dim: int, dropout: float, eps: float) -> None:
+        super().__init__()
+        self.feat = nn.Linear(feat_dim, dim)
+        self.location = nn.Linear(5, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.dropout = dropout
+
+    def forward(self, feats: Tensor, boxes: Tensor) -> Tensor:
+        """feats (B, R, F), boxes (B, R, 4) normalised -> (B, R, Dv)."""
+        x = self.feat(feats) + self.location(location_features(boxes, "5d"))
+        return F.dropout(self.norm(x), self.dropout, self.training)
+
+
+class CoAttentionLayer(nn.Module):
+    """Text attends to vision and vision attends to text, both from the states before this layer.
+
+    Two ``CrossBlock``s with separate weights (the reference's ``BertConnectionLayer``): each has its
+    own residual + LayerNorm and FFN; the cross-attention runs at ``co_dim`` between the two widths.
+    """
+
+    def __init__(self, c: ViLBertConfig) -> None:
+        super().__init__()
+        eps = c.layer_norm_eps
+        self.text = CrossBlock(
+            c.dim, c.vision_dim, c.co_heads, c.ffn_dim, c.co_dim, c.dropout, c.attn_dropout, eps
+        )
+        self.vision = CrossBlock(
+            c.vision_dim, c.dim, c.co_heads, c.vision_ffn_dim, c.co_dim, c.dropout, c.attn_dropout, eps
+        )
+
+    def forward(
+        self,
+        text: Tensor,
+        vision: Tensor,
+        text_bias: Tensor | None,
+        vision_bias: Tensor | None,
+        need_weights: bool,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Returns new text (B, T, D), new vision (B, R, Dv) and, if asked, the text->vision (B, H, T, R)
+        and vision->text (B, H, R, T) attention probabilities."""
+        new_text, text_vision = self.text(text, vision, vision_bias, need_weights)
+        new_vision, vision_text = self.vision(vision, text, text_bias, need_weights)
+        return new_text, new_vision, text_vision, vision_text
+
+
+class ViLBert(EncoderModel):
+    config_class = ViLBertConfig
+    config: ViLBertConfig
+
+    def __init__(self, config: ViLBertConfig) -> None:
+        super().__init__(config)
+        c = config
+        eps = c.layer_norm_eps
+        self.embeddings = TextEmbeddings(
+            c.vocab_size, c.dim, c.max_positions, c.type_vocab_size, c.dropout, eps, c.pad_token_id
+        )
+        self.region_embeddings = RegionEmbeddings(c.region_feat_dim, c.vision_dim, c.dropout, eps)
+        self.text_layers = nn.ModuleList(
+            Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, eps) for _ in range(c.num_layers)
+        )
+        self.vision_layers = nn.ModuleList(
+            Block(c.vision_dim, c.vision_heads, c.vision_ffn_dim, c.dropout, c.attn_dropout, eps)
+            for _ in range(c.num_vision_layers)
+        )
+        self.co_layers = nn.ModuleList(CoAttentionLayer(c) for _ in c.text_co_ids)
+        self.text_pooler = Pooler(c.dim, c.pooled_dim, activation="relu")
+        self.vision_pooler = Pooler(c.vision_dim, c.pooled_dim, activation="relu")
+        self.plan = interleave(c.num_layers, c.num_vision_layers, c.text_co_ids, c.vision_co_ids)
+        self.init_weights()
+
+    def vision_mask(self, inputs: dict[str, Tensor]) -> Tensor:
+        """Which positions of ``Encoded.vision`` are real: the global region (always) then the regions."""
+        feats = inputs["region_feats"]
+        mask = inputs.get("region_mask")
+        if mask is None:
+            mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+        return torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+
+    def forward(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        region_feats: Tensor | None = None,
+        region_boxes: Tensor | None = None,
+        region_mask: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> Encoded:
+        c = self.config
+        check_text_inputs(c, text_ids, text_mask, segment_ids)
+        if region_feats is None or region_boxes is None:
+            raise ValueError("ViLBERT needs region_feats (B, R, F) and region_boxes (B, R, 4)")
+        check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_ids.shape[0])
+        feats, boxes, vision_real = add_global_region(region_feats, region_boxes, region_mask, "first")
+
+        text = self.embeddings(text_ids, segment_ids)  # (B, T, D)
+        vision = self.region_embeddings(feats, boxes)  # (B, R+1, Dv)
+        text_bias = key_padding_bias(text_mask, text.dtype)
+        vision_bias = key_padding_bias(vision_real, vision.dtype)
+
+        maps: dict[str, list[Tensor]] | None = None
+        if output_attentions:
+            maps = {"text_text": [], "vision_vision": [], "text_vision": [], "vision_text": []}
+        for kind, i in self.plan:
+            if kind == "text":
+                text, probs = self.text_layers[i](text, text_bias, output_attentions)
+                if maps is not None:
+                    maps["text_text"].append(probs)
+            elif kind == "vision":
+                vision, probs = self.vision_layers[i](vision, vision_bias, output_attentions)
+                if maps is not None:
+                    maps["vision_vision"].append(probs)
+            else:
+                text, vision, tv, vt = self.co_layers[i](
+                    text, vision, text_bias, vision_bias, output_attentions
+                )
+                if maps is not None:
+                    maps["text_vision"].append(tv)
+                    maps["vision_text"].append(vt)
+        pooled = self.text_pooler(text) * self.vision_pooler(vision)  # (B, pooled_dim)
+        return Encoded(text=text, vision=vision, pooled=pooled, attentions=maps)
+
+    def build_pretraining_heads(self) -> PretrainingHeads:
+        """MLM, alignment on the fused pooled vector, and the 1601-class distribution per region
+        (``region_class_logits`` (B, R+1, 1601), index 0 being the global region)."""
+        c = self.config
+        heads = PretrainingHeads(
+            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+            pair=PairHead(c.pooled_dim),
+            region=RegionHeads(c.vision_dim, {"class": c.num_region_classes}, c.layer_norm_eps),
+        )
+        _init_heads(heads, c.init_std)
+        return heads
+
+    def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
+        """BERT's embeddings and layers 0..11 -> the text stream, as the paper does. New: the region
+        embeddings, the vision stream, the co-attention layers and both poolers."""
+        if num_bert_layers != self.config.num_layers:
+            raise ValueError(
+                f"BERT checkpoint has {num_bert_layers} layers, ViLBERT's text stream {self.config.num_layers}"
+            )
+        return [("embeddings", "embeddings"), ("text_layers", "layers")]
+
+    def layer_plan(self) -> list[str]:
+        c = self.config
+        names = {
+            "text": f"Block(dim {c.dim}, heads {c.num_heads}, ffn {c.ffn_dim})",
+            "vision": f"Block(dim {c.vision_dim}, heads {c.vision_heads}, ffn {c.vision_ffn_dim})",
+            "co": f"CoAttention(text {c.dim} <-> vision {c.vision_dim} at {c.co_dim}, heads {c.co_heads}; "
+            f"ffn text {c.ffn_dim}, vision {c.vision_ffn_dim})",
+        }
+        modules = {"text": "text_layers", "vision": "vision_layers", "co": "co_layers"}
+        return [
+            f"embeddings: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment {c.type_vocab_size}, LN",
+            f"region_embeddings: LN(Linear({c.region_feat_dim}, {c.vision_dim}) + Linear(5, {c.vision_dim})), "
+            "global region first",
+            *(f"{modules[kind]}.{i}: {names[kind]}" for kind, i in self.plan),
+            f"pooled: ReLU(Linear({c.dim}, {c.pooled_dim})) on [CLS] * ReLU(Linear({c.vision_dim}, {c.pooled_dim})) "
+            "on the global region",
+        ]
+
+
+def vilbert_base() -> ViLBertConfig:
+    """ViLBERT (config/bert_base_6layer_6conect.json): 12 text, 6 vision, 6 co-attention layers."""
+    return ViLBertConfig()
+
+
+def vilbert_2layer() -> ViLBertConfig:
+    """The 2-co-attention variant (config/bert_base_2layer_2conect.json): 12 text, 2 vision layers."""
+    return ViLBertConfig(num_vision_layers=2, vision_co_ids=(0, 1), text_co_ids=(10, 11))
+
+
+def vilbert_tiny() -> ViLBertConfig:
+    """A tiny ViLBERT for tests: plan T0, C0, T1, V0, C1, V1."""
+    return ViLBertConfig(
+        dim=32,
+        num_heads=2,
+        num_layers=2,
+        ffn_dim=64,
+        vocab_size=100,
+        max_positions=64,
+        region_feat_dim=16,
+        vision_dim=24,
+        vision_heads=2,
+        vision_ffn_dim=40,
+        num_vision_layers=2,
+        co_dim=28,
+        co_heads=2,
+        vision_co_ids=(0, 1),
+        text_co_ids=(1, 2),
+        pooled_dim=20,
+        num_region_classes=11,
+    )
