@@ -12,7 +12,9 @@ LXMERT), masked object prediction (shared transform, then object 1600 / attribut
 decoders) and image QA (Linear(768, 1536), GELU, LN, Linear(1536, 9500)).
 
 Matches Hugging Face ``LxmertModel`` / ``LxmertForPreTraining`` / ``LxmertForQuestionAnswering`` to
-float precision (``mmbert.convert.hf_lxmert``). Deviations: none in the forward pass. In training,
+float precision (``mmbert.convert.hf_lxmert``). Deviations: padded regions are zeroed before the
+visual feature encoder (``clear_padding``), so the vision output at *padded* positions differs from
+Hugging Face's (meaningless there anyway); every real position is the same. In training,
 Hugging Face builds the position and segment tables with ``padding_idx=0``, so position 0 and segment
 0 never receive gradient there; ours do (as in BERT and the original LXMERT code).
 """
@@ -76,6 +78,15 @@ class LxmertConfig(ModelConfig):
         if self.predict_region_feats:
             outputs["feat"] = self.region_feat_dim
         return outputs
+
+
+def clear_padding(feats: Tensor, boxes: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Zero the padded regions' features and boxes, so that whatever padding holds (even NaN, which
+    masked attention would still spread: 0 * NaN = NaN) cannot reach the real positions."""
+    if mask is None:
+        return feats, boxes
+    pad = ~mask[..., None]
+    return feats.masked_fill(pad, 0.0), boxes.masked_fill(pad, 0.0)
 
 
 class VisualFeatureEncoder(nn.Module):
@@ -165,6 +176,7 @@ class Lxmert(EncoderModel):
         if region_feats is None or region_boxes is None:
             raise ValueError("LXMERT needs region_feats (B, R, F) and region_boxes (B, R, 4)")
         check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_ids.shape[0])
+        region_feats, region_boxes = clear_padding(region_feats, region_boxes, region_mask)
 
         text = self.embeddings(text_ids, segment_ids)  # (B, T, D)
         vision = self.region_embeddings(region_feats, region_boxes)  # (B, R, D)

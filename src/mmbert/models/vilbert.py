@@ -18,6 +18,7 @@ Deviations from vilbert-multi-task (vilbert/vilbert.py), all weight-free or dead
   (1024*1024+1024 + 1024*768+768 parameters per co-attention layer).
 * The multi-task extras (task tokens, dynamic attention, frozen layers, fast mode, in-batch pairs) are
   not part of the pre-trained model and are left out.
+* Padded regions are zeroed before embedding (``clear_padding``): padding content, even NaN, is inert.
 * The vision output keeps the global region at index 0 (``vision_mask`` marks it real), so
   ``Encoded.vision`` has R + 1 positions.
 """
@@ -103,6 +104,15 @@ def interleave(
     plan += [("vision", j) for j in range(v, num_vision)]
     plan += [("text", i) for i in range(t, num_text)]
     return plan
+
+
+def clear_padding(feats: Tensor, boxes: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Zero the padded regions' features and boxes, so that whatever padding holds (even NaN, which
+    masked attention would still spread: 0 * NaN = NaN) cannot reach the real positions."""
+    if mask is None:
+        return feats, boxes
+    pad = ~mask[..., None]
+    return feats.masked_fill(pad, 0.0), boxes.masked_fill(pad, 0.0)
 
 
 class RegionEmbeddings(nn.Module):
@@ -201,6 +211,7 @@ class ViLBert(EncoderModel):
         if region_feats is None or region_boxes is None:
             raise ValueError("ViLBERT needs region_feats (B, R, F) and region_boxes (B, R, 4)")
         check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_ids.shape[0])
+        region_feats, region_boxes = clear_padding(region_feats, region_boxes, region_mask)
         feats, boxes, vision_real = add_global_region(region_feats, region_boxes, region_mask, "first")
 
         text = self.embeddings(text_ids, segment_ids)  # (B, T, D)

@@ -1,0 +1,209 @@
+"""LXMERT structure: sizes of the reference, one cross-attention shared by both directions and fed the
+pre-update states, heads with the reference shapes, attention maps, BERT initialisation, bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from helpers import make_inputs
+
+import mmbert
+from mmbert.models.lxmert import Lxmert, LxmertConfig
+
+
+def lin(i: int, o: int) -> int:
+    return i * o + o
+
+
+def test_parameter_count_matches_the_reference():
+    V, P, TY, D, FF, F = 30522, 512, 2, 768, 3072, 2048
+    block = 4 * lin(D, D) + 2 * D + lin(D, FF) + lin(FF, D) + 2 * D
+    cross = 4 * lin(D, D) + 2 * D  # the one shared visual_attention (query, key, value, output, LN)
+    expected = (
+        V * D
+        + P * D
+        + TY * D
+        + 2 * D  # text embeddings
+        + lin(F, D)
+        + 2 * D
+        + lin(4, D)
+        + 2 * D  # visual feature encoder
+        + 9 * block
+        + 5 * block
+        + 5 * (cross + 2 * block)
+        + lin(D, D)  # pooler
+    )
+    with torch.device("meta"):
+        ours = mmbert.build_model("lxmert_base")
+        pt = mmbert.PretrainingModel(ours)
+        ref = transformers.LxmertForPreTraining(transformers.LxmertConfig())
+    assert ours.num_parameters() == expected == sum(p.numel() for p in ref.lxmert.parameters())
+    heads = sum(p.numel() for p in pt.heads.parameters())
+    ref_heads = sum(p.numel() for n, p in ref.named_parameters() if not n.startswith("lxmert."))
+    assert heads == ref_heads  # (the tied MLM decoder is counted once, in the embeddings, in both)
+    assert pt.heads.answer.fc1.out_features == 1536 and pt.heads.answer.fc2.out_features == 9500
+    assert {k: d.out_features for k, d in pt.heads.region.decoders.items()} == {
+        "class": 1600,
+        "attr": 400,
+        "feat": 2048,
+    }
+
+
+def test_one_cross_attention_serves_both_directions_from_pre_update_states():
+    torch.manual_seed(0)
+    c = mmbert.MODELS["lxmert_tiny"]()
+    layer = Lxmert(c).cross_layers[0].eval()
+    calls = []
+    layer.cross.register_forward_hook(lambda m, args, out: calls.append(tuple(a.shape for a in args[:2])))
+    text, vision = torch.randn(2, 5, c.dim), torch.randn(2, 4, c.dim)
+    with torch.no_grad():
+        new_text, new_vision, _ = layer(text, vision, None, None, False)
+        calls_in_forward = list(calls)
+        t, _ = layer.cross(text, vision)
+        v, _ = layer.cross(vision, text)
+        expect_text, _ = layer.text(t)
+        expect_vision, _ = layer.vision(v)
+    assert calls_in_forward == [((2, 5, c.dim), (2, 4, c.dim)), ((2, 4, c.dim), (2, 5, c.dim))]
+    assert layer.cross.ffn is None
+    torch.testing.assert_close(new_text, expect_text, atol=0, rtol=0)
+    torch.testing.assert_close(new_vision, expect_vision, atol=0, rtol=0)
+
+
+def test_encoders_run_language_then_relations_then_cross():
+    model = mmbert.build_model("lxmert_tiny").eval()
+    calls: list[str] = []
+    for name, layers in (("L", model.text_layers), ("R", model.vision_layers), ("X", model.cross_layers)):
+        for i, layer in enumerate(layers):
+            layer.register_forward_hook(lambda *_, n=f"{name}{i}": calls.append(n))
+    with torch.no_grad():
+        model(**make_inputs(model.config))
+    assert calls == ["L0", "L1", "R0", "X0", "X1"]
+
+
+def test_pretraining_outputs_have_the_reference_shapes():
+    model = mmbert.build_model("lxmert_tiny")
+    pt = mmbert.PretrainingModel(model).eval()
+    inputs = make_inputs(model.config, batch=2, text_len=7, regions=5)
+    with torch.no_grad():
+        out = pt(**inputs)
+        gathered = pt(**inputs, mlm_positions=inputs["text_mask"])
+    c = model.config
+    assert out.mlm_logits.shape == (2, 7, c.vocab_size)
+    torch.testing.assert_close(gathered.mlm_logits, out.mlm_logits[inputs["text_mask"]])
+    assert out.pair_logits.shape == (2, 2)
+    assert out.region_class_logits.shape == (2, 5, c.num_object_labels)
+    assert out.region_attr_logits.shape == (2, 5, c.num_attr_labels)
+    assert out.region_feat_pred.shape == (2, 5, c.region_feat_dim)
+    assert out.answer_logits.shape == (2, c.num_qa_labels)
+    assert out.encoded.pooled.shape == (2, c.dim)
+
+
+def test_optional_heads_follow_the_config():
+    c = mmbert.MODELS["lxmert_tiny"]().replace(num_qa_labels=0, num_attr_labels=0, predict_region_feats=False)
+    heads = Lxmert(c).build_pretraining_heads()
+    assert heads.answer is None and list(heads.region.decoders) == ["class"]
+    c = c.replace(num_object_labels=0)
+    assert Lxmert(c).build_pretraining_heads().region is None
+
+
+def test_attention_maps_have_named_shapes_and_are_off_by_default():
+    model = mmbert.build_model("lxmert_tiny").eval()
+    c = model.config
+    inputs = make_inputs(c, batch=2, text_len=7, regions=5)
+    with torch.no_grad():
+        plain = model(**inputs)
+        enc = model(**inputs, output_attentions=True)
+    assert plain.attentions is None
+    torch.testing.assert_close(enc.vision, plain.vision, atol=1e-5, rtol=0)
+    maps = enc.attentions
+    x = c.num_cross_layers
+    assert [len(maps[k]) for k in ("text_text", "vision_vision", "text_vision", "vision_text")] == [
+        c.num_layers + x,
+        c.num_vision_layers + x,
+        x,
+        x,
+    ]
+    h, t, r = c.num_heads, 7, 5
+    assert all(m.shape == (2, h, t, t) for m in maps["text_text"])
+    assert all(m.shape == (2, h, r, r) for m in maps["vision_vision"])
+    assert all(m.shape == (2, h, t, r) for m in maps["text_vision"])
+    assert all(m.shape == (2, h, r, t) for m in maps["vision_text"])
+    # padded text tokens (last 3 of example 1) receive no attention from the regions
+    assert float(maps["vision_text"][-1][1, :, :, -3:].abs().max()) == 0.0
+
+
+def test_language_encoder_initialised_from_bert(tmp_path):
+    torch.manual_seed(0)
+    bert = mmbert.build_model("bert_tiny")
+    bert.save(tmp_path)
+    model = mmbert.build_model("lxmert_tiny", init_text_from=tmp_path)
+    for i in range(model.config.num_layers):
+        assert torch.equal(model.text_layers[i].ffn.fc1.weight, bert.layers[i].ffn.fc1.weight)
+    assert torch.equal(model.pooler.dense.weight, bert.pooler.dense.weight)
+    new = model.init_report.new
+    assert any(k.startswith("cross_layers.") for k in new) and any(
+        k.startswith("vision_layers.") for k in new
+    )
+    assert "region_embeddings.feat" in new
+    assert not any(k.startswith(("text_layers.", "embeddings.", "pooler.")) for k in new)
+    with pytest.raises(ValueError, match="language encoder needs 3"):
+        mmbert.build_model("lxmert_tiny", num_layers=3, init_text_from=tmp_path)
+
+
+BAD_INPUTS = [
+    (
+        "region_feats",
+        lambda x: torch.cat([x, x[..., :1]], -1),
+        "feature width 17 but the model's region_feat_dim is 16",
+    ),
+    (
+        "region_feats",
+        lambda x: x.index_put((torch.tensor(1), torch.tensor(2)), torch.tensor(float("inf"))),
+        r"region_feats\[1, 2\] contains NaN or inf",
+    ),
+    ("region_boxes", lambda x: x - 0.7, r"region_boxes\[0, 0\].*outside \[0, 1\]"),
+    ("region_boxes", lambda x: x[..., [0, 3, 2, 1]], r"region_boxes\[0, 0\].*y2 < y1"),
+    ("region_boxes", lambda x: x[:, :-1], r"region_boxes has shape \(2, 4, 4\), expected \(2, 5, 4\)"),
+    ("region_mask", lambda x: x[:1], r"region_mask has shape \(1, 5\)"),
+    ("region_feats", lambda x: x[:1], "region_feats has batch size 1 but text_ids has 2"),
+]
+
+
+@pytest.mark.parametrize("name,corrupt,message", BAD_INPUTS, ids=[m[:40] for _, _, m in BAD_INPUTS])
+def test_bad_inputs_fail_clearly(name, corrupt, message):
+    model = mmbert.build_model("lxmert_tiny").eval()
+    inputs = make_inputs(model.config)
+    inputs[name] = corrupt(inputs[name])
+    with pytest.raises((ValueError, TypeError), match=message):
+        model(**inputs)
+
+
+def test_nan_in_padded_regions_is_inert():
+    """Padding may hold anything, NaN included: only real regions are checked, and only they count."""
+    model = mmbert.build_model("lxmert_tiny").eval()
+    inputs = make_inputs(model.config)
+    dirty = dict(
+        inputs, region_feats=inputs["region_feats"].clone(), region_boxes=inputs["region_boxes"].clone()
+    )
+    dirty["region_feats"][1, -1] = float("nan")
+    dirty["region_boxes"][1, -2] = float("nan")
+    with torch.no_grad():
+        a, b = model(**inputs), model(**dirty)
+    real = inputs["region_mask"]
+    torch.testing.assert_close(b.text, a.text, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.vision[real], a.vision[real], atol=1e-5, rtol=1e-5)
+    assert bool(torch.isfinite(b.vision).all())
+
+
+def test_regions_are_required():
+    model = mmbert.build_model("lxmert_tiny")
+    with pytest.raises(ValueError, match="LXMERT needs region_feats"):
+        model(torch.ones(1, 3, dtype=torch.long))
+
+
+def test_config_refuses_unknown_and_negative_fields():
+    with pytest.raises(ValueError, match="num_cross_layers must be >= 0"):
+        LxmertConfig(num_cross_layers=-1)
+    with pytest.raises(ValueError, match="unknown keys"):
+        LxmertConfig.from_dict({"x_layers": 5})
