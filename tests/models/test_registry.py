@@ -43,6 +43,9 @@ def test_gradients_reach_every_parameter(name):
     model = mmbert.build_model(name).train()
     pt = mmbert.PretrainingModel(model)
     inputs = make_inputs(model.config, batch=3)
+    if getattr(model, "masked_region_input", False):  # masked-region embeddings learn only from masked regions
+        inputs["region_masked"] = torch.zeros_like(inputs["region_mask"])
+        inputs["region_masked"][:, 0] = True
     out = pt(**inputs)
     loss = sum(
         v.float().pow(2).mean()
@@ -54,6 +57,7 @@ def test_gradients_reach_every_parameter(name):
             out.region_feat_pred,
             out.answer_logits,
             out.encoded.vision,
+            out.encoded.pooled,  # models without a match head (VL-BERT) still pool
         )
         if v is not None
     )

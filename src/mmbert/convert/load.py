@@ -10,7 +10,7 @@ from types import ModuleType
 
 from safetensors.torch import save_file
 
-from mmbert.convert import common, hf_bert, hf_lxmert
+from mmbert.convert import common, hf_bert, hf_lxmert, hf_visualbert
 from mmbert.convert.common import CheckpointError, load_state_strict, read_config, read_weights
 from mmbert.models import EncoderModel, PretrainingModel, config_from_dict, model_class
 from mmbert.models.base import atomic_write
@@ -20,6 +20,7 @@ from mmbert.models.base import atomic_write
 HF_CONVERTERS: dict[str, ModuleType] = {
     hf_bert.HF_MODEL_TYPE: hf_bert,
     hf_lxmert.HF_MODEL_TYPE: hf_lxmert,
+    hf_visualbert.HF_MODEL_TYPE: hf_visualbert,
 }
 
 

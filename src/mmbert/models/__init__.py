@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mmbert.config import ModelConfig
-from mmbert.models import bert, lxmert, vilbert
+from mmbert.models import bert, lxmert, uniter, unicoder_vl, vilbert, visualbert, vl_bert
 from mmbert.models.base import Encoded, EncoderModel
 from mmbert.models.pretraining import PretrainingHeads, PretrainingModel, PretrainingOutput
 
@@ -20,12 +20,24 @@ MODELS: dict[str, Callable[[], ModelConfig]] = {
     "vilbert_tiny": vilbert.vilbert_tiny,
     "lxmert_base": lxmert.lxmert_base,
     "lxmert_tiny": lxmert.lxmert_tiny,
+    "visualbert_base": visualbert.visualbert_base,
+    "visualbert_tiny": visualbert.visualbert_tiny,
+    "unicoder_vl_base": unicoder_vl.unicoder_vl_base,
+    "unicoder_vl_tiny": unicoder_vl.unicoder_vl_tiny,
+    "vl_bert_base": vl_bert.vl_bert_base,
+    "vl_bert_tiny": vl_bert.vl_bert_tiny,
+    "uniter_base": uniter.uniter_base,
+    "uniter_tiny": uniter.uniter_tiny,
 }
 
 MODEL_CLASSES: dict[str, type[EncoderModel]] = {
     "bert": bert.Bert,
     "vilbert": vilbert.ViLBert,
     "lxmert": lxmert.Lxmert,
+    "visualbert": visualbert.VisualBert,
+    "unicoder_vl": unicoder_vl.UnicoderVL,
+    "vl_bert": vl_bert.VLBert,
+    "uniter": uniter.Uniter,
 }
 
 

@@ -1,0 +1,209 @@
+"""The single-stream assembly shared by VisualBERT, Unicoder-VL, VL-BERT and UNITER.
+
+Each of those models feeds text tokens and image regions into ONE Transformer. They differ only in how
+the joint input sequence is embedded, so a model file supplies its own embedding module and this base
+class does the rest: ``[text ; vision]`` -> a stack of post-LN ``Block``s with one key-padding mask ->
+split back into ``Encoded(text, vision, pooled)``.
+
+Padded text tokens sit between the real text and the regions in the joint sequence; their keys are
+masked, so real positions never see them (padding invariance). Models whose vision part holds more
+than the input regions (a whole-image region, VL-BERT's [END]) say which elements are input regions
+through ``vision_mask``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mmbert.config import ModelConfig
+from mmbert.data.boxes import check_region_inputs
+from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
+from mmbert.nn import Block, Pooler, key_padding_bias
+
+GlobalRegion = Literal["first", "last", "none"]
+GLOBAL_REGION_CHOICES = ("first", "last", "none")
+
+
+def check_global_region(config: ModelConfig) -> None:
+    where = getattr(config, "global_region", "none")
+    if where not in GLOBAL_REGION_CHOICES:
+        raise ValueError(
+            f"{type(config).__name__}.global_region must be one of {GLOBAL_REGION_CHOICES}, got {where!r}"
+        )
+
+
+def split_attention(maps: list[Tensor], text_len: int) -> dict[str, list[Tensor]]:
+    """Per-layer joint maps (B, H, T+R, T+R) -> the four directions, each (B, H, queries, keys)."""
+    t = text_len
+    return {
+        "text_text": [p[:, :, :t, :t] for p in maps],
+        "text_vision": [p[:, :, :t, t:] for p in maps],
+        "vision_text": [p[:, :, t:, :t] for p in maps],
+        "vision_vision": [p[:, :, t:, t:] for p in maps],
+    }
+
+
+class SingleStreamModel(EncoderModel):
+    """Base of the single-stream models. Subclasses build ``self.embeddings`` and implement ``embed``.
+
+    ``embed`` returns the joint sequence (B, T + R', D) and its boolean key mask (B, T + R'); the first T
+    elements are the text tokens, the rest the vision elements (R' >= R).
+    """
+
+    # Vision elements appended after the regions (and after a global region placed last), e.g. VL-BERT's [END].
+    num_trailing_elements: int = 0
+    # Whether the region boxes are required (VisualBERT, as in Hugging Face, does not use them).
+    needs_boxes: bool = True
+    # Whether forward takes ``region_masked`` (B, R) bool: regions masked for a masked-region objective.
+    masked_region_input: bool = False
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        check_global_region(config)
+        c = config
+        self.layers = nn.ModuleList(
+            Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
+            for _ in range(c.num_layers)
+        )
+        self.pooler = Pooler(c.dim)
+
+    def embed(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor,
+        segment_ids: Tensor | None,
+        region_feats: Tensor,
+        region_boxes: Tensor | None,
+        region_mask: Tensor,
+        **extra: Any,
+    ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def check_extra_inputs(self, region_feats: Tensor, **extra: Any) -> None:
+        """Validate model-specific inputs (VisualBERT's alignment, masked-region flags)."""
+        if extra:
+            raise TypeError(f"{type(self).__name__} got unexpected inputs {sorted(extra)}")
+
+    def forward(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        region_feats: Tensor | None = None,
+        region_boxes: Tensor | None = None,
+        region_mask: Tensor | None = None,
+        output_attentions: bool = False,
+        **extra: Any,
+    ) -> Encoded:
+        check_text_inputs(self.config, text_ids, text_mask, segment_ids)
+        name = type(self).__name__
+        if region_feats is None:
+            raise ValueError(
+                f"{name} is a vision-and-language model: it needs region_feats (batch, regions, features)"
+            )
+        if region_feats.dim() != 3:
+            raise ValueError(
+                f"region_feats must be (batch, regions, features), got shape {tuple(region_feats.shape)}"
+            )
+        if region_boxes is None:
+            if self.needs_boxes:
+                raise ValueError(
+                    f"{name} needs region_boxes (batch, regions, 4) as normalised (x1, y1, x2, y2)"
+                )
+            boxes_to_check = region_feats.new_zeros(*region_feats.shape[:2], 4)  # nothing to check
+        else:
+            boxes_to_check = region_boxes
+        check_region_inputs(
+            region_feats, boxes_to_check, region_mask, self.config.region_feat_dim, text_ids.shape[0]
+        )
+        self.check_extra_inputs(region_feats, **extra)
+        b, t = text_ids.shape
+        if text_mask is None:
+            text_mask = torch.ones(b, t, dtype=torch.bool, device=text_ids.device)
+        if region_mask is None:
+            region_mask = torch.ones(region_feats.shape[:2], dtype=torch.bool, device=region_feats.device)
+
+        x, mask = self.embed(
+            text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask, **extra
+        )
+        return self.encode(x, mask, t, output_attentions)
+
+    def encode(self, x: Tensor, mask: Tensor, text_len: int, output_attentions: bool = False) -> Encoded:
+        """The Block stack over the joint sequence x (B, T + R', D) with key mask (B, T + R'), split at T."""
+        bias = key_padding_bias(mask, x.dtype)
+        maps: list[Tensor] = []
+        for layer in self.layers:
+            x, probs = layer(x, bias, need_weights=output_attentions)
+            if output_attentions:
+                maps.append(probs)
+        return Encoded(
+            text=x[:, :text_len],
+            vision=x[:, text_len:],
+            pooled=self.pooler(x),
+            attentions=split_attention(maps, text_len) if output_attentions else None,
+        )
+
+    def vision_mask(self, inputs: dict[str, Tensor]) -> Tensor:
+        """Which elements of ``Encoded.vision`` are input regions (True) for these inputs: (B, R').
+
+        False at padded regions, at the whole-image region and at trailing elements such as [END].
+        """
+        feats = inputs["region_feats"]
+        mask = inputs.get("region_mask")
+        if mask is None:
+            mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+        b = mask.shape[0]
+        no = torch.zeros(b, 1, dtype=torch.bool, device=mask.device)
+        where = getattr(self.config, "global_region", "none")
+        if where == "first":
+            mask = torch.cat([no, mask], 1)
+        elif where == "last":
+            mask = torch.cat([mask, no], 1)
+        if self.num_trailing_elements:
+            mask = torch.cat([mask, no.expand(b, self.num_trailing_elements)], 1)
+        return mask
+
+    def block_plan(self) -> list[str]:
+        c = self.config
+        return [
+            *(
+                f"layers.{i}: Block(dim {c.dim}, heads {c.num_heads}, ffn {c.ffn_dim}) over [text ; vision]"
+                for i in range(c.num_layers)
+            ),
+            f"pooler: tanh(Linear({c.dim}, {c.dim})) on [CLS]",
+        ]
+
+    def text_layers_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
+        """The Transformer layers and pooler come from BERT one to one (each paper initialises so)."""
+        if num_bert_layers != self.config.num_layers:
+            raise ValueError(
+                f"BERT checkpoint has {num_bert_layers} layers, {type(self).__name__} has {self.config.num_layers}"
+            )
+        return [("layers", "layers"), ("pooler", "pooler")]
+
+
+def init_heads(heads: nn.Module, std: float) -> None:
+    """BERT's initialisation for freshly built heads (the tied MLM decoder is not touched)."""
+    for m in heads.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def check_region_flags(name: str, flags: Tensor | None, region_feats: Tensor) -> None:
+    """Validate a per-region boolean input such as ``region_masked`` (B, R)."""
+    if flags is None:
+        return
+    if flags.shape != region_feats.shape[:2]:
+        raise ValueError(
+            f"{name} has shape {tuple(flags.shape)}, expected {tuple(region_feats.shape[:2])} to match region_feats"
+        )
+    if flags.dtype != torch.bool:
+        raise TypeError(f"{name} must be boolean (True = masked region), got dtype {flags.dtype}")

@@ -1,0 +1,169 @@
+"""Unicoder-VL: A Universal Encoder for Vision and Language by Cross-modal Pre-training
+(Li et al. 2020, arXiv:1908.06066).
+
+No public reference code exists: this is implemented from the paper. Architecture: BERT text
+embeddings (word + position + segment, LN); each region embedded as ``LN(W_f f + W_l l5)`` — a fully
+connected layer on the 2048-d RoI feature and one on the 5-d location [x1, y1, x2, y2, w*h] (normalised
+coordinates and area fraction), summed, then LayerNorm; regions follow the text in one sequence through
+12 shared post-LN Transformer layers (initialised from BERT-base); tanh pooler on [CLS].
+Pre-training heads: masked LM (tied), Visual-Linguistic Matching (index 1 = matches) and Masked Object
+Classification — the detector label of a masked region (1601 classes by default).
+
+Masked regions (MOC) are signalled by the optional ``region_masked`` (B, R) bool input: the paper zeroes
+their features, so we do (their location is kept). The paper gives regions no segment or position
+embedding and we add none. The whole-image region (``global_region``) is off by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmbert.config import ModelConfig
+from mmbert.data.boxes import add_global_region, location_features
+from mmbert.models.pretraining import PretrainingHeads
+from mmbert.models.single_stream import (
+    GlobalRegion,
+    SingleStreamModel,
+    check_global_region,
+    check_region_flags,
+    init_heads,
+)
+from mmbert.nn import MLMHead, PairHead, RegionHeads, TextEmbeddings
+
+
+@dataclass
+class UnicoderVLConfig(ModelConfig):
+    model_type = "unicoder_vl"
+
+    region_feat_dim: int = 2048
+    num_region_classes: int = 1601  # Masked Object Classification targets (detector classes)
+    global_region: GlobalRegion = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_global_region(self)
+        for name in ("region_feat_dim", "num_region_classes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"UnicoderVLConfig.{name} must be positive, got {getattr(self, name)}")
+
+
+class UnicoderVLRegionEmbeddings(nn.Module):
+    """``LN(W_f f + W_l [x1, y1, x2, y2, area])``; masked regions have their feature zeroed."""
+
+    def __init__(self, c: UnicoderVLConfig) -> None:
+        super().__init__()
+        self.feat_proj = nn.Linear(c.region_feat_dim, c.dim)
+        self.loc_proj = nn.Linear(5, c.dim)
+        self.norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
+        self.dropout = c.dropout
+
+    def forward(self, feats: Tensor, boxes: Tensor, masked: Tensor | None = None) -> Tensor:
+        """feats (B, R, F), boxes (B, R, 4), masked (B, R) -> (B, R, D)."""
+        if masked is not None:
+            feats = feats.masked_fill(masked[..., None], 0.0)
+        h = self.feat_proj(feats) + self.loc_proj(location_features(boxes, "5d"))
+        return F.dropout(self.norm(h), self.dropout, self.training)
+
+
+class UnicoderVLEmbeddings(nn.Module):
+    def __init__(self, c: UnicoderVLConfig) -> None:
+        super().__init__()
+        self.text = TextEmbeddings(
+            c.vocab_size,
+            c.dim,
+            c.max_positions,
+            c.type_vocab_size,
+            c.dropout,
+            c.layer_norm_eps,
+            c.pad_token_id,
+        )
+        self.region = UnicoderVLRegionEmbeddings(c)
+
+    def forward(self, text_ids, segment_ids, feats, boxes, masked=None) -> Tensor:
+        return torch.cat([self.text(text_ids, segment_ids), self.region(feats, boxes, masked)], dim=1)
+
+
+class UnicoderVL(SingleStreamModel):
+    config_class = UnicoderVLConfig
+    config: UnicoderVLConfig
+    masked_region_input = True
+
+    def __init__(self, config: UnicoderVLConfig) -> None:
+        super().__init__(config)
+        self.embeddings = UnicoderVLEmbeddings(config)
+        self.init_weights()
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.embeddings.text.word
+
+    def check_extra_inputs(self, region_feats: Tensor, region_masked: Tensor | None = None, **extra) -> None:
+        super().check_extra_inputs(region_feats, **extra)
+        check_region_flags("region_masked", region_masked, region_feats)
+
+    def embed(
+        self,
+        text_ids,
+        text_mask,
+        segment_ids,
+        region_feats,
+        region_boxes,
+        region_mask,
+        region_masked: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        where = self.config.global_region
+        if where != "none":
+            region_feats, region_boxes, region_mask = add_global_region(
+                region_feats, region_boxes, region_mask, where
+            )
+            if region_masked is not None:
+                no = torch.zeros_like(region_masked[:, :1])
+                region_masked = torch.cat([no, region_masked] if where == "first" else [region_masked, no], 1)
+        x = self.embeddings(text_ids, segment_ids, region_feats, region_boxes, region_masked)
+        return x, torch.cat([text_mask, region_mask], 1)
+
+    def build_pretraining_heads(self) -> PretrainingHeads:
+        c = self.config
+        heads = PretrainingHeads(
+            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+            pair=PairHead(c.dim),
+            region=RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps),
+        )
+        init_heads(heads, c.init_std)
+        return heads
+
+    def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
+        return [("embeddings.text", "embeddings"), *self.text_layers_init_map(num_bert_layers)]
+
+    def layer_plan(self) -> list[str]:
+        c = self.config
+        return [
+            f"embeddings.text: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment "
+            f"{c.type_vocab_size}, LN",
+            f"embeddings.region: LN(Linear({c.region_feat_dim}, {c.dim}) + Linear(5, {c.dim}))"
+            f" (global region: {c.global_region})",
+            *self.block_plan(),
+        ]
+
+
+def unicoder_vl_base() -> UnicoderVLConfig:
+    """Unicoder-VL base: BERT-base sizes, 2048-d RoI features, 1601 detector classes."""
+    return UnicoderVLConfig()
+
+
+def unicoder_vl_tiny() -> UnicoderVLConfig:
+    """A tiny Unicoder-VL for tests."""
+    return UnicoderVLConfig(
+        dim=32,
+        num_heads=2,
+        num_layers=2,
+        ffn_dim=64,
+        vocab_size=100,
+        max_positions=64,
+        region_feat_dim=16,
+        num_region_classes=11,
+    )

@@ -1,0 +1,199 @@
+"""UNITER: UNiversal Image-TExt Representation Learning (Chen et al. 2020, arXiv:1909.11740).
+
+Architecture (ChenRocks/UNITER model/model.py): BERT text embeddings (word + position + segment, LN);
+each region embedded as ``LN( LN(W_f f) + LN(W_p p7) + type(1) )`` with the 7-d location
+[x1, y1, x2, y2, w, h, w*h] and the text's segment table at type 1; the two are concatenated and run
+through 12 shared post-LN Transformer layers; tanh pooler on [CLS]. Pre-training heads: masked LM
+(tied), image-text matching (index 1 = matches), masked region classification against the detector's
+1601 classes (MRC / MRC-KL) and masked region feature regression (MRFR, decoder tied to ``W_f``).
+
+Masked regions (MRM) are signalled by the optional ``region_masked`` (B, R) bool input: as in UNITER
+their features are zeroed and a learned ``mask_embedding`` vector is added before ``W_f``. Deviations:
+none in the computation; UNITER removes padding by gathering, we mask keys (same outputs). The whole-
+image region (``global_region``) is off by default (VOLTA's controlled setting puts it first). The
+WRA optimal-transport objective is not part of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmbert.config import ModelConfig
+from mmbert.data.boxes import add_global_region, location_features
+from mmbert.models.pretraining import PretrainingHeads
+from mmbert.models.single_stream import (
+    GlobalRegion,
+    SingleStreamModel,
+    check_global_region,
+    check_region_flags,
+    init_heads,
+)
+from mmbert.nn import MLMHead, PairHead, PredictionTransform, TextEmbeddings
+
+
+@dataclass
+class UniterConfig(ModelConfig):
+    model_type = "uniter"
+
+    region_feat_dim: int = 2048
+    num_region_classes: int = 1601  # detector classes of the MRC head (Visual Genome 1600 + background)
+    global_region: GlobalRegion = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_global_region(self)
+        if self.type_vocab_size < 2:
+            raise ValueError("UniterConfig.type_vocab_size must be >= 2 (regions use segment type 1)")
+        for name in ("region_feat_dim", "num_region_classes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"UniterConfig.{name} must be positive, got {getattr(self, name)}")
+
+
+class UniterRegionEmbeddings(nn.Module):
+    """``LN(LN(W_f f) + LN(W_p p7) + segment)``; masked regions: zero feature + ``mask_embedding``."""
+
+    def __init__(self, c: UniterConfig) -> None:
+        super().__init__()
+        self.feat_proj = nn.Linear(c.region_feat_dim, c.dim)
+        self.feat_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
+        self.loc_proj = nn.Linear(7, c.dim)
+        self.loc_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
+        self.mask_embedding = nn.Parameter(torch.zeros(c.region_feat_dim))
+        self.norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
+        self.dropout = c.dropout
+
+    def forward(self, feats: Tensor, boxes: Tensor, segment: Tensor, masked: Tensor | None = None) -> Tensor:
+        """feats (B, R, F), boxes (B, R, 4), segment (D,), masked (B, R) -> (B, R, D)."""
+        if masked is not None:
+            m = masked[..., None]
+            feats = torch.where(m, self.mask_embedding.to(feats.dtype), feats)
+        h = self.feat_norm(self.feat_proj(feats)) + self.loc_norm(
+            self.loc_proj(location_features(boxes, "7d"))
+        )
+        return F.dropout(self.norm(h + segment), self.dropout, self.training)
+
+
+class UniterEmbeddings(nn.Module):
+    def __init__(self, c: UniterConfig) -> None:
+        super().__init__()
+        self.text = TextEmbeddings(
+            c.vocab_size,
+            c.dim,
+            c.max_positions,
+            c.type_vocab_size,
+            c.dropout,
+            c.layer_norm_eps,
+            c.pad_token_id,
+        )
+        self.region = UniterRegionEmbeddings(c)
+
+    def forward(self, text_ids, segment_ids, feats, boxes, masked=None) -> Tensor:
+        text = self.text(text_ids, segment_ids)
+        vision = self.region(feats, boxes, self.text.segment.weight[1], masked)
+        return torch.cat([text, vision], dim=1)
+
+
+class UniterRegionHeads(nn.Module):
+    """UNITER's two region heads, each with its own transform (dense, GELU, LN): ``class`` (MRC, the
+    detector's classes) and ``feat`` (MRFR), whose decoder is tied to the region projection ``W_f``
+    (transposed) with its own bias."""
+
+    def __init__(self, dim: int, num_classes: int, feat_proj: nn.Linear, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.class_transform = PredictionTransform(dim, eps)
+        self.class_decoder = nn.Linear(dim, num_classes)
+        self.feat_transform = PredictionTransform(dim, eps)
+        self._tied = [feat_proj]  # not registered: the matrix belongs to the encoder
+        self.feat_bias = nn.Parameter(torch.zeros(feat_proj.in_features))
+
+    def forward(self, vision: Tensor) -> dict[str, Tensor]:
+        feat = F.linear(self.feat_transform(vision), self._tied[0].weight.t(), self.feat_bias)
+        return {"class": self.class_decoder(self.class_transform(vision)), "feat": feat}
+
+
+class Uniter(SingleStreamModel):
+    config_class = UniterConfig
+    config: UniterConfig
+    masked_region_input = True
+
+    def __init__(self, config: UniterConfig) -> None:
+        super().__init__(config)
+        self.embeddings = UniterEmbeddings(config)
+        self.init_weights()
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.embeddings.text.word
+
+    def check_extra_inputs(self, region_feats: Tensor, region_masked: Tensor | None = None, **extra) -> None:
+        super().check_extra_inputs(region_feats, **extra)
+        check_region_flags("region_masked", region_masked, region_feats)
+
+    def embed(
+        self,
+        text_ids,
+        text_mask,
+        segment_ids,
+        region_feats,
+        region_boxes,
+        region_mask,
+        region_masked: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        where = self.config.global_region
+        if where != "none":
+            region_feats, region_boxes, region_mask = add_global_region(
+                region_feats, region_boxes, region_mask, where
+            )
+            if region_masked is not None:
+                no = torch.zeros_like(region_masked[:, :1])
+                region_masked = torch.cat([no, region_masked] if where == "first" else [region_masked, no], 1)
+        x = self.embeddings(text_ids, segment_ids, region_feats, region_boxes, region_masked)
+        return x, torch.cat([text_mask, region_mask], 1)
+
+    def build_pretraining_heads(self) -> PretrainingHeads:
+        c = self.config
+        heads = PretrainingHeads(
+            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+            pair=PairHead(c.dim),
+            region=UniterRegionHeads(
+                c.dim, c.num_region_classes, self.embeddings.region.feat_proj, c.layer_norm_eps
+            ),
+        )
+        init_heads(heads, c.init_std)
+        return heads
+
+    def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
+        return [("embeddings.text", "embeddings"), *self.text_layers_init_map(num_bert_layers)]
+
+    def layer_plan(self) -> list[str]:
+        c = self.config
+        return [
+            f"embeddings.text: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment "
+            f"{c.type_vocab_size}, LN",
+            f"embeddings.region: LN(LN(Linear({c.region_feat_dim}, {c.dim})) + LN(Linear(7, {c.dim})) + segment 1)"
+            f" (global region: {c.global_region})",
+            *self.block_plan(),
+        ]
+
+
+def uniter_base() -> UniterConfig:
+    """UNITER-base: BERT-base sizes, 2048-d detector features, 1601 detector classes."""
+    return UniterConfig()
+
+
+def uniter_tiny() -> UniterConfig:
+    """A tiny UNITER for tests."""
+    return UniterConfig(
+        dim=32,
+        num_heads=2,
+        num_layers=2,
+        ffn_dim=64,
+        vocab_size=100,
+        max_positions=64,
+        region_feat_dim=16,
+        num_region_classes=11,
+    )

@@ -1,0 +1,267 @@
+"""VL-BERT: Pre-training of Generic Visual-Linguistic Representations (Su et al. 2020, arXiv:1908.08530).
+
+Architecture (jackroos/VL-BERT common/visual_linguistic_bert.py, common/fast_rcnn.py): every input
+element is the sum of four embeddings — token, visual feature, segment, sequence position — then one
+LayerNorm and dropout, then 12 shared post-LN Transformer layers and a tanh pooler on [CLS].
+* Sequence: [text tokens ; regions ; [END]]. Text tokens use WordPiece embeddings, every region the
+  learned [IMG] token embedding (a masked region: its own learned token), [END] its own embedding.
+* Visual feature embedding of a region: ``ReLU(Linear(Dropout([geometry ; appearance])))`` with the
+  sinusoidal geometry of the box (4 x 2 x ``geometry_dim`` values) and the RoI feature (a masked region's
+  feature is replaced by a learned vector, initialised to 0), then a LayerNorm whose gain starts at
+  ``visual_scale_init`` (0 in the paper's configs). Text tokens get the WHOLE-IMAGE feature embedding
+  through their own LayerNorm; [END] gets none.
+* Segment: the text's A/B types, type 2 for regions and [END] (``type_vocab_size`` 3).
+* Position: text 0..n-1 over the n real tokens; all regions share position n; [END] is at n + 1.
+Pre-training heads: masked LM with visual clues (tied) and masked RoI classification over the detector's
+1601 classes; the paper dropped sentence-image relation prediction, so there is no match head.
+
+Inputs and deviations. Masked regions (MVRC) are signalled by the optional ``region_masked`` (B, R) bool
+input. The whole-image feature is the mean of the real, unmasked regions with box [0, 0, 1, 1] (VOLTA's
+choice; the original ran the detector on a whole-image box); ``global_region`` says where it also sits
+among the regions ("first", as the original data put the image box first; VOLTA's VL-BERT uses "last").
+The original concatenates without padding; we keep text padding in place and mask it (same outputs), so
+``Encoded.vision`` is [regions (with the global one) ; [END]] and ``vision_mask`` marks the input regions.
+Initialising from BERT copies words, positions and the LayerNorm, not the 3-type segment table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmbert.config import ModelConfig
+from mmbert.data.boxes import add_global_region, sinusoidal_box_embedding
+from mmbert.models.pretraining import PretrainingHeads
+from mmbert.models.single_stream import (
+    GlobalRegion,
+    SingleStreamModel,
+    check_global_region,
+    check_region_flags,
+    init_heads,
+)
+from mmbert.nn import MLMHead, RegionHeads, TextEmbeddings
+
+IMAGE_SEGMENT = 2
+
+
+@dataclass
+class VLBertConfig(ModelConfig):
+    model_type = "vl_bert"
+
+    type_vocab_size: int = 3  # text A, text B, image
+    region_feat_dim: int = 2048
+    geometry_dim: int = 256  # sinusoidal box embedding: 4 coordinates x (sin, cos) x geometry_dim
+    visual_dim: int = 768  # output of the visual feature embedding (`obj_downsample`); projected if != dim
+    visual_scale_init: float = 0.0  # initial gain of the visual LayerNorms (VISUAL_SCALE_*_INIT)
+    num_region_classes: int = 1601  # MVRC targets: the detector's class distribution
+    global_region: GlobalRegion = "first"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_global_region(self)
+        if self.type_vocab_size < 3:
+            raise ValueError("VLBertConfig.type_vocab_size must be >= 3 (regions use segment type 2)")
+        for name in ("region_feat_dim", "geometry_dim", "visual_dim", "num_region_classes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"VLBertConfig.{name} must be positive, got {getattr(self, name)}")
+
+
+class VLBertEmbeddings(nn.Module):
+    """The four-way sum over [text ; regions ; [END]], then ``text.norm`` (one LayerNorm for all)."""
+
+    def __init__(self, c: VLBertConfig) -> None:
+        super().__init__()
+        self.text = TextEmbeddings(
+            c.vocab_size,
+            c.dim,
+            c.max_positions,
+            c.type_vocab_size,
+            c.dropout,
+            c.layer_norm_eps,
+            c.pad_token_id,
+        )
+        self.geometry_dim = c.geometry_dim
+        self.region_proj = nn.Linear(8 * c.geometry_dim + c.region_feat_dim, c.visual_dim)  # `obj_downsample`
+        self.visual_text_proj = nn.Linear(c.visual_dim, c.dim) if c.visual_dim != c.dim else None
+        self.visual_object_proj = nn.Linear(c.visual_dim, c.dim) if c.visual_dim != c.dim else None
+        self.visual_text_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
+        self.visual_object_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
+        self.image_token = nn.Parameter(torch.zeros(c.dim))  # [IMG]
+        self.masked_token = nn.Parameter(torch.zeros(c.dim))  # token embedding of a masked region
+        self.masked_feature = nn.Parameter(torch.zeros(c.region_feat_dim))  # its appearance feature
+        self.end_token = nn.Parameter(torch.zeros(c.dim))  # [END]
+        self.dropout = c.dropout
+
+    def visual(self, feats: Tensor, boxes: Tensor) -> Tensor:
+        """(B, N, F), (B, N, 4) -> visual feature embeddings before the LayerNorms (B, N, visual_dim)."""
+        geometry = sinusoidal_box_embedding(boxes, self.geometry_dim).to(feats.dtype)
+        x = torch.cat([geometry, feats], dim=-1)
+        return F.relu(self.region_proj(F.dropout(x, self.dropout, self.training)))
+
+    def forward(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor,
+        segment_ids: Tensor | None,
+        feats: Tensor,
+        boxes: Tensor,
+        region_mask: Tensor,
+        masked: Tensor | None,
+        global_region: GlobalRegion,
+    ) -> tuple[Tensor, Tensor]:
+        """Returns the joint embeddings (B, T + R' + 1, D) and their key mask."""
+        b, r, _ = feats.shape
+        # The whole-image region: mean of the real regions that are not masked (no peeking at masked ones).
+        mean_mask = region_mask if masked is None else region_mask & ~masked
+        feats_all, boxes_all, _ = add_global_region(feats, boxes, mean_mask, "last")  # (B, R + 1, ...)
+        if masked is not None:
+            regions = torch.where(masked[..., None], self.masked_feature.to(feats.dtype), feats_all[:, :r])
+            feats_all = torch.cat([regions, feats_all[:, r:]], 1)
+        reps = self.visual(feats_all, boxes_all)
+        whole, reps = reps[:, r:], reps[:, :r]  # (B, 1, V), (B, R, V)
+
+        token = self.image_token.expand(b, r, -1)
+        if masked is not None:
+            token = torch.where(masked[..., None], self.masked_token, token)
+        real = torch.ones(b, 1, dtype=torch.bool, device=feats.device)
+        img = self.image_token.expand(b, 1, -1)
+        if global_region == "first":
+            reps, token, region_mask = (
+                torch.cat([whole, reps], 1),
+                torch.cat([img, token], 1),
+                torch.cat([real, region_mask], 1),
+            )
+        elif global_region == "last":
+            reps, token, region_mask = (
+                torch.cat([reps, whole], 1),
+                torch.cat([token, img], 1),
+                torch.cat([region_mask, real], 1),
+            )
+
+        def project(proj: nn.Linear | None, x: Tensor) -> Tensor:
+            return proj(x) if proj is not None else x
+
+        text_visual = self.visual_text_norm(project(self.visual_text_proj, whole))  # (B, 1, D)
+        region_visual = self.visual_object_norm(project(self.visual_object_proj, reps))  # (B, R', D)
+
+        n_text = text_mask.sum(1, keepdim=True)  # (B, 1): regions at position n, [END] at n + 1
+        position = self.text.position
+        image_segment = self.text.segment.weight[IMAGE_SEGMENT]
+        text = self.text.summed(text_ids, segment_ids) + text_visual
+        regions = token + region_visual + position(n_text) + image_segment
+        end = self.end_token + position(n_text + 1) + image_segment  # (B, 1, D)
+        joint = torch.cat([text, regions, end], 1)
+        joint = F.dropout(self.text.norm(joint), self.dropout, self.training)
+        return joint, torch.cat([text_mask, region_mask, real], 1)
+
+
+class VLBert(SingleStreamModel):
+    config_class = VLBertConfig
+    config: VLBertConfig
+    masked_region_input = True
+    num_trailing_elements = 1  # [END]
+
+    def __init__(self, config: VLBertConfig) -> None:
+        super().__init__(config)
+        self.embeddings = VLBertEmbeddings(config)
+        self.init_weights()
+        e = self.embeddings
+        with torch.no_grad():
+            for p in (e.image_token, e.masked_token, e.end_token):
+                nn.init.normal_(p, 0.0, config.init_std)
+            e.masked_feature.zero_()  # as the original: the masked-region feature starts at 0
+            e.visual_text_norm.weight.fill_(config.visual_scale_init)
+            e.visual_object_norm.weight.fill_(config.visual_scale_init)
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.embeddings.text.word
+
+    def check_extra_inputs(self, region_feats: Tensor, region_masked: Tensor | None = None, **extra) -> None:
+        super().check_extra_inputs(region_feats, **extra)
+        check_region_flags("region_masked", region_masked, region_feats)
+
+    def embed(
+        self,
+        text_ids,
+        text_mask,
+        segment_ids,
+        region_feats,
+        region_boxes,
+        region_mask,
+        region_masked: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        longest = int(text_mask.sum(1).max()) if text_mask.numel() else 0
+        if longest + 2 > self.config.max_positions:
+            raise ValueError(
+                f"VL-BERT puts regions at position n and [END] at n + 1 after n real tokens: {longest} tokens need "
+                f"{longest + 2} positions, the model has {self.config.max_positions}"
+            )
+        return self.embeddings(
+            text_ids,
+            text_mask,
+            segment_ids,
+            region_feats,
+            region_boxes,
+            region_mask,
+            region_masked,
+            self.config.global_region,
+        )
+
+    def build_pretraining_heads(self) -> PretrainingHeads:
+        """Masked LM (with visual clues) and masked RoI classification; no match head (the paper found
+        sentence-image relation prediction unhelpful)."""
+        c = self.config
+        heads = PretrainingHeads(
+            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+            region=RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps),
+        )
+        init_heads(heads, c.init_std)
+        return heads
+
+    def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
+        # The segment table has 3 types here and 2 in BERT: it stays new.
+        return [
+            ("embeddings.text.word", "embeddings.word"),
+            ("embeddings.text.position", "embeddings.position"),
+            ("embeddings.text.norm", "embeddings.norm"),
+            *self.text_layers_init_map(num_bert_layers),
+        ]
+
+    def layer_plan(self) -> list[str]:
+        c = self.config
+        return [
+            f"embeddings.text: word {c.vocab_size}x{c.dim} + position {c.max_positions} (regions share one) + "
+            f"segment {c.type_vocab_size} (2 = image)",
+            f"embeddings.region_proj: ReLU(Linear(8*{c.geometry_dim} geometry + {c.region_feat_dim} feature, "
+            f"{c.visual_dim})), LayerNorms for text (whole image) and regions",
+            f"embeddings: [IMG] / masked-region / [END] tokens; global region: {c.global_region}",
+            "embeddings.text.norm: one LayerNorm over [text ; regions ; [END]]",
+            *self.block_plan(),
+        ]
+
+
+def vl_bert_base() -> VLBertConfig:
+    """VL-BERT-base: BERT-base sizes, 2048-d RoI features, 256-d sinusoidal geometry, 1601 classes."""
+    return VLBertConfig()
+
+
+def vl_bert_tiny() -> VLBertConfig:
+    """A tiny VL-BERT for tests. Its visual LayerNorm gains start at 1, not 0, so that the visual
+    embedding receives gradient from the first step (a zero gain blocks it until the gain moves)."""
+    return VLBertConfig(
+        dim=32,
+        num_heads=2,
+        num_layers=2,
+        ffn_dim=64,
+        vocab_size=100,
+        max_positions=64,
+        region_feat_dim=16,
+        geometry_dim=4,
+        visual_dim=24,
+        visual_scale_init=1.0,
+        num_region_classes=11,
+    )
