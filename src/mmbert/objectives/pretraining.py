@@ -1,0 +1,270 @@
+"""``Pretraining``: a pre-training model plus the objectives of its paper, one weighted loss.
+
+``RECIPES`` is the one place that says, per ``config.model_type``, which objectives a paper pre-trains
+with, how its regions are masked (see ``mmbert.data.masking``) and whether its MLM / region losses are
+also taken on mismatched image-text pairs. Any of it can be overridden by name:
+``Pretraining(model, objectives=["mlm", "itm"], weights={"itm": 0.5})``.
+
+Objective names: ``mlm``; ``nsp``; ``itm`` (image-text match); ``moc`` / ``mvrc`` (region class, hard
+detector label); ``mvrc_soft`` (soft CE to the detector distribution, VL-BERT's original code);
+``mrc_kl`` (KL to the detector distribution); ``mrfr`` (feature regression, L2); ``mrfr_smooth_l1``;
+``obj`` / ``attr`` / ``feat`` (LXMERT, confidence-weighted, x 6.67); ``qa`` (LXMERT image QA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mmbert.data.batch import Batch
+from mmbert.models.pretraining import PretrainingModel, PretrainingOutput
+from mmbert.objectives.base import LossOutput
+from mmbert.objectives.image_qa import ImageQA
+from mmbert.objectives.mlm import IGNORE, MaskedLM
+from mmbert.objectives.pair import PairMatch
+from mmbert.objectives.regions import (
+    FeatureRegression,
+    LxmertRegionLoss,
+    RegionClassification,
+    RegionDistribution,
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A paper's pre-training: objectives, region masking rule ("lxmert" | "vilbert" | "zero" | None
+    for text-only), and whether MLM / region targets of mismatched pairs are scored."""
+
+    objectives: tuple[str, ...]
+    region_rule: str | None
+    score_mismatched: bool
+
+
+RECIPES: dict[str, Recipe] = {
+    "bert": Recipe(("mlm", "nsp"), None, True),
+    # VisualBERT: MLM with the image + sentence-image prediction; masked-token loss on matching pairs.
+    "visualbert": Recipe(("mlm", "itm"), None, False),
+    # Unicoder-VL: MLM + masked object classification (detector label, features zeroed) + matching.
+    "unicoder_vl": Recipe(("mlm", "moc", "itm"), "zero", False),
+    # VL-BERT: MLM with visual clues + masked RoI classification with linguistic clues; no matching task.
+    "vl_bert": Recipe(("mlm", "mvrc"), "zero", True),
+    # UNITER: MLM / MRM only on matched pairs, ITM on its own; MRFR + MRC-KL as the region tasks.
+    "uniter": Recipe(("mlm", "mrfr", "mrc_kl", "itm"), "zero", False),
+    # ViLBERT: masks and scores every pair (vilbert-multi-task's concept_cap_dataset), KL region target.
+    "vilbert": Recipe(("mlm", "mrc_kl", "itm"), "vilbert", True),
+    # LXMERT: every pair is masked and scored (lxmert_pretrain.py); only the QA label of a mismatch is dropped.
+    "lxmert": Recipe(("mlm", "obj", "attr", "feat", "itm", "qa"), "lxmert", True),
+}
+
+# objective name -> the PretrainingOutput field it reads (used to tell which heads a run leaves unused)
+HEAD_OUTPUT = {
+    "mlm": "mlm_logits", "nsp": "pair_logits", "itm": "pair_logits", "moc": "region_class_logits",
+    "mvrc": "region_class_logits", "mvrc_soft": "region_class_logits", "mrc_kl": "region_class_logits",
+    "obj": "region_class_logits", "attr": "region_attr_logits", "mrfr": "region_feat_pred",
+    "mrfr_smooth_l1": "region_feat_pred", "feat": "region_feat_pred", "qa": "answer_logits",
+}
+OBJECTIVE_NAMES = tuple(HEAD_OUTPUT)
+
+
+def recipe_for(model_type: str) -> Recipe:
+    if model_type not in RECIPES:
+        raise KeyError(f"no pre-training recipe for model_type {model_type!r}; known: {sorted(RECIPES)}")
+    return RECIPES[model_type]
+
+
+def _build(name: str) -> nn.Module:
+    if name == "mlm":
+        return MaskedLM()
+    if name in ("nsp", "itm"):
+        return PairMatch(name)
+    if name in ("moc", "mvrc"):
+        return RegionClassification(name)
+    if name == "mvrc_soft":
+        return RegionDistribution(name, kind="soft_ce")
+    if name == "mrc_kl":
+        return RegionDistribution(name, kind="kl")
+    if name == "mrfr":
+        return FeatureRegression(name, kind="l2")
+    if name == "mrfr_smooth_l1":
+        return FeatureRegression(name, kind="smooth_l1")
+    if name in ("obj", "attr", "feat"):
+        return LxmertRegionLoss(name)
+    if name == "qa":
+        return ImageQA()
+    raise KeyError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVE_NAMES)}")
+
+
+def _need(batch: Batch, field: str, objective: str) -> Tensor:
+    value = getattr(batch, field)
+    if value is None:
+        raise ValueError(f"objective {objective!r} needs batch.{field}, which this batch does not have")
+    return value
+
+
+def _need_out(out: PretrainingOutput, field: str, objective: str) -> Tensor:
+    value = getattr(out, field)
+    if value is None:
+        raise ValueError(f"objective {objective!r} needs the model's {field}, but its heads do not produce it")
+    return value
+
+
+class Pretraining(nn.Module):
+    """``forward(batch) -> LossOutput``: the weighted sum of the objectives' losses (``loss``) and all
+    their metrics plus ``loss``. ``objectives`` default to the recipe of ``model.config.model_type``;
+    ``weights`` default to 1 each (LXMERT's 6.67 lives inside its region losses, as in its code)."""
+
+    def __init__(
+        self,
+        model: PretrainingModel,
+        objectives: Sequence[str] | None = None,
+        weights: Mapping[str, float] | None = None,
+        score_mismatched: bool | None = None,
+    ) -> None:
+        super().__init__()
+        recipe = RECIPES.get(model.config.model_type)
+        if objectives is None:
+            if recipe is None:
+                raise KeyError(
+                    f"no default objectives for model_type {model.config.model_type!r}; pass objectives=[...]"
+                )
+            objectives = recipe.objectives
+        objectives = tuple(objectives)
+        if not objectives:
+            raise ValueError("at least one objective is needed")
+        unknown = [o for o in objectives if o not in HEAD_OUTPUT]
+        if unknown:
+            raise KeyError(f"unknown objectives {unknown}; known: {', '.join(OBJECTIVE_NAMES)}")
+        weights = dict(weights or {})
+        stray = sorted(set(weights) - set(objectives))
+        if stray:
+            raise KeyError(f"weights given for objectives not in use: {stray} (in use: {list(objectives)})")
+        self.model = model
+        self.objective_names = objectives
+        self.weights = {name: float(weights.get(name, 1.0)) for name in objectives}
+        self.objectives = nn.ModuleDict({name: _build(name) for name in objectives})
+        self.score_mismatched = (
+            score_mismatched if score_mismatched is not None else (recipe.score_mismatched if recipe else True)
+        )
+        produced = self._produced_outputs()
+        missing = [o for o in objectives if produced is not None and HEAD_OUTPUT[o] not in produced]
+        if missing:
+            raise ValueError(
+                f"objectives {missing} need heads that {type(model.encoder).__name__} does not have "
+                f"(its heads produce: {sorted(produced or [])})"
+            )
+
+    def _produced_outputs(self) -> set[str] | None:
+        """Which PretrainingOutput fields the heads fill (None when a custom region head hides it)."""
+        heads = self.model.heads
+        produced = set()
+        if heads.mlm is not None:
+            produced.add("mlm_logits")
+        if heads.pair is not None:
+            produced.add("pair_logits")
+        if heads.answer is not None:
+            produced.add("answer_logits")
+        if heads.region is not None:
+            decoders = getattr(heads.region, "decoders", None)
+            if decoders is None:
+                return None
+            names = {"class": "region_class_logits", "attr": "region_attr_logits", "feat": "region_feat_pred"}
+            produced |= {names[k] for k in decoders if k in names}
+        return produced
+
+    @property
+    def uses_every_head(self) -> bool:
+        """False when some head (or the pooler) gets no gradient: DDP then needs find_unused_parameters."""
+        produced = self._produced_outputs()
+        used = {HEAD_OUTPUT[o] for o in self.objective_names}
+        pooled_used = bool(used & {"pair_logits", "answer_logits"})
+        return produced is not None and produced <= used and pooled_used
+
+    def forward(self, batch: Batch) -> LossOutput:
+        mlm_labels, region_targets = batch.mlm_labels, batch.region_target_mask
+        if not self.score_mismatched and batch.pair_labels is not None:
+            mismatched = batch.pair_labels == 0  # the corruption stays; only the scoring is dropped
+            if mlm_labels is not None:
+                mlm_labels = mlm_labels.masked_fill(mismatched[:, None], IGNORE)
+            if region_targets is not None:
+                region_targets = region_targets & ~mismatched[:, None]
+        if "mlm" in self.objectives:
+            _need(batch, "mlm_labels", "mlm")
+            positions = mlm_labels != IGNORE
+        else:  # nothing to score: gather no token rather than project all of them onto the vocabulary
+            positions = torch.zeros_like(batch.text_mask)
+        inputs = batch.model_inputs()
+        region_masked = getattr(batch, "region_masked", None)
+        if region_masked is not None and getattr(self.model.encoder, "masked_region_input", False):
+            inputs["region_masked"] = region_masked  # the model's masked-region embedding (VL-BERT, UNITER, ...)
+        out = self.model(**inputs, mlm_positions=positions)
+        total: Tensor | None = None
+        metrics: dict[str, float] = {}
+        for name, objective in self.objectives.items():
+            result = self._score(name, objective, out, batch, mlm_labels, region_targets)
+            weighted = result.loss * self.weights[name]
+            total = weighted if total is None else total + weighted
+            metrics.update(result.metrics)
+        assert total is not None
+        metrics["loss"] = float(total.detach())
+        return LossOutput(total, metrics)
+
+    def _score(
+        self,
+        name: str,
+        objective: Callable[..., LossOutput],
+        out: PretrainingOutput,
+        batch: Batch,
+        mlm_labels: Tensor | None,
+        region_targets: Tensor | None,
+    ) -> LossOutput:
+        pred = _need_out(out, HEAD_OUTPUT[name], name)
+        if name == "mlm":
+            return objective(pred, mlm_labels)
+        if name in ("nsp", "itm"):
+            return objective(pred, _need(batch, "pair_labels", name))
+        if name == "qa":
+            return objective(pred, _need(batch, "answer_targets", name), batch.pair_labels)
+        targets = region_targets if region_targets is not None else _need(batch, "region_target_mask", name)
+        pred = self._align_regions(pred, targets)
+        if name in ("moc", "mvrc"):
+            return objective(pred, self._hard_labels(pred, batch, name), targets)
+        if name in ("mrc_kl", "mvrc_soft"):
+            return objective(pred, _need(batch, "region_cls_prob", name), targets)
+        if name in ("mrfr", "mrfr_smooth_l1"):
+            return objective(pred, _need(batch, "region_targets", name), targets)
+        if name == "obj":
+            labels = _need(batch, "region_labels", name)
+            return objective(pred, labels, targets, batch.region_obj_conf, batch.region_mask)
+        if name == "attr":
+            labels = _need(batch, "region_attr_labels", name)
+            return objective(pred, labels, targets, batch.region_attr_conf, batch.region_mask)
+        if name == "feat":
+            return objective(pred, _need(batch, "region_targets", name), targets, None, batch.region_mask)
+        raise KeyError(name)
+
+    @staticmethod
+    def _hard_labels(pred: Tensor, batch: Batch, name: str) -> Tensor:
+        """The detector's hard label: argmax of its class distribution when that has as many classes as
+        the head (VOLTA's target 6, 1601 classes with background), else the stored object ids."""
+        probs = batch.region_cls_prob
+        if probs is not None and probs.shape[-1] == pred.shape[-1]:
+            return probs.argmax(-1)
+        return _need(batch, "region_labels", name)
+
+    def _align_regions(self, pred: Tensor, targets: Tensor) -> Tensor:
+        """Region predictions (B, R', .) -> the batch's R regions. Models add vision elements: a global
+        image region first (ViLBERT; ``config.global_region`` "first") or last, VL-BERT's trailing [END]."""
+        r = targets.shape[1]
+        if pred.shape[1] == r:
+            return pred
+        # single-stream models say where their global region sits; ViLBERT always prepends it
+        where = getattr(self.model.config, "global_region", "first")
+        start = 1 if where == "first" else 0
+        if pred.shape[1] >= start + r:
+            return pred[:, start : start + r]
+        raise ValueError(
+            f"the model gives {pred.shape[1]} region predictions per image but the batch has {r} regions"
+        )
