@@ -125,6 +125,13 @@ class SingleStreamModel(EncoderModel):
             text_mask = torch.ones(b, t, dtype=torch.bool, device=text_ids.device)
         if region_mask is None:
             region_mask = torch.ones(region_feats.shape[:2], dtype=torch.bool, device=region_feats.device)
+        elif not bool(region_mask.all()):
+            # Padded regions are never checked, so may hold anything (even NaN, which a masked key would
+            # still spread through 0 * NaN): zero them.
+            pad = ~region_mask[..., None]
+            region_feats = region_feats.masked_fill(pad, 0.0)
+            if region_boxes is not None:
+                region_boxes = region_boxes.masked_fill(pad, 0.0)
 
         x, mask = self.embed(
             text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask, **extra
