@@ -7,9 +7,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mmbert.commands import convert, demo, inspect, models
+from mmbert.commands import convert, demo, features, inspect, models, synthetic
 
-COMMANDS = [models, inspect, convert, demo]
+COMMANDS = [models, inspect, convert, demo, features, synthetic]
 
 
 def build_parser() -> argparse.ArgumentParser:

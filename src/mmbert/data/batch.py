@@ -1,5 +1,7 @@
 """The typed records that flow between data and model: ``RegionFeatures`` (one image, from a feature
-store) and ``Batch`` (padded, ready for ``model(**batch.model_inputs())``)."""
+store), ``Regions`` (one image's regions ready for a model: limited, boxes normalised, tensors),
+``CaptionExample`` (one unpadded caption-image pair) and ``Batch`` (padded, ready for
+``model(**batch.model_inputs())``)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,50 @@ class RegionFeatures:
     @property
     def num_regions(self) -> int:
         return int(self.feats.shape[0])
+
+
+@dataclass
+class Regions:
+    """One image's regions as a model consumes them (see ``mmbert.data.datasets.prepare_regions``).
+
+    feats (R, F) float32; boxes (R, 4) x1, y1, x2, y2 normalised to [0, 1]; optional detector targets,
+    named as the ``Batch`` fields they become: cls_prob (R, C) class distribution, labels (R,) detector
+    object class, obj_conf (R,), attr_labels (R,), attr_conf (R,)."""
+
+    feats: Tensor
+    boxes: Tensor
+    image_size: tuple[int, int]
+    cls_prob: Tensor | None = None
+    labels: Tensor | None = None
+    obj_conf: Tensor | None = None
+    attr_labels: Tensor | None = None
+    attr_conf: Tensor | None = None
+
+    @property
+    def num_regions(self) -> int:
+        return int(self.feats.shape[0])
+
+
+@dataclass
+class CaptionExample:
+    """One caption-image pair, unpadded (what ``CaptionDataset[i]`` returns; ``collate`` pads a list).
+
+    text_ids/segment_ids (T,) with [CLS] ... [SEP]; word_ids (T,) word index per token, None for special
+    tokens (for whole-word masking); regions of the image. A pre-training step may fill the optional
+    targets before collation: mlm_labels (T,) (-100 = not a target), pair_label (1 = caption matches the
+    image), region_targets (R, F) and region_target_mask (R,) bool."""
+
+    index: int
+    image_id: str
+    caption: str
+    text_ids: Tensor
+    segment_ids: Tensor
+    word_ids: list[int | None]
+    regions: Regions
+    mlm_labels: Tensor | None = None
+    pair_label: int | None = None
+    region_targets: Tensor | None = None
+    region_target_mask: Tensor | None = None
 
 
 @dataclass
@@ -82,6 +128,18 @@ class Batch:
             for f in fields(self)
         }
         return Batch(**moved)
+
+    def pin_memory(self) -> Batch:
+        """Called by ``DataLoader(pin_memory=True)`` on custom batch types."""
+        pinned = {
+            f.name: (
+                getattr(self, f.name).pin_memory()
+                if isinstance(getattr(self, f.name), Tensor)
+                else getattr(self, f.name)
+            )
+            for f in fields(self)
+        }
+        return Batch(**pinned)
 
     @property
     def size(self) -> int:

@@ -1,0 +1,352 @@
+"""LMDB stores: VOLTA/ViLBERT's pickled convention (read only, opt-in) and mmbert's safe encoding.
+
+VOLTA/ViLBERT: key = image id bytes -> ``pickle.dumps(dict)``; the special key ``b"keys"`` -> pickled list
+of all ids. VOLTA's ``convert_*_lmdb.py`` pickles the raw TSV row (every value a string: base64 arrays,
+decimal sizes: ``img_id, img_h, img_w, objects_id, objects_conf, attrs_id, attrs_conf, num_boxes, boxes,
+features, cls_prob, ...``); ViLBERT's ``convert_to_lmdb.py`` pickles numpy arrays under ``image_h,
+image_w, num_boxes, boxes, features, cls_prob``. Both are read. Unpickling runs whatever code the file
+asks for, so it needs ``trust_pickle=True``; without it opening such a store raises
+:class:`PickleRefusedError` saying why and how to convert.
+
+mmbert's encoding (what :class:`LMDBWriter` writes): a marker key ``b"__mmbert__"`` -> JSON, and per
+image ``MMRF`` + a little-endian u32 header length + a JSON header (image id, size, and per array its
+dtype, shape and offset) + the raw little-endian array bytes. Decoding is ``np.frombuffer`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from mmbert.data.batch import RegionFeatures
+from mmbert.data.features.base import (
+    DTYPES,
+    FeatureStoreError,
+    PickleRefusedError,
+    StoreReader,
+    StoreWriter,
+    make_record,
+    record_arrays,
+    shape_field,
+)
+from mmbert.data.features.tsv import b64decode
+
+META_KEY = b"__mmbert__"
+META = {"format": "mmbert-region-features", "version": 1}
+MAGIC = b"MMRF"
+_ALIGN = 16
+_SHARED_ENVS: dict[tuple[str, int], list] = {}  # (path, pid) -> [read-only Environment, users]
+# Field name -> the names VOLTA / ViLBERT / LXMERT pickles use for it, in order of preference.
+PICKLE_ALIASES = {
+    "image_h": ("img_h", "image_h", "image_height"),
+    "image_w": ("img_w", "image_w", "image_width"),
+    "num_boxes": ("num_boxes",),
+    "feats": ("features",),
+    "boxes": ("boxes", "bbox"),
+    "cls_prob": ("cls_prob",),
+    "obj_id": ("objects_id", "obj_id", "objects"),
+    "obj_conf": ("objects_conf", "obj_conf"),
+    "attr_id": ("attrs_id", "attr_id"),
+    "attr_conf": ("attrs_conf", "attr_conf"),
+}
+
+
+# mmbert record encoding --------------------------------------------------------------------------------
+def encode_record(record: RegionFeatures) -> bytes:
+    """Record -> bytes (no pickle: JSON header + raw little-endian buffers, 16-byte aligned)."""
+    arrays = record_arrays(record)
+    entries, chunks, offset = [], [], 0
+    for name, value in arrays.items():
+        entries.append([name, value.dtype.str, list(value.shape), offset])
+        data = value.tobytes()
+        pad = -len(data) % _ALIGN
+        chunks.append(data + b"\0" * pad)
+        offset += len(data) + pad
+    header = json.dumps({"id": record.image_id, "size": list(record.image_size), "arrays": entries}).encode()
+    header += b" " * (-(len(MAGIC) + 4 + len(header)) % _ALIGN)
+    return b"".join([MAGIC, struct.pack("<I", len(header)), header, *chunks])
+
+
+def decode_record(
+    buf: bytes, path: Path | str, image_id: str, fields: Collection[str] = DTYPES
+) -> RegionFeatures:
+    """Bytes from :func:`encode_record` -> record; errors name the file and the image."""
+    if buf[:4] != MAGIC:
+        raise FeatureStoreError(f"{path}: image {image_id!r}: value is not an mmbert record (bad magic)")
+    try:
+        (length,) = struct.unpack_from("<I", buf, 4)
+        header = json.loads(buf[8 : 8 + length])
+        base = 8 + length
+        arrays = {}
+        for name, dtype, shape, offset in header["arrays"]:
+            if name in ("feats", "boxes") or name in fields:
+                count = int(np.prod(shape))
+                arrays[name] = np.frombuffer(
+                    buf, dtype=np.dtype(dtype), count=count, offset=base + offset
+                ).reshape(shape)
+        h, w = header["size"]
+    except (struct.error, ValueError, KeyError, TypeError) as e:
+        raise FeatureStoreError(
+            f"{path}: image {image_id!r}: corrupt mmbert record ({type(e).__name__}: {e})"
+        ) from e
+    if "feats" not in arrays or "boxes" not in arrays:
+        raise FeatureStoreError(f"{path}: image {image_id!r}: record has no feats or boxes array")
+    feats, boxes = arrays.pop("feats"), arrays.pop("boxes")
+    return make_record(path, image_id, (h, w), feats, boxes, arrays)
+
+
+def _open_env(path: Path, readonly: bool, map_size: int = 1 << 30) -> lmdb.Environment:
+    subdir = path.is_dir() or not path.exists()
+    try:
+        if readonly:
+            return lmdb.open(
+                str(path),
+                subdir=subdir,
+                readonly=True,
+                lock=False,
+                readahead=False,
+                meminit=False,
+                max_readers=2048,
+            )
+        return lmdb.open(str(path), subdir=subdir, map_size=map_size, readahead=False, meminit=False)
+    except lmdb.Error as e:
+        raise FeatureStoreError(f"{path}: cannot open as LMDB ({e})") from e
+
+
+def _encoding(env: lmdb.Environment) -> str | None:
+    with env.begin() as txn:
+        meta = txn.get(META_KEY)
+        if meta is not None:
+            info = json.loads(meta)
+            if info.get("format") != META["format"]:
+                return "unknown"
+            return "mmbert"
+        if txn.get(b"keys") is not None:
+            return "pickle"
+        return None if env.stat()["entries"] == 0 else "unknown"
+
+
+def refusal(path: Path) -> PickleRefusedError:
+    return PickleRefusedError(
+        f"{path}: this LMDB store follows the VOLTA/ViLBERT convention, where every record is a Python pickle. "
+        "Unpickling can run arbitrary code embedded in the file, so mmbert does not do it by default. If you "
+        "trust where the file came from, open it with trust_pickle=True (CLI: --trust-pickle), or convert it "
+        f"once to mmbert's pickle-free encoding: mmbert features convert --trust-pickle {path} OUT.lmdb"
+    )
+
+
+class LMDBReader(StoreReader):
+    """Reads mmbert-encoded LMDB stores, and VOLTA/ViLBERT pickled ones when ``trust_pickle=True``."""
+
+    format = "lmdb"
+
+    def __init__(self, path: str | os.PathLike, trust_pickle: bool = False) -> None:
+        super().__init__(path)
+        self.trust_pickle = trust_pickle
+        self.encoding = _encoding(self.handle)
+        if self.encoding is None:
+            raise FeatureStoreError(f"{self.path}: empty LMDB store (no records, no keys entry)")
+        if self.encoding == "unknown":
+            raise FeatureStoreError(
+                f"{self.path}: LMDB store in an unknown convention (neither mmbert's {META_KEY!r} marker nor "
+                "VOLTA/ViLBERT's b'keys' entry)"
+            )
+        if self.encoding == "pickle" and not trust_pickle:
+            self.close()
+            raise refusal(self.path)
+
+    def _open(self) -> lmdb.Environment:
+        # py-lmdb allows one Environment per path and process: readers of the same store share it.
+        key = (str(self.path.resolve()), os.getpid())
+        entry = _SHARED_ENVS.get(key)
+        if entry is None:
+            entry = _SHARED_ENVS[key] = [_open_env(self.path, readonly=True), 0]
+        entry[1] += 1
+        return entry[0]
+
+    def _close(self, handle: lmdb.Environment) -> None:
+        key = (str(self.path.resolve()), os.getpid())
+        entry = _SHARED_ENVS.get(key)
+        if entry is None or entry[0] is not handle:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _SHARED_ENVS[key]
+            handle.close()
+
+    def _keys(self) -> list[str]:
+        with self.handle.begin() as txn:
+            if self.encoding == "pickle":
+                ids = self._unpickle(txn.get(b"keys"), "keys")
+                return [i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in ids]
+            return [
+                k.decode("utf-8") for k in txn.cursor().iternext(keys=True, values=False) if k != META_KEY
+            ]
+
+    def _has(self, image_id: str) -> bool:
+        key = image_id.encode("utf-8")
+        if key in (META_KEY, b"keys"):
+            return False
+        with self.handle.begin() as txn, txn.cursor() as cursor:
+            return cursor.set_key(key)
+
+    def _read(self, image_id: str, fields: Collection[str]) -> RegionFeatures:
+        key = image_id.encode("utf-8")
+        with self.handle.begin() as txn:
+            buf = txn.get(key) if key not in (META_KEY, b"keys") else None
+        if buf is None:
+            raise self.missing(image_id)
+        if self.encoding == "mmbert":
+            return decode_record(buf, self.path, image_id, fields)
+        return self._from_pickle(image_id, self._unpickle(buf, image_id), fields)
+
+    def _unpickle(self, buf: bytes | None, what: str) -> Any:
+        if not self.trust_pickle:  # never reached through the constructor, kept as a second guard
+            raise refusal(self.path)
+        if buf is None:
+            raise FeatureStoreError(f"{self.path}: the pickled store has no {what!r} entry")
+        try:
+            return pickle.loads(buf, encoding="latin1")  # latin1: Python 2 pickles of numpy arrays
+        except Exception as e:  # a corrupt pickle can raise nearly anything
+            raise FeatureStoreError(
+                f"{self.path}: image {what!r}: cannot unpickle ({type(e).__name__}: {e})"
+            ) from e
+
+    def _from_pickle(self, image_id: str, item: Any, fields: Collection[str]) -> RegionFeatures:
+        if not isinstance(item, dict):
+            raise FeatureStoreError(
+                f"{self.path}: image {image_id!r}: pickled value is a {type(item).__name__}, expected a dict"
+            )
+
+        def get(name: str) -> Any:
+            for alias in PICKLE_ALIASES[name]:
+                if alias in item and item[alias] is not None:
+                    return item[alias]
+            return None
+
+        try:
+            h, w = int(get("image_h")), int(get("image_w"))
+        except TypeError:
+            raise FeatureStoreError(
+                f"{self.path}: image {image_id!r}: record has no image height/width (keys: {sorted(item)})"
+            ) from None
+        arrays: dict[str, np.ndarray] = {}
+        n = None if get("num_boxes") is None else int(get("num_boxes"))
+        for name in (
+            "boxes",
+            "feats",
+            *fields,
+        ):  # boxes first: they give the row count when num_boxes is absent
+            value = get(name)
+            if value is None:
+                if name in ("feats", "boxes"):
+                    raise FeatureStoreError(
+                        f"{self.path}: image {image_id!r}: record has no {PICKLE_ALIASES[name][0]!r}"
+                        f" (keys: {sorted(item)})"
+                    )
+                continue
+            if isinstance(value, str):
+                value = value.encode("ascii")
+            if isinstance(value, bytes):
+                flat = b64decode(value, DTYPES[name])
+            elif np.ndim(value) == 2 and name != "boxes":
+                arrays[name] = np.asarray(value)
+                continue
+            else:
+                flat = np.asarray(value).reshape(-1)
+            arrays[name] = shape_field(
+                self.path, image_id, name, flat, n if n is not None else len(arrays["boxes"])
+            )
+        feats, boxes = arrays.pop("feats"), arrays.pop("boxes")
+        return make_record(self.path, image_id, (h, w), feats, boxes, arrays)
+
+
+class LMDBWriter(StoreWriter):
+    """Writes mmbert's pickle-free encoding. Records are committed in batches (``commit_bytes``); the map
+    grows (doubling) whenever LMDB reports it full, so no terabyte ``map_size`` is reserved up front."""
+
+    format = "lmdb"
+
+    def __init__(
+        self, path: str | os.PathLike, mode: str = "w", map_size: int = 1 << 30, commit_bytes: int = 64 << 20
+    ) -> None:
+        super().__init__(path)
+        if mode not in ("w", "a"):
+            raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._env = _open_env(self.path, readonly=False, map_size=map_size)
+        encoding = _encoding(self._env)
+        if encoding == "pickle":
+            self._env.close()
+            raise FeatureStoreError(
+                f"{self.path}: is a pickled VOLTA/ViLBERT store; mmbert only appends to its own "
+                "encoding (convert it to a new path instead)"
+            )
+        if encoding == "unknown":
+            self._env.close()
+            raise FeatureStoreError(
+                f"{self.path}: LMDB store in an unknown convention; refusing to write into it"
+            )
+        if encoding is None:
+            self._put([(META_KEY, json.dumps(META).encode())])
+        self.commit_bytes = commit_bytes
+        self._pending: dict[bytes, bytes] = {}
+        self._pending_bytes = 0
+
+    def _put(self, items: list[tuple[bytes, bytes]]) -> None:
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for key, value in items:
+                        txn.put(key, value)
+                return
+            except lmdb.MapFullError:
+                self._env.set_mapsize(self._env.info()["map_size"] * 2)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._put(list(self._pending.items()))
+            self._pending.clear()
+            self._pending_bytes = 0
+
+    def __contains__(self, image_id: object) -> bool:
+        if not isinstance(image_id, str):
+            return False
+        key = image_id.encode("utf-8")
+        if key in self._pending:
+            return True
+        with self._env.begin() as txn, txn.cursor() as cursor:
+            return key != META_KEY and cursor.set_key(key)
+
+    def __len__(self) -> int:
+        self.flush()
+        return self._env.stat()["entries"] - 1
+
+    def _write(self, record: RegionFeatures) -> None:
+        key = record.image_id.encode("utf-8")
+        if key in (META_KEY, b"keys") or len(key) > self._env.max_key_size():
+            raise FeatureStoreError(
+                f"{self.path}: image id {record.image_id!r} cannot be an LMDB key "
+                f"(reserved, or longer than {self._env.max_key_size()} bytes)"
+            )
+        value = encode_record(record)
+        self._pending[key] = value
+        self._pending_bytes += len(value)
+        if self._pending_bytes >= self.commit_bytes:
+            self.flush()
+
+    def close(self) -> None:
+        if self._env is None:
+            return
+        self.flush()
+        self._env.sync()
+        self._env.close()
+        self._env = None
