@@ -91,7 +91,9 @@ def test_detector_is_mostly_right_and_its_feature_encodes_the_object():
             if o >= 0 and not det.partial[r]:
                 total += 1
                 right += DETECTOR_CLASSES[det.record.obj_id[r]] == scene.objects[o].shape
-                code = world.detector.code(scene.objects[o].shape, scene.objects[o].colour, scene.objects[o].size)
+                code = world.detector.code(
+                    scene.objects[o].shape, scene.objects[o].colour, scene.objects[o].size
+                )
                 # the feature is the projection of the object's code plus noise: least squares recovers it
                 est = np.linalg.lstsq(world.detector.projection.T, det.record.feats[r], rcond=None)[0]
                 assert np.abs(est - code).max() < 0.6
@@ -140,7 +142,9 @@ def test_nlvr2_and_retrieval_files_read_with_their_tasks(world_dir):
     from mmbert.tasks.retrieval import RetrievalTask
 
     tok = Tokenizer.from_pretrained(world_dir)
-    nlvr2 = NLVR2Task().load({"data": world_dir / "nlvr2" / "train.json"}, tok, world_dir / "nlvr2" / "features.tsv")
+    nlvr2 = NLVR2Task().load(
+        {"data": world_dir / "nlvr2" / "train.json"}, tok, world_dir / "nlvr2" / "features.tsv"
+    )
     assert len(nlvr2) > 0 and not nlvr2.report and len(nlvr2[0].views) == 2
     ret = RetrievalTask(split="test", image_key="cocoid").load(
         {"karpathy": world_dir / "dataset_synthetic.json"}, tok, world_dir / "features.tsv"
@@ -170,7 +174,9 @@ def test_refcoco_and_vcr_files(world_dir):
             assert len(row["objects"]) == n
             assert len(row["answer_choices"]) == len(row["rationale_choices"]) == 4
             assert 0 <= row["answer_label"] < 4 and 0 <= row["rationale_label"] < 4
-            refs_in = [t[0] for seq in [row["question"], *row["answer_choices"]] for t in seq if isinstance(t, list)]
+            refs_in = [
+                t[0] for seq in [row["question"], *row["answer_choices"]] for t in seq if isinstance(t, list)
+            ]
             assert all(0 <= k < n for k in refs_in)
 
 

@@ -264,7 +264,8 @@ def generate(
                "data_type": "synthetic", "data_subtype": s, "questions": vqa_q[s]},
               out / "vqa" / f"v2_OpenEnded_synthetic_{s}_questions.json")  # fmt: skip
         _dump({"info": {"description": f"mmbert synthetic world, seed {seed}"}, "data_type": "synthetic",
-               "data_subtype": s, "annotations": vqa_a[s]}, out / "vqa" / f"v2_synthetic_{s}_annotations.json")  # fmt: skip
+               "data_subtype": s, "annotations": vqa_a[s]},
+              out / "vqa" / f"v2_synthetic_{s}_annotations.json")  # fmt: skip
         _dump_jsonl(vcr[s], out / "vcr" / f"{s}.jsonl")
     _dump({"images": karpathy, "dataset": "synthetic"}, out / "dataset_synthetic.json")
     answers = [*COLOURS, *SHAPES, *(str(k) for k in range(cfg.max_objects + 2)), "yes", "no"]
