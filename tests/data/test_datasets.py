@@ -154,6 +154,7 @@ def test_dataloader_with_two_workers(tmp_path, feature_records, captions, tiny_t
     records = feature_records + [make_region_record(f"img{i}", 4, seed=10 + i) for i in range(7)]
     caps = captions + [Caption(f"img{i}", CAPTIONS[i % 5]) for i in range(7)]
     data = CaptionDataset(caps, make_store(tmp_path, records, name), tiny_tokenizer, max_regions=4)
+    data[0]  # the parent reads too: its open handle must not leak into (or block) the workers
     loader = DataLoader(data, batch_size=4, shuffle=False, num_workers=2, collate_fn=data.collate)
     batches = list(loader)
     assert [b.size for b in batches] == [4, 4, 4]
@@ -162,3 +163,4 @@ def test_dataloader_with_two_workers(tmp_path, feature_records, captions, tiny_t
     single = data.collate([data[i] for i in range(4, 8)])
     assert torch.equal(batches[1].region_feats, single.region_feats)
     assert torch.equal(batches[1].text_ids, single.text_ids)
+    assert [b.size for b in DataLoader(data, batch_size=6, num_workers=2, collate_fn=data.collate)] == [6, 6]

@@ -337,3 +337,16 @@ def test_store_pickles_without_handle_and_reopens(tmp_path, feature_records):
         assert_same_record(feature_records[4], clone[feature_records[4].image_id])
         store.close()
         clone.close()
+
+
+def test_npz_compressed_and_truncated_files(tmp_path, feature_records):
+    path = write_store(tmp_path / "z_npz", feature_records, compress=True)
+    with features.open(path) as store:
+        for rec in feature_records:
+            assert_same_record(rec, store[rec.image_id])
+    plain = write_store(tmp_path / "p_npz", feature_records)
+    victim = plain / f"{feature_records[1].image_id}.npz"
+    victim.write_bytes(victim.read_bytes()[:300])
+    with features.open(plain) as store, pytest.raises(FeatureStoreError, match="unreadable npz") as err:
+        store[feature_records[1].image_id]
+    assert feature_records[1].image_id in str(err.value)

@@ -56,14 +56,19 @@ def collate_regions(regions: Sequence[Regions]) -> dict[str, Tensor | None]:
         raise ValueError(f"region features of different widths in one batch: {sorted(widths)}")
     longest = max(r.num_regions for r in regions)
     width = widths.pop() if widths else 0
-    feats = torch.zeros(len(regions), longest, width, dtype=torch.float32)
-    boxes = torch.zeros(len(regions), longest, 4, dtype=torch.float32)
-    mask = torch.zeros(len(regions), longest, dtype=torch.bool)
-    for i, r in enumerate(regions):
-        n = r.num_regions
-        feats[i, :n] = r.feats
-        boxes[i, :n] = r.boxes
-        mask[i, :n] = True
+    if all(r.num_regions == longest for r in regions):  # fixed-size stores (36 boxes): no padding to fill
+        feats = torch.stack([r.feats for r in regions]).float()
+        boxes = torch.stack([r.boxes for r in regions]).float()
+        mask = torch.ones(len(regions), longest, dtype=torch.bool)
+    else:
+        feats = torch.zeros(len(regions), longest, width, dtype=torch.float32)
+        boxes = torch.zeros(len(regions), longest, 4, dtype=torch.float32)
+        mask = torch.zeros(len(regions), longest, dtype=torch.bool)
+        for i, r in enumerate(regions):
+            n = r.num_regions
+            feats[i, :n] = r.feats
+            boxes[i, :n] = r.boxes
+            mask[i, :n] = True
     out: dict[str, Tensor | None] = {"region_feats": feats, "region_boxes": boxes, "region_mask": mask}
     for attr, (name, value) in REGION_TARGETS.items():
         values = [getattr(r, attr) for r in regions]

@@ -18,6 +18,7 @@ from h5py import h5d, h5g, h5s
 
 from mmbert.data.batch import RegionFeatures
 from mmbert.data.features.base import (
+    OPTIONAL_FIELDS,
     STORED_NAMES,
     FeatureStoreError,
     StoreReader,
@@ -42,6 +43,10 @@ class HDF5Reader(StoreReader):
 
     format = "hdf5"
 
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path)
+        self._optional: set[str] | None = None
+
     def _open(self) -> h5py.File:
         try:
             return h5py.File(self.path, "r")
@@ -63,26 +68,45 @@ class HDF5Reader(StoreReader):
         )
 
     def _read(self, image_id: str, fields: Collection[str]) -> RegionFeatures:
-        if not self._has(image_id):
+        if not image_id or "/" in image_id or image_id.startswith("__"):
             raise self.missing(image_id)
-        gid = h5g.open(self.handle.id, image_id.encode("utf-8"))
+        try:
+            gid = h5g.open(self.handle.id, image_id.encode("utf-8"))
+        except (KeyError, ValueError):  # h5py raises either for an absent link, depending on version
+            if image_id not in self.handle:
+                raise self.missing(image_id) from None
+            raise
+        if self._optional is None:
+            # Which optional datasets this store has, from its first group read: a store is written by one
+            # tool, and asking every group would double the cost of a read.
+            self._optional = {k for k in OPTIONAL_FIELDS if STORED_NAMES[k].encode() in gid}
         arrays: dict[str, np.ndarray] = {}
         for name in ("feats", "boxes", *fields):
+            if name not in ("feats", "boxes") and name not in self._optional:
+                continue
             stored = STORED_NAMES[name].encode()
-            if stored in gid:
+            try:
                 arrays[name] = _read_dataset(gid, stored)
-            elif name in ("feats", "boxes"):
-                raise FeatureStoreError(
-                    f"{self.path}: image {image_id!r}: group has no {stored.decode()!r} dataset"
-                )
+            except (KeyError, ValueError):
+                if stored in gid:
+                    raise
+                if name in ("feats", "boxes"):
+                    raise FeatureStoreError(
+                        f"{self.path}: image {image_id!r}: group has no {stored.decode()!r} dataset"
+                    ) from None
         size = []
-        for key in ("img_h", "img_w"):
-            if key.encode() in gid:
-                size.append(int(_read_dataset(gid, key.encode())))
-            elif key in self.handle[image_id].attrs:
-                size.append(int(self.handle[image_id].attrs[key]))
-            else:
-                raise FeatureStoreError(f"{self.path}: image {image_id!r}: group has no {key!r} dataset")
+        for key in (b"img_h", b"img_w"):
+            try:
+                size.append(int(_read_dataset(gid, key)))
+            except (KeyError, ValueError):
+                if key in gid:
+                    raise
+                attrs = self.handle[image_id].attrs
+                if key.decode() not in attrs:
+                    raise FeatureStoreError(
+                        f"{self.path}: image {image_id!r}: group has no {key.decode()!r} dataset"
+                    ) from None
+                size.append(int(attrs[key.decode()]))
         feats, boxes = arrays.pop("feats"), arrays.pop("boxes")
         if boxes.ndim == 1 and boxes.size % 4 == 0:
             boxes = boxes.reshape(-1, 4)

@@ -44,6 +44,22 @@ META = {"format": "mmbert-region-features", "version": 1}
 MAGIC = b"MMRF"
 _ALIGN = 16
 _SHARED_ENVS: dict[tuple[str, int], list] = {}  # (path, pid) -> [read-only Environment, users]
+
+
+def _drop_inherited_envs() -> None:
+    """In a forked child (a DataLoader worker): LMDB handles must not be used across fork, and py-lmdb
+    would refuse to re-open a path the parent had open. Close the child's copies (read-only, no lock
+    file: nothing of the parent's is touched) so that each reader re-opens its own."""
+    for env, _ in _SHARED_ENVS.values():
+        try:
+            env.close()
+        except lmdb.Error:
+            pass
+    _SHARED_ENVS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_envs)
 # Field name -> the names VOLTA / ViLBERT / LXMERT pickles use for it, in order of preference.
 PICKLE_ALIASES = {
     "image_h": ("img_h", "image_h", "image_height"),

