@@ -143,10 +143,26 @@ def test_collate_rejects_mixed_target_presence(tmp_path, feature_records, captio
 
 
 def test_region_fields_limit_what_is_read(tmp_path, feature_records, captions, tiny_tokenizer):
-    data = CaptionDataset(captions, make_store(tmp_path, feature_records), tiny_tokenizer, region_fields=())
+    data = CaptionDataset(captions, make_store(tmp_path, feature_records), tiny_tokenizer, region_fields=(),
+                          max_regions=3)  # fmt: skip
+    batch = data.collate([data[4], data[1]])
+    assert batch.region_cls_prob is None and batch.region_labels is None and batch.region_obj_conf is None
+    # the confidences are still read to choose the regions kept
+    rec = feature_records[4]
+    keep = np.sort(np.argsort(-rec.obj_conf)[:3])
+    assert torch.equal(batch.region_feats[0], torch.from_numpy(rec.feats[keep]))
+
+
+def test_pin_memory_keeps_every_field(tmp_path, feature_records, captions, tiny_tokenizer, monkeypatch):
+    data = CaptionDataset(captions, make_store(tmp_path, feature_records), tiny_tokenizer)
     batch = data.collate([data[0], data[1]])
-    assert batch.region_cls_prob is None and batch.region_labels is None
-    assert batch.region_feats.shape[0] == 2
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: t.clone())  # no accelerator on the test machine
+    pinned = batch.pin_memory()
+    assert isinstance(pinned, Batch) and pinned.meta == batch.meta
+    assert (
+        torch.equal(pinned.region_feats, batch.region_feats) and pinned.region_feats is not batch.region_feats
+    )
+    assert torch.equal(pinned.region_attr_conf, batch.region_attr_conf)
 
 
 @pytest.mark.parametrize("name", ["feats.tsv", "feats.h5", "feats.lmdb", "feats_npz"])

@@ -151,12 +151,17 @@ class CaptionDataset(Dataset):
 
     def regions(self, image_id: str) -> Regions:
         """One image's model-ready regions (also for building mismatched pairs from another image)."""
-        record = (
-            self.store.read(image_id, self.region_fields)
-            if hasattr(self.store, "read")
-            else self.store[image_id]
-        )
-        return prepare_regions(record, self.max_regions, where=f"{getattr(self.store, 'path', '')}: ")
+        # obj_conf (R floats) is always read when regions may be dropped: it decides which ones stay.
+        need_conf = self.max_regions is not None and "obj_conf" not in self.region_fields
+        fields = (*self.region_fields, "obj_conf") if need_conf else self.region_fields
+        if hasattr(self.store, "read"):
+            record = self.store.read(image_id, fields)
+        else:  # any mapping of image id -> RegionFeatures (e.g. a dict in tests)
+            record = self.store[image_id]
+        regions = prepare_regions(record, self.max_regions, where=f"{getattr(self.store, 'path', '')}: ")
+        if need_conf:
+            regions.obj_conf = None
+        return regions
 
     def __getitem__(self, index: int) -> CaptionExample:
         image_id, caption = self.captions[index]
