@@ -64,7 +64,3 @@ def train_steps(task, model, dataset, steps: int = 12, batch_size: int = 4, lr: 
         opt.step()
         losses.append(float(out.loss.detach()))
     return losses
-
-
-def first_epoch_vs_last(losses: list[float], per_epoch: int) -> tuple[float, float]:
-    return sum(losses[:per_epoch]) / per_epoch, sum(losses[-per_epoch:]) / per_epoch
