@@ -181,15 +181,6 @@ class StoreReader:
         except (ValueError, KeyError, TypeError, IndexError, OSError, EOFError, binascii.Error) as e:
             raise FeatureStoreError(f"{self.path}: image {image_id!r}: {type(e).__name__}: {e}") from e
 
-    def records(self) -> Iterator[RegionFeatures | FeatureStoreError]:
-        """Every record in storage order, streamed. A record that cannot be read is yielded as its
-        :class:`FeatureStoreError` so that checkers can report it and go on."""
-        for image_id in self.keys():
-            try:
-                yield self.read(image_id)
-            except FeatureStoreError as e:
-                yield e
-
     def missing(self, image_id: str) -> MissingImageError:
         return MissingImageError(f"{self.path}: image {image_id!r} is not in this {self.format} store")
 
