@@ -180,3 +180,18 @@ def test_dataloader_with_two_workers(tmp_path, feature_records, captions, tiny_t
     assert torch.equal(batches[1].region_feats, single.region_feats)
     assert torch.equal(batches[1].text_ids, single.text_ids)
     assert [b.size for b in DataLoader(data, batch_size=6, num_workers=2, collate_fn=data.collate)] == [6, 6]
+
+
+def test_batch_subclasses_survive_to_and_pin_memory(monkeypatch):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Extended(Batch):
+        extra: torch.Tensor | None = None
+
+    b = Extended(text_ids=torch.ones(1, 2, dtype=torch.long), text_mask=torch.ones(1, 2, dtype=torch.bool),
+                 segment_ids=torch.zeros(1, 2, dtype=torch.long), extra=torch.ones(3))  # fmt: skip
+    moved = b.to("cpu")
+    assert type(moved) is Extended and torch.equal(moved.extra, b.extra)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: t.clone())
+    assert type(b.pin_memory()) is Extended

@@ -127,7 +127,7 @@ class Batch:
             )
             for f in fields(self)
         }
-        return Batch(**moved)
+        return type(self)(**moved)
 
     def pin_memory(self) -> Batch:
         """Called by ``DataLoader(pin_memory=True)`` on custom batch types."""
@@ -139,7 +139,7 @@ class Batch:
             )
             for f in fields(self)
         }
-        return Batch(**pinned)
+        return type(self)(**pinned)
 
     @property
     def size(self) -> int:
