@@ -145,3 +145,16 @@ def test_convert_skip_bad_lists_unreadable_records(tmp_path, capsys):
         capsys, "features", "convert", str(src), str(tmp_path / "b.lmdb"), "--no-progress", "--skip-bad"
     )
     assert code == 1 and "skipped img1" in err and "2 written" in out
+
+
+def test_check_reports_duplicate_tsv_ids(tmp_path, capsys):
+    path = write_store(tmp_path / "d.tsv", [make_region_record(f"img{i}", 3, seed=i) for i in range(3)])
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join([lines[0], lines[1], lines[0], lines[2], b""]))
+    code, out, _ = run(capsys, "features", "check", str(path))
+    assert (
+        code == 1 and out.strip() == "img0: appears on more than one line of the TSV; only the first is read"
+    )
+    with features.open(path) as store:
+        assert store.keys() == ["img0", "img1", "img2"]
+        assert store["img1"].num_regions == 3 and store["img2"].image_id == "img2"
