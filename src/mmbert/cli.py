@@ -7,9 +7,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mmbert.commands import convert, demo, features, inspect, models, synthetic
+from mmbert.commands import convert, demo, features, inspect, models, pretrain, synthetic
 
-COMMANDS = [models, inspect, convert, demo, features, synthetic]
+COMMANDS = [models, inspect, convert, demo, features, synthetic, pretrain]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,298 @@
+"""``mmbert pretrain``: pre-train a V&L model on captions + region features with its paper's objectives.
+
+    mmbert pretrain --model lxmert_base --captions captions_train2014.json --features train_obj36.h5 \\
+        --tokenizer bert-base-uncased/ --out runs/lxmert --max-steps 100000 lr=1e-4 warmup_steps=5000
+    torchrun --nproc_per_node=4 -m mmbert pretrain ...          # the same run on 4 GPUs
+    mmbert pretrain ... --out runs/lxmert --resume              # continue a killed run exactly
+
+Options come first, then the ``key=value`` settings.
+
+The configuration is resolved (defaults < ``--config FILE.json`` < flags < ``key=value``), validated
+before any work (an unknown key lists the valid ones, a wrong type names the key) and written to
+``<out>/run.json``. Keys: every ``TrainConfig`` field, the data keys below, ``objectives``,
+``weights.<objective>`` and ``model.<config field>`` (e.g. ``model.vocab_size=103``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mmbert.train.config import TrainConfig, _matches
+
+
+@dataclass
+class DataConfig:
+    max_text_length: int = 40  # tokens per caption, [CLS] and [SEP] included
+    max_regions: int = 36  # regions per image (the most confident ones)
+    mlm_prob: float = 0.15
+    region_prob: float = 0.15
+    match_prob: float = 0.5  # share of captions swapped for another image's (image-text match)
+    whole_word: bool = False  # mask whole words rather than word pieces
+
+
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
+DATA_KEYS = {f.name for f in fields(DataConfig)}
+FLAG_KEYS = {"max_steps": "max_steps", "batch_size": "batch_size", "lr": "lr", "grad_accum": "grad_accum"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pre-train a vision-and-language model on captions + region features",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--model", required=True, help="model preset (see `mmbert models`), e.g. lxmert_base")
+    p.add_argument("--captions", required=True, help="captions: COCO JSON, Conceptual Captions TSV, Karpathy, JSONL")
+    p.add_argument("--features", required=True, help="region feature store: TSV, HDF5, LMDB or npz directory")
+    p.add_argument("--out", required=True, help="run directory: run.json, metrics.jsonl, checkpoints/, final/")
+    p.add_argument("--tokenizer", help="directory with vocab.txt / tokenizer.json (default: next to --captions)")
+    p.add_argument("--eval-captions", help="held-out captions (same store) evaluated every eval_every steps")
+    p.add_argument("--init-text-from", help="initialise the text side from a BERT checkpoint directory")
+    p.add_argument("--config", help="flat JSON file of settings (same keys as key=value)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--objectives", nargs="+", help="override the paper's objective set, e.g. mlm itm")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("settings", nargs="*", metavar="key=value", help="any setting, e.g. warmup_steps=1000")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Resolved:
+    train: TrainConfig
+    data: DataConfig
+    objectives: list[str] | None
+    weights: dict[str, float]
+    model_overrides: dict[str, Any]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def resolve_settings(args: argparse.Namespace) -> Resolved:
+    """Merge the settings and validate every key and type before anything is built."""
+    raw: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {path}: no such file")
+        try:
+            loaded = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config {path}: not valid JSON ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {path}: expected a JSON object of settings")
+        for key, value in loaded.items():
+            if key in ("model", "weights") and isinstance(value, dict):
+                raw.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                raw[key] = value
+    for key in FLAG_KEYS:
+        if getattr(args, key, None) is not None:
+            raw[key] = getattr(args, key)
+    if args.objectives:
+        raw["objectives"] = list(args.objectives)
+    for item in args.settings or []:
+        if "=" not in item:
+            raise ValueError(f"setting {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        raw[key.strip()] = _parse_value(value)
+
+    train, data, weights, model = {}, {}, {}, {}
+    objectives = None
+    valid = sorted(TRAIN_KEYS | DATA_KEYS | {"objectives", "weights.<objective>", "model.<field>"})
+    for key, value in raw.items():
+        if key in TRAIN_KEYS:
+            train[key] = value
+        elif key in DATA_KEYS:
+            data[key] = value
+        elif key == "objectives":
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError(f"setting 'objectives' expects a list of names, got {value!r}")
+            objectives = value
+        elif key.startswith("weights."):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"setting {key!r} expects a number, got {value!r}")
+            weights[key.split(".", 1)[1]] = float(value)
+        elif key.startswith("model."):
+            model[key.split(".", 1)[1]] = value
+        else:
+            raise ValueError(f"unknown setting {key!r}; valid keys: {', '.join(valid)}")
+    for key, value in data.items():
+        expected = next(f.type for f in fields(DataConfig) if f.name == key)
+        if not _matches(value, str(expected)):
+            raise TypeError(f"setting {key!r} expects {expected}, got {value!r}")
+    return Resolved(TrainConfig.from_dict(train, "settings"), DataConfig(**data), objectives, weights, model)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmbert.data import features as features_api
+    from mmbert.data.datasets import CaptionDataset
+    from mmbert.data.tokenizer import Tokenizer
+    from mmbert.models import MODELS, PretrainingModel, build_model
+    from mmbert.objectives import Pretraining, recipe_for
+    from mmbert.train import NonFiniteLossError, train
+    from mmbert.train.checkpoint import list_checkpoints
+    from mmbert.train.distributed import init_distributed
+    from mmbert.train.pretrain_data import PretrainingDataset
+
+    settings = resolve_settings(args)
+    out = Path(args.out)
+    for flag, path in (("--captions", args.captions), ("--features", args.features),
+                       ("--eval-captions", args.eval_captions), ("--tokenizer", args.tokenizer)):  # fmt: skip
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{flag} {path}: no such file or directory")
+
+    # ---- the model's configuration ------------------------------------------------------------------
+    if args.model not in MODELS:
+        raise KeyError(f"unknown model {args.model!r}; available: {', '.join(MODELS)}")
+    base = MODELS[args.model]()
+    config = type(base).from_dict({**base.to_dict(), **settings.model_overrides}, "model settings")
+    if not getattr(config, "region_feat_dim", None):
+        raise ValueError(f"{args.model} is a text-only model; `mmbert pretrain` trains vision-and-language models")
+    recipe = recipe_for(config.model_type)
+
+    # ---- the run directory --------------------------------------------------------------------------
+    run_file = out / "run.json"
+    if args.resume:
+        if not run_file.is_file():
+            raise FileNotFoundError(f"--resume: {out} holds no run.json (not a pretrain run directory)")
+        previous = json.loads(run_file.read_text())
+        if previous.get("model") != args.model or previous.get("model_config") != config.to_dict():
+            raise ValueError(
+                f"--resume: {out} is a run of {previous.get('model')!r} "
+                f"({_config_diff(previous.get('model_config') or {}, config.to_dict())}), not of {args.model!r} "
+                "with this configuration"
+            )
+    elif list_checkpoints(out):
+        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it or choose a new --out")
+
+    # ---- data: tokenizer, store, captions -----------------------------------------------------------
+    tok_dir = Path(args.tokenizer) if args.tokenizer else _default_tokenizer_dir(args)
+    tokenizer = Tokenizer.from_pretrained(tok_dir)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer in {tok_dir} has {tokenizer.vocab_size} tokens but {args.model} has vocab_size "
+            f"{config.vocab_size}; pass model.vocab_size={tokenizer.vocab_size}"
+        )
+    store = features_api.open(args.features)
+    first_id = next(iter(store.keys()), None)
+    if first_id is None:
+        raise ValueError(f"{args.features}: the feature store is empty")
+    objectives = settings.objectives
+    if objectives is None:
+        objectives = [o for o in recipe.objectives if o != "qa"]
+        if "qa" in recipe.objectives:
+            print("note: caption corpora have no questions; LXMERT's image QA objective is left out")
+    elif "qa" in objectives:
+        raise ValueError("objective 'qa' needs question-answer annotations, which caption corpora do not have")
+    _check_store(store[first_id], config, objectives, args.features)
+    data = CaptionDataset(args.captions, store, tokenizer, settings.data.max_text_length, settings.data.max_regions)
+    if len(data) == 0:
+        raise ValueError(f"{args.captions}: no caption has its image in {args.features}")
+    eval_data = None
+    if args.eval_captions:
+        eval_data = CaptionDataset(args.eval_captions, store, tokenizer, settings.data.max_text_length,
+                                   settings.data.max_regions)  # fmt: skip
+
+    def corrupt(captions: CaptionDataset, seed: int) -> PretrainingDataset:
+        d = settings.data
+        return PretrainingDataset(captions, recipe.region_rule, "itm" in objectives, seed, d.mlm_prob,
+                                  d.region_prob, d.match_prob, d.whole_word)  # fmt: skip
+
+    train_data = corrupt(data, settings.train.seed)
+    eval_set = corrupt(eval_data, settings.train.seed + 1) if eval_data is not None else None
+
+    # ---- build, record, train -----------------------------------------------------------------------
+    env = init_distributed(None if settings.train.device == "auto" else settings.train.device)
+    import torch
+
+    torch.manual_seed(settings.train.seed)
+    overrides = dict(settings.model_overrides)
+    if args.init_text_from:
+        overrides["init_text_from"] = args.init_text_from
+    model = PretrainingModel(build_model(args.model, **overrides))
+    task = Pretraining(model, objectives, settings.weights)
+    run_info = {"model": args.model, "model_config": config.to_dict(), "objectives": list(task.objective_names),
+                "weights": task.weights}  # fmt: skip
+    record = {**run_info, "captions": str(args.captions), "features": str(args.features),
+              "tokenizer": str(tok_dir), "train": settings.train.to_dict(), "data": asdict(settings.data),
+              "init_text_from": args.init_text_from, "score_mismatched": task.score_mismatched,
+              "region_rule": recipe.region_rule}  # fmt: skip
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            from mmbert.models.base import atomic_write
+
+            atomic_write(run_file, lambda f: Path(f).write_text(json.dumps(record, indent=2) + "\n"))
+    try:
+        result = train(task, train_data, train_data.collate, settings.train, out, eval_dataset=eval_set,
+                       resume=args.resume, run_info=run_info, env=env)  # fmt: skip
+    except NonFiniteLossError as e:
+        print(f"mmbert pretrain: stopped: {e}")
+        return 1
+    if env.is_main:
+        model.save(out / "final")
+        tokenizer.save(out / "final")
+        print(json.dumps({"out": str(out), "step": result.step, "metrics": result.metrics,
+                          "eval": result.eval_metrics, "checkpoint": str(result.last_checkpoint)}))  # fmt: skip
+    return 0
+
+
+def _default_tokenizer_dir(args: argparse.Namespace) -> Path:
+    for candidate in (args.init_text_from, str(Path(args.captions).parent)):
+        if candidate and any((Path(candidate) / name).exists() for name in ("vocab.txt", "tokenizer.json")):
+            return Path(candidate)
+    raise ValueError("no tokenizer: pass --tokenizer DIR (a directory with vocab.txt or tokenizer.json)")
+
+
+def _check_store(record, config, objectives: list[str], path: str) -> None:
+    """The store's features and detector outputs fit the model and the objectives (first record)."""
+    width = int(record.feats.shape[1])
+    if width != config.region_feat_dim:
+        raise ValueError(
+            f"{path}: features are {width}-d but the model's region_feat_dim is {config.region_feat_dim}; "
+            f"pass model.region_feat_dim={width}"
+        )
+    classes = getattr(config, "num_region_classes", None)
+    needs = {
+        "mrc_kl": ("cls_prob", classes), "mvrc_soft": ("cls_prob", classes),
+        "moc": ("cls_prob|obj_id", classes), "mvrc": ("cls_prob|obj_id", classes),
+        "obj": ("obj_id", getattr(config, "num_object_labels", None)),
+        "attr": ("attr_id", getattr(config, "num_attr_labels", None)),
+    }  # fmt: skip
+    for objective in objectives:
+        if objective not in needs:
+            continue
+        names, size = needs[objective]
+        present = [n for n in names.split("|") if getattr(record, n) is not None]
+        if not present:
+            raise ValueError(f"{path}: objective {objective!r} needs the detector's {names.replace('|', ' or ')}, "
+                             "which this store lacks")  # fmt: skip
+        field = present[0]
+        value = getattr(record, field)
+        top = int(value.shape[1]) if field == "cls_prob" else int(value.max()) + 1
+        key = "num_region_classes" if "cls_prob" in names else ("num_object_labels" if field == "obj_id" else
+                                                                 "num_attr_labels")  # fmt: skip
+        if size is not None and (top != size if field == "cls_prob" else top > size):
+            raise ValueError(
+                f"{path}: the detector's {field} has {top} classes but the model's {key} is {size}; "
+                f"pass model.{key}={top if field == 'cls_prob' else max(top, size)}"
+            )
+
+
+def _config_diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} there vs {new.get(k)!r} here" for k in keys[:5]) or "same config"

@@ -1,0 +1,99 @@
+"""``mmbert pretrain``: a short run end to end, and each bad input refused with a clear error up front."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmbert.cli import main
+from mmbert.data.synthetic.generate import generate
+from mmbert.data.synthetic.scenes import WorldConfig
+
+TINY_WORLD = ["model.vocab_size=103", "model.num_region_classes=6"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    generate(root, num_images=12, seed=0, config=WorldConfig(feat_dim=16, max_objects=3), render_images=False,
+             nlvr2_pairs=0)  # fmt: skip
+    return root
+
+
+def pretrain(world, out, *extra: str) -> list[str]:
+    """The command line; options first, then the key=value settings (argparse wants them last)."""
+    options = [a for a in extra if a.startswith("--") or "=" not in a]
+    settings = [a for a in extra if a not in options]
+    return ["pretrain", "--model", "uniter_tiny", "--captions", str(world / "captions_train.json"),
+            "--features", str(world / "features.tsv"), "--tokenizer", str(world), "--out", str(out),
+            "--batch-size", "4", *options,
+            "progress=false", "log_every=1", *TINY_WORLD, *settings]  # fmt: skip
+
+
+def error_of(argv, capsys) -> str:
+    assert main(argv) == 1
+    return capsys.readouterr().err
+
+
+def test_a_short_run_writes_run_json_metrics_checkpoints_and_the_final_model(world, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(pretrain(world, out, "--max-steps", "3", "save_every=2", "lr=1e-3")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 3
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"] == "uniter_tiny" and run["objectives"] == ["mlm", "mrfr", "mrc_kl", "itm"]
+    assert run["train"]["lr"] == 1e-3 and run["model_config"]["vocab_size"] == 103
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002.pt", "step-00000003.pt"]
+    assert (out / "final" / "model.safetensors").exists() and (out / "final" / "vocab.txt").exists()
+    # continuing the finished run to more steps
+    assert main(pretrain(world, out, "--max-steps", "4", "--resume", "save_every=2", "lr=1e-3")) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 4
+    # the same directory without --resume is refused rather than overwritten
+    assert "already holds checkpoints" in error_of(pretrain(world, out, "--max-steps", "2"), capsys)
+
+
+def test_unknown_keys_list_the_valid_ones_and_wrong_types_name_the_key(world, tmp_path, capsys):
+    err = error_of(pretrain(world, tmp_path / "a", "warmup_stepz=3"), capsys)
+    assert "unknown setting 'warmup_stepz'" in err and "warmup_steps" in err
+    assert "'lr'" in error_of(pretrain(world, tmp_path / "b", 'lr="fast"'), capsys)
+    assert "whole_word" in error_of(pretrain(world, tmp_path / "c", "whole_word=3"), capsys)
+    assert "bogus" in error_of(pretrain(world, tmp_path / "d", "model.bogus=1"), capsys)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"max_steps": 2, "optimizer": "sgd"}))
+    assert "unknown setting 'optimizer'" in error_of(pretrain(world, tmp_path / "e", "--config", str(config)), capsys)
+    config.write_text("{not json")
+    assert "not valid JSON" in error_of(pretrain(world, tmp_path / "f", "--config", str(config)), capsys)
+    assert not any((tmp_path / x).exists() for x in "abcdef")  # nothing was started
+
+
+def test_missing_or_malformed_captions_and_stores(world, tmp_path, capsys):
+    base = pretrain(world, tmp_path / "x")
+    missing_captions = [a if a != str(world / "captions_train.json") else str(tmp_path / "nope.json") for a in base]
+    assert "nope.json" in error_of(missing_captions, capsys)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": []}))
+    bad_captions = [a if a != str(world / "captions_train.json") else str(bad) for a in base]
+    assert "bad.json" in error_of(bad_captions, capsys)
+    missing_store = [a if a != str(world / "features.tsv") else str(tmp_path / "nope.tsv") for a in base]
+    assert "nope.tsv" in error_of(missing_store, capsys)
+    garbage = tmp_path / "garbage.tsv"
+    garbage.write_text("this\tis not\ta feature store\n")
+    assert "garbage.tsv" in error_of([a if a != str(world / "features.tsv") else str(garbage) for a in base], capsys)
+    wrong_dim = [a for a in base if a != "model.vocab_size=103"] + ["model.vocab_size=103", "model.region_feat_dim=8"]
+    assert "region_feat_dim=16" in error_of(wrong_dim, capsys)
+    small_vocab = [a for a in base if a != "model.vocab_size=103"]
+    assert "model.vocab_size=103" in error_of(small_vocab, capsys)
+
+
+def test_resume_from_a_run_of_another_model_is_refused(world, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(pretrain(world, out, "--max-steps", "1")) == 0
+    capsys.readouterr()
+    other = [a if a != "uniter_tiny" else "unicoder_vl_tiny" for a in pretrain(world, out, "--max-steps", "2")]
+    err = error_of([*other, "--resume"], capsys)
+    assert "is a run of 'uniter_tiny'" in err
+    resized = pretrain(world, out, "--max-steps", "2", "--resume", "model.dim=64")
+    assert "dim" in error_of(resized, capsys)
+    assert "no run.json" in error_of(pretrain(world, tmp_path / "new", "--resume"), capsys)

@@ -1,0 +1,115 @@
+"""A tiny BERT pre-training run on an in-memory corpus, as a library function and as a script (the
+trainer tests run it in subprocesses: SIGKILL + resume, torchrun with 2 processes).
+
+    python tests/train/toy.py --out DIR --max-steps 12 [--resume] [--batch-size 8] [--objectives nsp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from mmbert.data.batch import Batch
+from mmbert.data.masking import example_generator, mask_tokens
+from mmbert.models import PretrainingModel, build_model
+from mmbert.objectives import Pretraining
+from mmbert.train import TrainConfig, train
+
+VOCAB, MASK, CLS, SEP = 100, 4, 2, 3
+
+
+class ToyPairs(Dataset):
+    """Sentence pairs over a 100-token vocabulary: label 1 when the second half repeats the first
+    (shifted by one), else random. Masked per example from (seed, epoch, index)."""
+
+    def __init__(self, n: int = 64, length: int = 6, seed: int = 0, delay: float = 0.0) -> None:
+        g = torch.Generator().manual_seed(1234)
+        self.a = torch.randint(10, VOCAB - 1, (n, length), generator=g)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+        self.b = torch.where(self.labels[:, None] == 1, self.a + 1, torch.randint(10, VOCAB, (n, length), generator=g))
+        self.seed, self.epoch, self.delay = seed, 0, delay
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        if self.delay:
+            time.sleep(self.delay)
+        ids = torch.cat([torch.tensor([CLS]), self.a[i], torch.tensor([SEP]), self.b[i], torch.tensor([SEP])])
+        segments = torch.cat([torch.zeros(self.a.shape[1] + 2), torch.ones(self.b.shape[1] + 1)]).long()
+        maskable = (ids != CLS) & (ids != SEP)
+        ids, labels = mask_tokens(ids, maskable, MASK, VOCAB, example_generator(self.seed, self.epoch, i))
+        return {"ids": ids, "segments": segments, "mlm": labels, "label": int(self.labels[i])}
+
+
+def collate(items: list[dict]) -> Batch:
+    ids = torch.stack([x["ids"] for x in items])
+    return Batch(
+        text_ids=ids,
+        text_mask=torch.ones_like(ids, dtype=torch.bool),
+        segment_ids=torch.stack([x["segments"] for x in items]),
+        mlm_labels=torch.stack([x["mlm"] for x in items]),
+        pair_labels=torch.tensor([x["label"] for x in items]),
+    )
+
+
+def run(out: str | Path, max_steps: int = 12, resume: bool = False, batch_size: int = 8, grad_accum: int = 1,
+        objectives: list[str] | None = None, save_every: int = 3, dropout: float = 0.1, delay: float = 0.0,
+        lr: float = 1e-3):  # fmt: skip
+    torch.manual_seed(0)
+    model = PretrainingModel(build_model("bert_tiny", dropout=dropout, attn_dropout=dropout))
+    task = Pretraining(model, objectives)
+    config = TrainConfig(
+        max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=2,
+        save_every=save_every, log_every=1, progress=False, keep_last=2, seed=0, device="cpu",
+    )  # fmt: skip
+    info = {"model": "bert_tiny", "objectives": list(task.objective_names)}
+    return train(task, ToyPairs(delay=delay), collate, config, out, resume=resume, run_info=info)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-steps", type=int, default=12)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--objectives", nargs="*")
+    p.add_argument("--save-every", type=int, default=3)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--hang-on-save", type=int, default=0, help="freeze half-way through writing this step's checkpoint")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.hang_on_save:
+        real_save = torch.save
+
+        def half_then_hang(obj, f, *a, **kw):
+            real_save(obj, f, *a, **kw)
+            name = getattr(f, "name", str(f))
+            if f"step-{args.hang_on_save:08d}" in str(name):
+                f.flush()
+                f.truncate(f.tell() // 2)  # half a file on disk, then the process is killed
+                f.flush()
+                print("HANGING", flush=True)
+                time.sleep(120)
+
+        torch.save = half_then_hang
+    run(args.out, args.max_steps, args.resume, args.batch_size, args.grad_accum, args.objectives or None,
+        args.save_every, args.dropout, args.delay)  # fmt: skip
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("DONE", flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
