@@ -7,9 +7,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mmbert.commands import convert, demo, features, inspect, models, pretrain, synthetic
+from mmbert.commands import (
+    convert,
+    demo,
+    evaluate,
+    features,
+    finetune,
+    inspect,
+    models,
+    pretrain,
+    score,
+    synthetic,
+)
 
-COMMANDS = [models, inspect, convert, demo, features, synthetic, pretrain]
+COMMANDS = [models, inspect, convert, demo, features, synthetic, pretrain, finetune, evaluate, score]
 
 
 def build_parser() -> argparse.ArgumentParser:

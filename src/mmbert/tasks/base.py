@@ -362,6 +362,18 @@ class Task:
             metrics["skipped"] = dict(dataset.report.counts)
         return metrics, predictions
 
+    def load_split(self, split: str | None, files: Mapping[str, Any], tokenizer: Any, features: Any = None
+                   ) -> TaskDataset:
+        """``load`` for a named split, for tasks whose files hold several (retrieval, refexp)."""
+        if split is None or "split" not in self.options:
+            return self.load(files, tokenizer, features)
+        saved = self.options["split"]
+        self.options["split"] = split
+        try:
+            return self.load(files, tokenizer, features)
+        finally:
+            self.options["split"] = saved
+
     def require_files(self, files: Mapping[str, Any], *names: str) -> dict[str, Path]:
         missing = [n for n in names if n not in files]
         if missing:
@@ -411,3 +423,43 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=None if isinstance(obj, list) else 2) + "\n", encoding="utf-8")
     return path
+
+
+# --- fine-tuned checkpoints ------------------------------------------------------------------------
+
+TASK_FILE = "task.json"
+
+
+def save_task_model(model: TaskModel, task: Task, path: str | os.PathLike, tokenizer: Any = None) -> Path:
+    """A fine-tuned model directory: config.json + model.safetensors (``encoder.*``, ``head.*``), task.json
+    (task name and options, e.g. the answer vocabulary) and the tokenizer when given."""
+    from mmbert.models.base import atomic_write, save_module
+
+    path = Path(path)
+    save_module(model, model.encoder.config, path, extra_config={"mmbert_heads": "task", "mmbert_task": task.name})
+    record = {"task": task.name, "options": task.state()}
+    atomic_write(path / TASK_FILE, lambda f: Path(f).write_text(json.dumps(record, indent=2) + "\n"))
+    if tokenizer is not None:
+        tokenizer.save(path)
+    return path
+
+
+def load_task_model(path: str | os.PathLike, registry: Mapping[str, type[Task]]) -> tuple[Task, TaskModel]:
+    """(task, model) from a directory written by ``save_task_model``; every weight must be there."""
+    from mmbert.convert.common import load_state_strict, read_config, read_weights
+    from mmbert.models import config_from_dict, model_class
+
+    path = Path(path)
+    if not (path / TASK_FILE).is_file():
+        raise FileNotFoundError(f"{path}: no {TASK_FILE}; not a fine-tuned task model (see `mmbert finetune`)")
+    record = read_json(path / TASK_FILE)
+    if record.get("task") not in registry:
+        raise ValueError(f"{path / TASK_FILE}: unknown task {record.get('task')!r}; known: {sorted(registry)}")
+    task = registry[record["task"]](**record.get("options", {}))
+    raw = read_config(path)
+    config = config_from_dict({k: v for k, v in raw.items() if not k.startswith("mmbert_")}, str(path / "config.json"))
+    encoder = model_class(config)(config)
+    model = TaskModel(encoder, task.build_head(encoder))
+    state, source = read_weights(path)
+    load_state_strict(model, state, source)
+    return task, model.eval()

@@ -100,7 +100,6 @@ class RetrievalTask(Task):
         negatives: int = 3,
         hard_negatives: bool = False,
         max_images: int | None = None,
-        seed: int = 0,
         trust_pickle: bool = False,
     ) -> None:
         if image_key not in ("filename", "cocoid", "imgid"):
@@ -108,9 +107,8 @@ class RetrievalTask(Task):
         super().__init__(
             split=split, with_restval=with_restval, fold=fold, image_key=image_key, max_text_len=max_text_len,
             max_regions=max_regions, negatives=negatives, hard_negatives=hard_negatives, max_images=max_images,
-            seed=seed, trust_pickle=trust_pickle,
+            trust_pickle=trust_pickle,
         )
-        self._generator = torch.Generator().manual_seed(seed)
 
     # data -------------------------------------------------------------------------------------------
     def _key(self, img: Mapping, where: str) -> str:
@@ -206,8 +204,8 @@ class RetrievalTask(Task):
                 model.train(was)
             order = {i: sorted(candidates[i], key=lambda j: -float(s[i, j])) for i in rows}
         else:
-            order = {i: [candidates[i][j] for j in torch.randperm(len(candidates[i]), generator=self._generator)]
-                     for i in rows}
+            # the global RNG: the trainer checkpoints it, so a resumed run draws the same negatives
+            order = {i: [candidates[i][j] for j in torch.randperm(len(candidates[i]))] for i in rows}
         negs = [[order[i][n % len(order[i])] for n in range(k)] for i in rows]
         text_index = torch.tensor([i for i in rows for _ in range(k + 1)])
         image_index = torch.tensor([j for i, ns in zip(rows, negs) for j in [i, *ns]])

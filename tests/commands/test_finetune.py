@@ -1,0 +1,76 @@
+"""`mmbert finetune`: official files in, the shared trainer, exact resume, final model + val predictions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tasks.task_fixtures import WORDS, make_store, vl_tiny_presets
+from tasks.test_vqa import write_official
+
+from mmbert.cli import main
+from mmbert.data import features
+
+
+@pytest.fixture
+def setup(tmp_path):
+    files = write_official(tmp_path)
+    with features.open(tmp_path / "feats.h5", mode="w") as out:
+        for rec in make_store([10, 11, 12, 13]).values():
+            out.write(rec)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    return tmp_path, files
+
+
+def finetune(tmp_path, files, out, *extra):
+    data = [f"questions={files['questions']}", f"annotations={files['annotations']}"]
+    argv = ["finetune", "--task", "vqa", "--init", vl_tiny_presets()[0], "--out", str(out), "--features",
+            str(tmp_path / "feats.h5"), "--tokenizer", str(tmp_path / "tok"), "--train", *data, "--val", *data,
+            "--batch-size", "4", "--lr", "3e-3", "model.vocab_size=64", "task.min_answer_count=1",
+            "progress=false", "schedule=constant", "save_every=2", "log_every=1", *extra]
+    return main(argv)
+
+
+def test_finetune_writes_final_model_and_val_predictions(setup, capsys):
+    tmp_path, files = setup
+    assert finetune(tmp_path, files, tmp_path / "run", "--max-steps", "4") == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 4 and "overall" in summary["val"]
+    final = tmp_path / "run" / "final"
+    assert {"config.json", "model.safetensors", "task.json", "vocab.txt"} <= {p.name for p in final.iterdir()}
+    task = json.loads((final / "task.json").read_text())
+    assert task["task"] == "vqa" and "2" in task["options"]["answer_list"]
+    preds = json.loads((final / "val_vqa_results.json").read_text())
+    assert len(preds) == 8 and set(preds[0]) == {"question_id", "answer"}
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 4 and all(v == v for v in losses)
+
+
+def test_resume_gives_the_same_weights(setup, capsys):
+    tmp_path, files = setup
+    assert finetune(tmp_path, files, tmp_path / "whole", "--max-steps", "4") == 0
+    assert finetune(tmp_path, files, tmp_path / "broken", "--max-steps", "2") == 0
+    assert finetune(tmp_path, files, tmp_path / "broken", "--max-steps", "4", "--resume") == 0
+    a = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "broken" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # without --resume an existing run is refused
+    assert finetune(tmp_path, files, tmp_path / "whole", "--max-steps", "4") == 1
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_bad_arguments(setup, capsys):
+    tmp_path, files = setup
+    assert main(["finetune", "--task", "nope", "--init", "x", "--out", str(tmp_path / "o"), "--train", "a=b"]) == 1
+    assert "unknown task 'nope'" in capsys.readouterr().err
+    assert finetune(tmp_path, files, tmp_path / "o", "task.colour=red") == 1
+    assert "its options:" in capsys.readouterr().err
+    assert main(["finetune", "--task", "vqa", "--init", vl_tiny_presets()[0], "--out", str(tmp_path / "o"),
+                 "--tokenizer", str(tmp_path / "tok"), "--train", f"annotations={files['annotations']}",
+                 "model.vocab_size=64"]) == 1
+    assert "needs the file(s) ['questions']" in capsys.readouterr().err
