@@ -171,6 +171,10 @@ class Lxmert(EncoderModel):
         region_mask: Tensor | None = None,
         output_attentions: bool = False,
     ) -> Encoded:
+        """text (B, T, D), vision (B, R, D), pooled (B, D). With ``output_attentions``: ``text_text`` holds the
+        language layers' maps then the cross-modality layers' text self-attention; ``vision_vision`` the
+        object-relationship layers' then the cross-modality layers'; ``text_vision`` (B, H, T, R) and
+        ``vision_text`` (B, H, R, T) one per cross-modality layer."""
         c = self.config
         check_text_inputs(c, text_ids, text_mask, segment_ids)
         if region_feats is None or region_boxes is None:

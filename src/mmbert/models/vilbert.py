@@ -206,6 +206,10 @@ class ViLBert(EncoderModel):
         region_mask: Tensor | None = None,
         output_attentions: bool = False,
     ) -> Encoded:
+        """text (B, T, D), vision (B, R+1, Dv) with the global region first, pooled (B, pooled_dim). With
+        ``output_attentions``: one map per text layer (``text_text``), per vision layer (``vision_vision``)
+        and per co-attention layer (``text_vision`` (B, H, T, R+1), ``vision_text`` (B, H, R+1, T)), each
+        list in run order."""
         c = self.config
         check_text_inputs(c, text_ids, text_mask, segment_ids)
         if region_feats is None or region_boxes is None:
