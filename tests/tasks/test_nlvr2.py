@@ -14,13 +14,21 @@ SENTENCES = ["both images contain a dog", "at least one image contains a red car
              "there are two animals", "the left image contains a person"]
 
 
-def write_jsonl(path, n_sets=3, bad=None):
+def examples(n_sets):
     lines = []
     for s in range(n_sets):
         for pair in range(2):
             for k, sent in enumerate(SENTENCES[:2]):
                 lines.append({"identifier": f"dev-{s}-{pair}-{k}", "sentence": sent,
                               "label": "True" if (s + pair + k) % 2 else "False", "left_url": "x", "right_url": "y"})
+    return lines
+
+
+def write_jsonl(path, n_sets=3, bad=None, learnable=False):
+    lines = examples(n_sets)
+    if learnable:  # the label follows the sentence: a tiny model fits it in a few steps
+        for x in lines:
+            x["label"] = "True" if x["identifier"].endswith("-1") else "False"
     if bad:
         lines[1].update(bad)
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -40,7 +48,7 @@ def test_image_ids_from_identifier():
 def test_nlvr2_finetunes_and_writes_official_csv(tmp_path, tokenizer):
     store = make_store(all_images())
     task = NLVR2Task(dropout=0.0)
-    ds = task.load({"data": write_jsonl(tmp_path / "dev.json")}, tokenizer, store)
+    ds = task.load({"data": write_jsonl(tmp_path / "dev.json", learnable=True)}, tokenizer, store)
     assert len(ds) == 12 and len(ds[0].views) == 2
     encoder = tiny_encoder(vl_tiny_presets()[0])
     model = TaskModel(encoder, task.build_head(encoder))
