@@ -11,6 +11,7 @@ from tasks.task_fixtures import make_store, tiny_encoder, train_steps, vl_tiny_p
 from mmbert.models.pretraining import PretrainingModel
 from mmbert.tasks.base import TaskDataError, TaskModel, collate
 from mmbert.tasks.retrieval import RetrievalTask, pool_scores
+from mmbert.tasks.streams import split_encoder
 
 CAPTIONS = ["a red car", "a dog on a bench", "a man holding an umbrella", "two cats", "a green photo",
             "a woman sitting", "a big black dog", "a small white car"]
@@ -124,3 +125,15 @@ def test_bad_input(tmp_path, tokenizer, store):
         RetrievalTask(split="test", fold=3).load({"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, store)
     with pytest.raises(ValueError, match="no feature store"):
         pool_scores(None, [], [])
+
+
+@pytest.mark.parametrize("name", [n for n in ("lxmert_tiny", "vilbert_tiny") if n in vl_tiny_presets()])
+def test_fast_dual_stream_scores_equal_the_full_forward(tmp_path, tokenizer, store, name):
+    task = RetrievalTask(split="test")
+    ds = task.load({"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, store)
+    encoder = tiny_encoder(name)
+    model = TaskModel(encoder, task.build_head(encoder))
+    assert split_encoder(encoder) is not None
+    fast = task.score_matrix(model, ds, batch_size=4, fast=True)
+    slow = task.score_matrix(model, ds, batch_size=5, fast=False)
+    assert fast.shape == (6, 3) and torch.allclose(fast, slow, atol=1e-5)

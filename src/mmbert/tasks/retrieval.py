@@ -11,10 +11,9 @@ other images of the batch (random in-batch negatives, or the hardest ones under 
 cross-entropy over the group (VOLTA's retrieval loss, there with 3 negatives).
 
 Evaluation scores every caption against every image of the pool (N x M pairs) in batches with a
-progress bar. Dual-stream encoders that expose ``encode_text_stream`` / ``encode_vision_stream`` /
-``encode_cross`` (ViLBERT, LXMERT) run their single-modality layers once per caption and once per image
-and only the cross layers per pair. Metrics: text->image and image->text R@1/5/10
-(``metrics.recall_at_k``, pessimistic ties).
+progress bar. Dual-stream encoders (ViLBERT, LXMERT; ``tasks/streams.py``) run their single-modality
+layers once per caption and once per image and only the cross layers per pair. Metrics: text->image
+and image->text R@1/5/10 (``metrics.recall_at_k``, pessimistic ties).
 """
 
 from __future__ import annotations
@@ -52,6 +51,7 @@ from mmbert.tasks.base import (
     write_json,
 )
 from mmbert.tasks.metrics import recall_at_k
+from mmbert.tasks.streams import encode_batched, split_encoder
 
 
 class MatchHead(nn.Module):
@@ -289,11 +289,10 @@ def _pad_images(images: list[RegionFeatures]) -> tuple[Tensor, Tensor, Tensor]:
 
 def pool_scores(model: TaskModel, texts: list[View], images: list[RegionFeatures], batch_size: int = 64,
                 device: str | torch.device = "cpu", progress: bool = False, fast: bool = True) -> Tensor:
-    """Score every text against every image: (N, M). With ``fast`` and an encoder that can split its
-    single-modality and cross layers (``encode_text_stream(ids, mask, segments)`` and
-    ``encode_vision_stream(feats, boxes, mask)`` -> dicts of batch-first tensors, ``encode_cross(text,
-    vision) -> Encoded``), each text and each image goes through its own stream once; otherwise every
-    pair runs the full encoder."""
+    """Score every text against every image: (N, M), in batches of ``batch_size`` pairs. With ``fast``
+    and a dual-stream encoder (``streams.split_encoder``), each text and each image goes through its
+    own stream once and only the cross-modal layers run per pair (the cached single-stream states take
+    N x T x D + M x R x Dv memory); otherwise every pair runs the full encoder."""
     from tqdm import tqdm
 
     if not images:
@@ -301,33 +300,26 @@ def pool_scores(model: TaskModel, texts: list[View], images: list[RegionFeatures
     ids, segs, tmask = (x.to(device) for x in _pad_texts(texts, model.config.pad_token_id))
     feats, boxes, rmask = (x.to(device) for x in _pad_images(images))
     n, m = ids.shape[0], feats.shape[0]
-    encoder = model.encoder
-    split = fast and all(hasattr(encoder, a) for a in ("encode_text_stream", "encode_vision_stream", "encode_cross"))
+    split = split_encoder(model.encoder) if fast else None
     scores = torch.empty(n, m)
     pairs = torch.cartesian_prod(torch.arange(n), torch.arange(m))  # row-major: text, image
     bar = tqdm(total=len(pairs), desc="retrieval pairs", unit="pair", disable=not progress)
-    if split:  # each text once, each image once through its own stream
-        text_states = _batched(lambda j: encoder.encode_text_stream(ids[j], tmask[j], segs[j]), n, batch_size)
-        vision_states = _batched(lambda j: encoder.encode_vision_stream(feats[j], boxes[j], rmask[j]), m, batch_size)
+    if split is not None:  # each text once, each image once through its own stream
+        dev = ids.device
+        text_states = encode_batched(lambda j: split.text(ids[j.to(dev)], tmask[j.to(dev)], segs[j.to(dev)]), n,
+                                     batch_size)  # fmt: skip
+        vision_states = encode_batched(
+            lambda j: split.vision(feats[j.to(dev)], boxes[j.to(dev)], rmask[j.to(dev)]), m, batch_size
+        )
     for s in range(0, len(pairs), batch_size):
         chunk = pairs[s : s + batch_size]
         t, i = chunk[:, 0].to(device), chunk[:, 1].to(device)
-        if split:
-            enc = encoder.encode_cross({k: v[t] for k, v in text_states.items()},
-                                       {k: v[i] for k, v in vision_states.items()})
+        if split is not None:
+            enc = split.cross({k: v[t] for k, v in text_states.items()}, {k: v[i] for k, v in vision_states.items()})
         else:
-            enc = encoder(ids[t], text_mask=tmask[t], segment_ids=segs[t], region_feats=feats[i],
-                          region_boxes=boxes[i], region_mask=rmask[i])
+            enc = model.encoder(ids[t], text_mask=tmask[t], segment_ids=segs[t], region_feats=feats[i],
+                                region_boxes=boxes[i], region_mask=rmask[i])  # fmt: skip
         scores[chunk[:, 0], chunk[:, 1]] = match_score(model.head(enc, None)).float().cpu()
         bar.update(len(chunk))
     bar.close()
     return scores
-
-
-def _batched(encode, count: int, batch_size: int) -> dict[str, Tensor]:
-    """Run a single-stream encoder over 0..count-1 in batches; concatenate each state tensor."""
-    parts: dict[str, list[Tensor]] = {}
-    for s in range(0, count, batch_size):
-        for k, v in encode(torch.arange(s, min(s + batch_size, count))).items():
-            parts.setdefault(k, []).append(v)
-    return {k: torch.cat(v) for k, v in parts.items()}
