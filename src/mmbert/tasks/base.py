@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,17 +224,20 @@ def loader(dataset: Dataset, batch_size: int, shuffle: bool = False, pad_token_i
 
 @dataclass
 class EncoderDims:
-    """What a head needs to know about an encoder, read off one tiny forward pass (so heads never care
-    which family they sit on): pooled width P, vision width Dv, and where (if anywhere) the encoder
-    puts a whole-image region in its vision output ("first", "last" or "none")."""
+    """What a head needs to know about an encoder, read off a tiny forward pass (so heads never care
+    which family they sit on): pooled width P, vision width Dv, and where the input regions sit in its
+    vision output (``region_offset``: ViLBERT and VL-BERT add a whole-image region and/or [END])."""
 
     pooled: int
     vision: int | None
-    global_region: str
+    region_offset: int
 
 
 def probe_encoder(encoder: EncoderModel) -> EncoderDims:
-    """Run a 1 x 3-token, 2-region input (the first region padded) through ``encoder`` without grad."""
+    """Run a 1 x 3-token, 2-region input through ``encoder`` without grad. The input regions' place in
+    the vision output is found with the model's ``vision_mask``: the positions whose mask changes when
+    the region mask goes from [real, padded] to [padded, real] are the two input regions (this holds
+    whether ``vision_mask`` marks the whole-image region real or not)."""
     feat_dim = getattr(encoder.config, "region_feat_dim", None)
     p = next(encoder.parameters())
     inputs: dict[str, Tensor] = {
@@ -244,36 +248,32 @@ def probe_encoder(encoder: EncoderModel) -> EncoderDims:
     if feat_dim:
         inputs["region_feats"] = torch.zeros(1, 2, feat_dim, device=p.device)
         inputs["region_boxes"] = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]], device=p.device)
-        inputs["region_mask"] = torch.tensor([[False, True]], device=p.device)
+        inputs["region_mask"] = torch.tensor([[True, False]], device=p.device)
     was_training = encoder.training
     encoder.eval()
     with torch.no_grad():
         enc = encoder(**inputs)
     encoder.train(was_training)
     if enc.vision is None:
-        return EncoderDims(enc.pooled.shape[-1], None, "none")
+        return EncoderDims(enc.pooled.shape[-1], None, 0)
     length = enc.vision.shape[1]
-    where = "none"
-    if length == 3:
-        if not hasattr(encoder, "vision_mask"):
-            raise ValueError(f"{type(encoder).__name__} returns one more vision position than regions but has no "
-                             "vision_mask() saying where its whole-image region is")
-        vm = encoder.vision_mask(inputs)[0].tolist()
-        where = "first" if vm == [True, False, True] else "last" if vm == [False, True, True] else ""
-        if not where:
-            raise ValueError(f"cannot tell where {type(encoder).__name__} puts its global region (vision_mask {vm})")
-    elif length != 2:
-        raise ValueError(f"{type(encoder).__name__} returned {length} vision positions for 2 regions")
-    return EncoderDims(enc.pooled.shape[-1], enc.vision.shape[-1], where)
+    name = type(encoder).__name__
+    if length == 2:
+        return EncoderDims(enc.pooled.shape[-1], enc.vision.shape[-1], 0)
+    if not hasattr(encoder, "vision_mask"):
+        raise ValueError(f"{name} returns {length} vision positions for 2 regions and has no vision_mask() "
+                         "saying which are the input regions")  # fmt: skip
+    first = encoder.vision_mask(inputs)[0]
+    second = encoder.vision_mask({**inputs, "region_mask": inputs["region_mask"].flip(1)})[0]
+    changed = (first != second).nonzero().flatten().tolist()
+    if len(changed) != 2 or changed[1] != changed[0] + 1 or not bool(first[changed[0]]):
+        raise ValueError(f"cannot locate the input regions in {name}'s vision output ({length} positions)")
+    return EncoderDims(enc.pooled.shape[-1], enc.vision.shape[-1], changed[0])
 
 
-def input_regions(vision: Tensor, global_region: str) -> Tensor:
-    """The vision states of the input regions only (drop the encoder's whole-image position)."""
-    if global_region == "first":
-        return vision[:, 1:]
-    if global_region == "last":
-        return vision[:, :-1]
-    return vision
+def input_regions(vision: Tensor, offset: int, num_regions: int) -> Tensor:
+    """The vision states of the input regions only (B, R, Dv), without whole-image region or [END]."""
+    return vision[:, offset : offset + num_regions]
 
 
 class TaskModel(nn.Module):
@@ -296,9 +296,11 @@ class TaskModel(nn.Module):
 # --- the task interface ----------------------------------------------------------------------------
 
 
-class Task:
+class Task(ABC):
     """One downstream task. Subclasses set ``name``, ``files`` (the annotation files a split needs, by
-    name) and implement ``load``, ``build_head``, ``loss``, ``predict``, ``score`` and ``write_predictions``.
+    name) and implement ``load``, ``build_head``, ``loss`` and ``write_predictions``, plus ``predict``
+    and ``score`` for the default ``evaluate`` (batch-wise prediction; retrieval overrides ``evaluate``
+    to score the full pool instead).
 
     ``options`` are the task's settings (maximum lengths, answer vocabulary, ...); they are saved with a
     fine-tuned model (``state()``) so evaluation rebuilds exactly the same task.
@@ -318,23 +320,29 @@ class Task:
         return dict(self.options)
 
     # to implement -----------------------------------------------------------------------------------
+    @abstractmethod
     def load(self, files: Mapping[str, str | os.PathLike], tokenizer: Any, features: Any = None) -> TaskDataset:
-        raise NotImplementedError
+        """Read the official files of one split; images come from ``features`` (path or store)."""
 
+    @abstractmethod
     def build_head(self, encoder: EncoderModel) -> nn.Module:
-        raise NotImplementedError
+        """A fresh head for this encoder: ``head(encoded, batch) -> logits``."""
 
+    @abstractmethod
     def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
-        raise NotImplementedError
+        """The task loss and batch metrics."""
+
+    @abstractmethod
+    def write_predictions(self, predictions: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+        """Write predictions in the official submission format."""
 
     def predict(self, logits: Tensor, batch: Batch) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """One prediction record per example of ``batch`` (used by the default ``evaluate``)."""
+        raise NotImplementedError(f"task {self.name!r} predicts in its own evaluate()")
 
     def score(self, predictions: list[dict[str, Any]], dataset: TaskDataset) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def write_predictions(self, predictions: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-        raise NotImplementedError
+        """The official metric over a split's predictions (used by the default ``evaluate``)."""
+        raise NotImplementedError(f"task {self.name!r} scores in its own evaluate()")
 
     # shared -----------------------------------------------------------------------------------------
     def model_step(self, model: TaskModel, batch: Batch) -> LossOutput:

@@ -72,15 +72,15 @@ def read_refs(path: str | os.PathLike, trust_pickle: bool = False) -> list[dict]
 class RegionScoreHead(nn.Module):
     """Vision states -> one logit per input region (B, R); padded regions at -10000."""
 
-    def __init__(self, vision_dim: int, global_region: str) -> None:
+    def __init__(self, vision_dim: int, region_offset: int = 0) -> None:
         super().__init__()
         self.score = nn.Linear(vision_dim, 1)
-        self.global_region = global_region
+        self.region_offset = region_offset
 
     def forward(self, enc: Encoded, batch: Batch) -> Tensor:
         if enc.vision is None:
             raise ValueError("referring expressions need a model with a vision stream")
-        states = input_regions(enc.vision, self.global_region)  # (B, R, Dv)
+        states = input_regions(enc.vision, self.region_offset, batch.region_mask.shape[1])  # (B, R, Dv)
         logits = self.score(states).squeeze(-1)
         return logits.masked_fill(~batch.region_mask, PAD_LOGIT)
 
@@ -148,7 +148,7 @@ class RefExpTask(Task):
         dims = probe_encoder(encoder)
         if dims.vision is None:
             raise ValueError(f"{type(encoder).__name__} has no vision stream: referring expressions need one")
-        return RegionScoreHead(dims.vision, dims.global_region)
+        return RegionScoreHead(dims.vision, dims.region_offset)
 
     def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
         real = batch.region_mask

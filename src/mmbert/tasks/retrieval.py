@@ -248,13 +248,6 @@ class RetrievalTask(Task):
             {"image": im, "sentids": [sentids[j] for j in row]} for im, row in zip(image_ids, it)
         ]
 
-    def predict(self, logits: Tensor, batch: Batch) -> list[dict]:
-        return [{"sentid": m["sentid"], "image": m["image"], "score": float(s)}
-                for m, s in zip(batch.meta["items"], match_score(logits).tolist())]
-
-    def score(self, predictions: list[dict], dataset: TaskDataset) -> dict[str, Any]:
-        raise NotImplementedError("retrieval is scored over the full pool: use RetrievalTask.evaluate")
-
     def write_predictions(self, predictions: list[dict], path: str | os.PathLike) -> Path:
         return write_json(predictions, path)
 
