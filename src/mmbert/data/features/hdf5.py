@@ -14,7 +14,7 @@ from collections.abc import Collection
 
 import h5py
 import numpy as np
-from h5py import h5d, h5g, h5s
+from h5py import h5d, h5s
 
 from mmbert.data.batch import RegionFeatures
 from mmbert.data.features.base import (
@@ -30,8 +30,8 @@ from mmbert.data.features.base import (
 _PARTIAL = "__partial__"  # a group being written; renamed to its image id once complete
 
 
-def _read_dataset(gid: h5g.GroupID, name: bytes) -> np.ndarray:
-    dset = h5d.open(gid, name)
+def _read_dataset(fid: h5py.h5f.FileID, path: bytes) -> np.ndarray:
+    dset = h5d.open(fid, path)
     out = np.empty(dset.shape, dtype=dset.dtype)
     if out.size:
         dset.read(h5s.ALL, h5s.ALL, out)
@@ -39,7 +39,12 @@ def _read_dataset(gid: h5g.GroupID, name: bytes) -> np.ndarray:
 
 
 class HDF5Reader(StoreReader):
-    """Random-access reader: ``store[image_id]`` reads that one group."""
+    """Random-access reader: ``store[image_id]`` reads that one group's datasets.
+
+    Datasets are opened by their full path from the file (``<image_id>/features``), never relative to an
+    open group handle: with HDF5 2.0 / h5py 3.16 the latter leaves a few kB per image behind after the
+    handles are closed, so RSS grew with every image read (+200 MB over 10k images, measured), while
+    full-path opens keep it flat."""
 
     format = "hdf5"
 
@@ -68,45 +73,42 @@ class HDF5Reader(StoreReader):
         )
 
     def _read(self, image_id: str, fields: Collection[str]) -> RegionFeatures:
-        if not image_id or "/" in image_id or image_id.startswith("__"):
+        if not self._has(image_id):
             raise self.missing(image_id)
-        try:
-            gid = h5g.open(self.handle.id, image_id.encode("utf-8"))
-        except (KeyError, ValueError):  # h5py raises either for an absent link, depending on version
-            if image_id not in self.handle:
-                raise self.missing(image_id) from None
-            raise
+        fid = self.handle.id
+        prefix = image_id.encode("utf-8") + b"/"
         if self._optional is None:
             # Which optional datasets this store has, from its first group read: a store is written by one
-            # tool, and asking every group would double the cost of a read.
-            self._optional = {k for k in OPTIONAL_FIELDS if STORED_NAMES[k].encode() in gid}
+            # tool, and asking every group would add to the cost of every read.
+            group = self.handle[image_id]
+            self._optional = {k for k in OPTIONAL_FIELDS if STORED_NAMES[k] in group}
         arrays: dict[str, np.ndarray] = {}
         for name in ("feats", "boxes", *fields):
             if name not in ("feats", "boxes") and name not in self._optional:
                 continue
-            stored = STORED_NAMES[name].encode()
+            stored = STORED_NAMES[name]
             try:
-                arrays[name] = _read_dataset(gid, stored)
-            except (KeyError, ValueError):
-                if stored in gid:
+                arrays[name] = _read_dataset(fid, prefix + stored.encode())
+            except (KeyError, ValueError):  # h5py raises either for an absent link, depending on version
+                if stored in self.handle[image_id]:
                     raise
                 if name in ("feats", "boxes"):
                     raise FeatureStoreError(
-                        f"{self.path}: image {image_id!r}: group has no {stored.decode()!r} dataset"
+                        f"{self.path}: image {image_id!r}: group has no {stored!r} dataset"
                     ) from None
         size = []
-        for key in (b"img_h", b"img_w"):
+        for key in ("img_h", "img_w"):
             try:
-                size.append(int(_read_dataset(gid, key)))
+                size.append(int(_read_dataset(fid, prefix + key.encode())))
             except (KeyError, ValueError):
-                if key in gid:
+                group = self.handle[image_id]
+                if key in group:
                     raise
-                attrs = self.handle[image_id].attrs
-                if key.decode() not in attrs:
+                if key not in group.attrs:
                     raise FeatureStoreError(
-                        f"{self.path}: image {image_id!r}: group has no {key.decode()!r} dataset"
+                        f"{self.path}: image {image_id!r}: group has no {key!r} dataset"
                     ) from None
-                size.append(int(attrs[key.decode()]))
+                size.append(int(group.attrs[key]))
         feats, boxes = arrays.pop("feats"), arrays.pop("boxes")
         if boxes.ndim == 1 and boxes.size % 4 == 0:
             boxes = boxes.reshape(-1, 4)
