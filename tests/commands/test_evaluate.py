@@ -60,3 +60,36 @@ def test_zero_shot_retrieval(tmp_path, capsys):
     # without --zero-shot a pre-trained checkpoint is not a task model
     assert main([a for a in argv if a != "--zero-shot"]) == 1
     assert "not a fine-tuned task model" in capsys.readouterr().err
+
+
+def test_refexp_several_splits_and_pickle_opt_in(tmp_path, capsys):
+    import pickle
+
+    from tasks.test_refexp import write_files
+
+    store = make_store(["1", "2", "3", "4"])
+    with features.open(tmp_path / "feats.h5", mode="w") as out:
+        for rec in store.values():
+            out.write(rec)
+    files = write_files(tmp_path, store, suffix=".p")
+    # the fixture has train and val refs; add a testA copy of the val ones
+    refs = pickle.loads(files["refs"].read_bytes())
+    refs += [{**r, "split": "testA", "ref_id": r["ref_id"] + 10_000} for r in refs if r["split"] == "val"]
+    files["refs"].write_bytes(pickle.dumps(refs))
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tok = str(tmp_path)
+    data = [f"refs={files['refs']}", f"instances={files['instances']}"]
+    run = tmp_path / "run"
+    common = ["--features", str(tmp_path / "feats.h5")]
+    argv = ["finetune", "--task", "refexp", "--init", vl_tiny_presets()[0], "--out", str(run), "--tokenizer", tok,
+            *common, "--train", *data, "--max-steps", "1", "--batch-size", "3", "model.vocab_size=64", "progress=false"]
+    assert main(argv) == 1
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert main([*argv, "--trust-pickle"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--task", "refexp", "--checkpoint", str(run / "final"), "--split", "val,testA",
+                 "--trust-pickle", *common, "--data", *data]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [x["split"] for x in lines] == ["val", "testA"]
+    assert lines[0]["metrics"]["accuracy"] == lines[1]["metrics"]["accuracy"]  # same refs, same model
+    assert (run / "final" / "eval" / "testA_refexp_predictions.json").is_file()

@@ -108,3 +108,14 @@ def test_bad_input(tmp_path, tokenizer, store):
     (tmp_path / "res.json").write_text(json.dumps([{"question_id": 1}]))
     with pytest.raises(TaskDataError, match=r"missing field\(s\) \['answer'\]"):
         read_results(tmp_path / "res.json")
+
+
+def test_unlabelled_test_split_predicts_without_scoring(tmp_path, tokenizer, store):
+    files = write_official(tmp_path)
+    task = VQATask(min_answer_count=1)
+    task.load(files, tokenizer, store)  # the training split sets the vocabulary
+    test = task.load({"questions": files["questions"]}, tokenizer, store)
+    assert test[0].target is None
+    encoder = tiny_encoder(vl_tiny_presets()[0])
+    metrics, preds = task.evaluate(TaskModel(encoder, task.build_head(encoder)), test, batch_size=8)
+    assert metrics == {} and len(preds) == 8 and all(p["answer"] in task.answers for p in preds)

@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n")[0])  # fmt: skip
     p.add_argument("--task", required=True, help="vqa, nlvr2, retrieval, refexp or vcr")
     p.add_argument("--checkpoint", required=True, help="a `mmbert finetune` model directory (its final/)")
-    p.add_argument("--split", required=True, help="split name (selects the split for retrieval / refexp)")
+    p.add_argument("--split", required=True,
+                   help="split name (selects the split for retrieval / refexp); several comma-separated, e.g. "
+                   "val,testA,testB for RefCOCO, are evaluated one after the other")
     p.add_argument("--data", nargs="+", required=True, metavar="NAME=PATH", help="the split's annotation files")
     p.add_argument("--features", help="region feature store")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint)")
@@ -80,12 +82,14 @@ def run(args: argparse.Namespace) -> int:
     model.to(args.device)
     tokenizer = Tokenizer.from_pretrained(args.tokenizer or args.checkpoint)
     features = open_features(args.features, args.trust_pickle) if args.features else None
-    dataset = task.load_split(args.split, parse_files(args.data, "--data"), tokenizer, features)
-    if dataset.report:
-        print(f"skipped: {dataset.report.summary()}")
-    metrics, predictions = task.evaluate(model, dataset, args.batch_size, args.device, progress=args.progress)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
-    write_json(metrics, out / f"{args.split}_metrics.json")
-    pred_path = task.write_predictions(predictions, out / f"{args.split}_{task.prediction_file}")
-    print(json.dumps({"task": task.name, "split": args.split, "metrics": metrics, "predictions": str(pred_path)}))
+    files = parse_files(args.data, "--data")
+    for split in [s.strip() for s in args.split.split(",") if s.strip()]:
+        dataset = task.load_split(split, files, tokenizer, features)
+        if dataset.report:
+            print(f"{split}: skipped: {dataset.report.summary()}")
+        metrics, predictions = task.evaluate(model, dataset, args.batch_size, args.device, progress=args.progress)
+        write_json(metrics, out / f"{split}_metrics.json")
+        pred_path = task.write_predictions(predictions, out / f"{split}_{task.prediction_file}")
+        print(json.dumps({"task": task.name, "split": split, "metrics": metrics, "predictions": str(pred_path)}))
     return 0
