@@ -107,6 +107,7 @@ def main() -> None:
     results: dict = {
         "device": "cpu",
         "cpu_count": os.cpu_count(),
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
         "torch_threads": torch.get_num_threads(),
         "images": args.images,
         "examples": len(captions),
@@ -154,6 +155,7 @@ def main() -> None:
               f"(store {entry['store_mb']} MB)", flush=True)  # fmt: skip
         results["stores"][fmt] = entry
     tmp.cleanup()
+    results["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(results))
 
 
