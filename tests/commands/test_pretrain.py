@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mmbert.cli import main
 from mmbert.data.synthetic.generate import generate
 from mmbert.data.synthetic.scenes import WorldConfig
 
 TINY_WORLD = ["model.vocab_size=103", "model.num_region_classes=6"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is much faster than two on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,9 @@ class PretrainingDataset(Dataset):
     """Corrupted caption-image pairs for pre-training (see the module docstring).
 
     region_rule: "lxmert" | "vilbert" | "zero" | None (no region masking); match: build image-text
-    match pairs (50 % mismatched); mlm_prob / region_prob: the masking rates; whole_word: whole-word MLM.
+    match pairs (50 % mismatched); mlm_prob / region_prob: the masking rates; whole_word: whole-word MLM;
+    dynamic: a fresh corruption every epoch (False: the same one every epoch, BERT's original static
+    masking, and what an over-fitting check wants).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class PretrainingDataset(Dataset):
         region_prob: float = 0.15,
         match_prob: float = 0.5,
         whole_word: bool = False,
+        dynamic: bool = True,
     ) -> None:
         if region_rule is not None and region_rule not in REGION_RULES:
             raise ValueError(f"unknown region masking rule {region_rule!r}; choose from {REGION_RULES}")
@@ -82,7 +85,7 @@ class PretrainingDataset(Dataset):
         self.region_rule, self.match = region_rule, match
         self.seed, self.epoch = seed, 0
         self.mlm_prob, self.region_prob, self.match_prob = mlm_prob, region_prob, match_prob
-        self.whole_word = whole_word
+        self.whole_word, self.dynamic = whole_word, dynamic
         tok = captions.tokenizer
         self.mask_id, self.vocab_size = tok.mask_id, tok.vocab_size
         self.special = torch.tensor(sorted(tok.special_ids), dtype=torch.long)
@@ -101,7 +104,7 @@ class PretrainingDataset(Dataset):
         return partial(collate_pretraining, pad_token_id=self.base.tokenizer.pad_id)
 
     def __getitem__(self, index: int) -> PretrainingExample:
-        g = example_generator(self.seed, self.epoch, index)
+        g = example_generator(self.seed, self.epoch if self.dynamic else 0, index)
         item = self.base[index]
         pair_label = None
         text_ids, segment_ids, word_ids, caption = item.text_ids, item.segment_ids, item.word_ids, item.caption
