@@ -6,8 +6,9 @@ labels with confidences) for ``--images`` images, with ``--captions`` captions o
 (``max_text_length=20``). Each configuration iterates a shuffled ``DataLoader`` (batch 64) over the whole
 dataset once after a warm-up batch. The stores were just written, so the page cache is warm: this
 measures decoding and batching, not the disk. RSS growth is measured in a fresh process per store that
-opens the store and reads every record once in random order (for LMDB the growth includes the memory-
-mapped file pages it touched, which the kernel can reclaim; it is not held by the reader).
+opens the store and reads every record once in random order, split into anonymous memory (what the
+reader holds) and mapped file pages (LMDB reads through a memory map: the pages it touched count in its
+RSS but belong to the page cache, which the kernel reclaims under pressure).
 
     python benchmarks/bench_features.py                    # 1000 images, all four stores, 0 and 2 workers
     python benchmarks/bench_features.py --images 100 --workers 0     # quick check
@@ -56,25 +57,37 @@ def make_record(i: int, rng: np.random.Generator, regions: int, dim: int) -> Reg
     )
 
 
-def rss_mb() -> float:
+def memory_mb() -> dict[str, float]:
+    """VmRSS and its parts: RssAnon (memory the process holds) and RssFile (file pages it has mapped,
+    e.g. LMDB's memory map: shared with the page cache and reclaimable by the kernel)."""
+    out = {}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) / 1024
+    return out
 
 
 def rss_child(path: str) -> None:
-    """Run in a fresh process: RSS before and after reading every record once in random order."""
+    """Run in a fresh process: memory before and after reading every record once in random order."""
     store = features.open(path)
     ids = store.keys()
     store[ids[0]]
-    before = rss_mb()
+    before = memory_mb()
     for i in random.Random(0).sample(range(len(ids)), len(ids)):
         store[ids[i]]
-    after = rss_mb()
-    print(json.dumps({"rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1),
-                      "rss_growth_mb": round(after - before, 1)}))  # fmt: skip
+    after = memory_mb()
+    print(
+        json.dumps(
+            {
+                "rss_before_mb": round(before["VmRSS"], 1),
+                "rss_growth_mb": round(after["VmRSS"] - before["VmRSS"], 1),
+                "rss_anon_growth_mb": round(after["RssAnon"] - before["RssAnon"], 1),
+                "rss_file_growth_mb": round(after["RssFile"] - before["RssFile"], 1),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -134,9 +147,15 @@ def main() -> None:
         ex = data[0]
         assert ex.text_ids.shape == (20,) and ex.regions.feats.shape == (args.regions, args.dim)
         for workers in args.workers:
-            loader = DataLoader(data, batch_size=args.batch, shuffle=True, num_workers=workers,
-                                collate_fn=data.collate, generator=torch.Generator().manual_seed(0),
-                                persistent_workers=False)  # fmt: skip
+            loader = DataLoader(
+                data,
+                batch_size=args.batch,
+                shuffle=True,
+                num_workers=workers,
+                collate_fn=data.collate,
+                generator=torch.Generator().manual_seed(0),
+                persistent_workers=False,
+            )
             it = iter(loader)
             first = next(it)  # warm-up: worker start-up, handle opening
             start, count = time.perf_counter(), 0
@@ -146,13 +165,20 @@ def main() -> None:
             del it
             assert first.region_feats.shape[1:] == (args.regions, args.dim)
             entry[f"examples_per_s_workers{workers}"] = round(count / seconds, 1)
-            print(f"{fmt:<5} workers={workers}: {count / seconds:8.1f} examples/s ({count} in {seconds:.2f} s)",
-                  flush=True)  # fmt: skip
-        child = subprocess.run([sys.executable, __file__, "--rss-child", str(path)], capture_output=True, text=True,
-                               check=True)  # fmt: skip
+            print(
+                f"{fmt:<5} workers={workers}: {count / seconds:8.1f} examples/s ({count} in {seconds:.2f} s)",
+                flush=True,
+            )
+        child = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(path)], capture_output=True, text=True, check=True
+        )
         entry.update(json.loads(child.stdout.strip().splitlines()[-1]))
-        print(f"{fmt:<5} random read of all {args.images} records: RSS +{entry['rss_growth_mb']} MB "
-              f"(store {entry['store_mb']} MB)", flush=True)  # fmt: skip
+        print(
+            f"{fmt:<5} random read of all {args.images} records: RSS +{entry['rss_growth_mb']} MB "
+            f"(anonymous +{entry['rss_anon_growth_mb']} MB, mapped file pages +{entry['rss_file_growth_mb']} MB; "
+            f"store {entry['store_mb']} MB)",
+            flush=True,
+        )
         results["stores"][fmt] = entry
     tmp.cleanup()
     results["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
