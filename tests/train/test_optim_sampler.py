@@ -98,3 +98,10 @@ def test_evaluation_every_n_steps_logs_and_keeps_the_best(tmp_path, monkeypatch)
     assert result.eval_metrics["loss"] == evals[-1]["eval_loss"]
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
     assert best["best"] == min(r["eval_loss"] for r in evals)
+
+
+def test_bf16_autocast_on_cpu_when_asked_and_fp16_refused(tmp_path):
+    result = toy.run(tmp_path / "bf16", max_steps=2, save_every=2, precision="bf16")
+    assert math.isfinite(result.metrics["loss"])
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        toy.run(tmp_path / "fp16", max_steps=2, save_every=2, precision="fp16")

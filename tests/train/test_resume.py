@@ -96,9 +96,10 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
     assert [step for step, _ in list_checkpoints(tmp_path)] == [3]
     state, path = load_latest(tmp_path)
     assert state["step"] == 3 and path.name == "step-00000003.pt"
-    # and the run resumes from it to the end
+    # and the run resumes from it to the end, clearing the torn temporary file
     finish(launch("--out", str(tmp_path), "--max-steps", "12", "--save-every", "3", "--resume"))
     assert last_state(tmp_path)["step"] == 12
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
@@ -151,11 +152,12 @@ def test_gradient_accumulation_matches_the_large_batch():
 
 
 def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    # 2 processes x 2 accumulated micro-batches of 2 (no gradient sync on the first) == 1 process x 8
     common = ["--max-steps", "4", "--objectives", "nsp", "--dropout", "0", "--save-every", "4"]
     finish(launch("--out", str(tmp_path / "one"), "--batch-size", "8", *common))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(TOY), "--out", str(tmp_path / "two"), "--batch-size", "4", *common]  # fmt: skip
+           str(TOY), "--out", str(tmp_path / "two"), "--batch-size", "2", "--grad-accum", "2", *common]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     one, two = last_state(tmp_path / "one"), last_state(tmp_path / "two")

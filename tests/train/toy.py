@@ -64,13 +64,13 @@ def collate(items: list[dict]) -> Batch:
 
 def run(out: str | Path, max_steps: int = 12, resume: bool = False, batch_size: int = 8, grad_accum: int = 1,
         objectives: list[str] | None = None, save_every: int = 3, dropout: float = 0.1, delay: float = 0.0,
-        lr: float = 1e-3):  # fmt: skip
+        lr: float = 1e-3, precision: str = "fp32"):  # fmt: skip
     torch.manual_seed(0)
     model = PretrainingModel(build_model("bert_tiny", dropout=dropout, attn_dropout=dropout))
     task = Pretraining(model, objectives)
     config = TrainConfig(
         max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=2,
-        save_every=save_every, log_every=1, progress=False, keep_last=2, seed=0, device="cpu",
+        save_every=save_every, log_every=1, progress=False, keep_last=2, seed=0, device="cpu", precision=precision,
     )  # fmt: skip
     info = {"model": "bert_tiny", "objectives": list(task.objective_names)}
     return train(task, ToyPairs(delay=delay), collate, config, out, resume=resume, run_info=info)
@@ -106,6 +106,8 @@ def main() -> None:
         torch.save = half_then_hang
     run(args.out, args.max_steps, args.resume, args.batch_size, args.grad_accum, args.objectives or None,
         args.save_every, args.dropout, args.delay)  # fmt: skip
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print("DONE", flush=True)
     sys.exit(0)

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from mmbert.objectives import Pretraining, recipe_for
     from mmbert.train import NonFiniteLossError, train
     from mmbert.train.checkpoint import list_checkpoints
-    from mmbert.train.distributed import init_distributed
+    from mmbert.train.distributed import cleanup, init_distributed
     from mmbert.train.pretrain_data import PretrainingDataset
 
     settings = resolve_settings(args)
@@ -242,12 +242,14 @@ def run(args: argparse.Namespace) -> int:
                        resume=args.resume, run_info=run_info, env=env)  # fmt: skip
     except NonFiniteLossError as e:
         print(f"mmbert pretrain: stopped: {e}")
+        cleanup(env)
         return 1
     if env.is_main:
         model.save(out / "final")
         tokenizer.save(out / "final")
         print(json.dumps({"out": str(out), "step": result.step, "metrics": result.metrics,
                           "eval": result.eval_metrics, "checkpoint": str(result.last_checkpoint)}))  # fmt: skip
+    cleanup(env)
     return 0
 
 

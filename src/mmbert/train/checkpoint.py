@@ -90,6 +90,15 @@ def save_best(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
     return target
 
 
+def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of writes that a crash interrupted (they are never read)."""
+    folder = checkpoint_dir(run_dir)
+    stale = [p for p in folder.glob(".*.tmp")] if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 

@@ -101,6 +101,8 @@ def train(
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}")
         state, last_path = loaded
         check_resumable(state, run_info, config, env, source=str(last_path))
+        if env.is_main:
+            ckpt.remove_stale_temp_files(run_dir)
         task.load_state_dict(state["task"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
