@@ -19,8 +19,10 @@ Rules, each as its paper defines it:
   ``"zero"``    15 % targets, features zeroed; ``masked`` flags them for the model's masked-region
                 embedding (VL-BERT, Unicoder-VL, UNITER).
 * image-text match: with probability 0.5 the caption is replaced by one of another image. Corrupt
-  every pair the same way (positives and negatives) so [MASK] does not reveal the label, and score
-  MLM / region targets on matching pairs only (``drop_targets_for_mismatch``).
+  every pair the same way (positives and negatives) so [MASK] does not reveal the label. Whether the
+  MLM / region targets of a mismatched pair are scored is the paper's choice (UNITER, VisualBERT,
+  Unicoder-VL: matching pairs only; ViLBERT and LXMERT score every pair; see
+  ``mmbert.objectives.pretraining.RECIPES``); ``drop_targets_for_mismatch`` removes them.
 * NSP (text-only BERT): 50 % the true next sentence, 50 % a sentence of another document.
 """
 

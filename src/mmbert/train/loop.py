@@ -161,10 +161,11 @@ def train(
                 evaluated = True
                 if log is not None:
                     log.write({"step": step, **{f"eval_{k}": v for k, v in eval_metrics.items()}})
-            if (config.save_every and step % config.save_every == 0) or done:
-                is_best = evaluated and eval_metrics["loss"] < best
-                if is_best:
-                    best = eval_metrics["loss"]
+            improved = evaluated and eval_metrics["loss"] < best
+            if improved:
+                best = eval_metrics["loss"]
+            save_now = bool(config.save_every and step % config.save_every == 0) or done
+            if save_now or improved:
                 state = {
                     "step": step,
                     "epoch": epoch,
@@ -180,8 +181,9 @@ def train(
                     "world_size": env.world_size,
                 }
                 if env.is_main:
-                    last_path = ckpt.save_checkpoint(run_dir, step, state, config.keep_last)
-                    if is_best:
+                    if save_now:
+                        last_path = ckpt.save_checkpoint(run_dir, step, state, config.keep_last)
+                    if improved:
                         ckpt.save_best(run_dir, state)
                 barrier(env)
             if done:

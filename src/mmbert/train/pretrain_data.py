@@ -42,6 +42,10 @@ class PretrainingBatch(Batch):
     def to(self, device: torch.device | str) -> PretrainingBatch:
         return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
 
+    def pin_memory(self) -> PretrainingBatch:
+        pinned = {f.name: getattr(self, f.name) for f in fields(self)}
+        return type(self)(**{k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in pinned.items()})
+
 
 def _move(value, device):
     return value.to(device) if isinstance(value, Tensor) else value
