@@ -48,14 +48,19 @@ def error_of(argv, capsys) -> str:
 
 def test_a_short_run_writes_run_json_metrics_checkpoints_and_the_final_model(world, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(pretrain(world, out, "--max-steps", "3", "save_every=2", "lr=1e-3")) == 0
+    eval_captions = ["--eval-captions", str(world / "captions_train.json"), "eval_every=2", "eval_batches=1"]
+    assert main(pretrain(world, out, "--max-steps", "3", *eval_captions, "save_every=2", "lr=1e-3")) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 3
     run = json.loads((out / "run.json").read_text())
     assert run["model"] == "uniter_tiny" and run["objectives"] == ["mlm", "mrfr", "mrc_kl", "itm"]
     assert run["train"]["lr"] == 1e-3 and run["model_config"]["vocab_size"] == 103
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002.pt", "step-00000003.pt"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in records if "eval_loss" in r] == [2, 3]
+    assert {"loss", "mlm_loss", "itm_loss", "mrfr_loss", "mrc_kl_loss"} <= set(summary["eval"])
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["best.pt", "step-00000002.pt", "step-00000003.pt"]  # the first evaluation is a best
     assert (out / "final" / "model.safetensors").exists() and (out / "final" / "vocab.txt").exists()
     # continuing the finished run to more steps
     assert main(pretrain(world, out, "--max-steps", "4", "--resume", "save_every=2", "lr=1e-3")) == 0
