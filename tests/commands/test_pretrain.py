@@ -81,6 +81,9 @@ def test_unknown_keys_list_the_valid_ones_and_wrong_types_name_the_key(world, tm
     config.write_text("{not json")
     assert "not valid JSON" in error_of(pretrain(world, tmp_path / "f", "--config", str(config)), capsys)
     assert not any((tmp_path / x).exists() for x in "abcdef")  # nothing was started
+    # settings after --objectives are still settings, not objective names
+    err = error_of(pretrain(world, tmp_path / "g", "--objectives", "mlm", "bogus", "lr=1e-3"), capsys)
+    assert "unknown objectives ['bogus']" in err
 
 
 def test_missing_or_malformed_captions_and_stores(world, tmp_path, capsys):

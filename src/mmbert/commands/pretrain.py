@@ -100,9 +100,12 @@ def resolve_settings(args: argparse.Namespace) -> Resolved:
     for key in FLAG_KEYS:
         if getattr(args, key, None) is not None:
             raw[key] = getattr(args, key)
-    if args.objectives:
-        raw["objectives"] = list(args.objectives)
-    for item in args.settings or []:
+    # `--objectives mlm itm lr=1e-4`: argparse hands the trailing settings to --objectives
+    named = [o for o in args.objectives or [] if "=" not in o]
+    trailing = [o for o in args.objectives or [] if "=" in o]
+    if named:
+        raw["objectives"] = named
+    for item in [*trailing, *(args.settings or [])]:
         if "=" not in item:
             raise ValueError(f"setting {item!r} is not key=value")
         key, value = item.split("=", 1)
@@ -130,6 +133,11 @@ def resolve_settings(args: argparse.Namespace) -> Resolved:
             model[key.split(".", 1)[1]] = value
         else:
             raise ValueError(f"unknown setting {key!r}; valid keys: {', '.join(valid)}")
+    from mmbert.objectives import OBJECTIVE_NAMES
+
+    for name in [*(objectives or []), *weights]:
+        if name not in OBJECTIVE_NAMES:
+            raise KeyError(f"unknown objectives [{name!r}]; known: {', '.join(OBJECTIVE_NAMES)}")
     for key, value in data.items():
         expected = next(f.type for f in fields(DataConfig) if f.name == key)
         if not _matches(value, str(expected)):
