@@ -72,6 +72,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_after = logged_step(broken)
+    print(f"aimed at step {kill_at}, killed after step {killed_after}")  # shown if the test fails
     assert killed_after < steps
     finish(launch("--out", str(broken), "--max-steps", str(steps), "--resume"))
     assert_bit_identical(last_state(tmp_path / "unbroken"), last_state(broken))
