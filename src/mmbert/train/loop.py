@@ -218,7 +218,7 @@ def _train_step(
             with _autocast(env.device, amp_dtype):
                 out: LossOutput = model(batch)
             scaler.scale(out.loss / config.grad_accum).backward()
-        for k, v in out.metrics.items():
+        for k, v in {**out.metrics, "loss": out.loss.detach()}.items():  # "loss" is always the optimised one
             sums[k] = sums.get(k, 0.0) + float(v) / config.grad_accum
     metrics = _mean_over_processes(sums, env)
     if math.isfinite(metrics["loss"]):
@@ -258,7 +258,7 @@ def evaluate(
         batch = collate_fn([dataset[i] for i in idx]).to(env.device)
         with _autocast(env.device, amp_dtype):
             out = task(batch)
-        for k, v in out.metrics.items():
+        for k, v in {**out.metrics, "loss": out.loss.detach()}.items():
             sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
         count += len(idx)
     task.train(was_training)
