@@ -2,7 +2,8 @@
 (each caption and each image through its own stream once, only the cross-modal layers per pair).
 
 Random weights and inputs (speed does not depend on them); both paths score the same pool and the
-largest score difference is reported. Eval mode, no_grad, fp32.
+largest score difference is reported. Eval mode, no_grad, fp32. The two paths alternate ``--repeats``
+times and the medians are reported (on a shared machine single timings drift a lot).
 
     python benchmarks/bench_retrieval.py                                   # lxmert_base, 8 images x 5 captions
     python benchmarks/bench_retrieval.py --model vilbert_base --images 16 --device cuda
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import numpy as np
@@ -35,6 +37,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=40, help="pairs per forward")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,17 +70,24 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - start, scores
 
+    full_times, split_times = [], []
     with torch.no_grad():
         timed(True)  # warm-up (allocator, kernels)
-        full_s, full = timed(False)
-        split_s, split = timed(True)
+        for _ in range(args.repeats):
+            t, full = timed(False)
+            full_times.append(t)
+            t, split = timed(True)
+            split_times.append(t)
+    full_s, split_s = statistics.median(full_times), statistics.median(split_times)
     pairs = n_text * args.images
     print(json.dumps({
         "model": args.model, "device": args.device, "threads": torch.get_num_threads(), "captions": n_text,
         "images": args.images, "pairs": pairs, "regions": args.regions, "text_len": args.text_len,
         "batch_size": args.batch_size, "full_forward_s": round(full_s, 3), "split_s": round(split_s, 3),
         "full_pairs_per_s": round(pairs / full_s, 1), "split_pairs_per_s": round(pairs / split_s, 1),
-        "speedup": round(full_s / split_s, 2), "max_abs_score_diff": float((full - split).abs().max()),
+        "speedup": round(full_s / split_s, 2), "repeats": args.repeats,
+        "full_times_s": [round(t, 2) for t in full_times], "split_times_s": [round(t, 2) for t in split_times],
+        "max_abs_score_diff": float((full - split).abs().max()),
     }))
 
 
