@@ -115,3 +115,25 @@ def test_resume_from_a_run_of_another_model_is_refused(world, tmp_path, capsys):
     resized = pretrain(world, out, "--max-steps", "2", "--resume", "model.dim=64")
     assert "dim" in error_of(resized, capsys)
     assert "no run.json" in error_of(pretrain(world, tmp_path / "new", "--resume"), capsys)
+
+
+def test_lxmert_pretrains_with_image_qa_when_given_questions(world, tmp_path, capsys):
+    vqa = world / "vqa"
+    argv = ["pretrain", "--model", "lxmert_tiny", "--captions", str(world / "captions_train.json"),
+            "--features", str(world / "features.tsv"), "--tokenizer", str(world), "--out", str(tmp_path / "run"),
+            "--batch-size", "4", "--max-steps", "2",
+            "--questions", str(vqa / "v2_OpenEnded_synthetic_train_questions.json"),
+            "--answers", str(vqa / "v2_synthetic_train_annotations.json")]  # fmt: skip
+    settings = ["progress=false", "model.vocab_size=103", "model.num_object_labels=6", "model.num_attr_labels=7"]
+    assert "--answer-vocab" in error_of([*argv, *settings], capsys)
+    argv += ["--answer-vocab", str(vqa / "answers.json")]
+    n = len(json.loads((vqa / "answers.json").read_text()))
+    assert f"model.num_qa_labels={n}" in error_of([*argv, *settings], capsys)
+    assert main([*argv, *settings, f"model.num_qa_labels={n}"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "qa_loss" in summary["metrics"]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["objectives"] == ["mlm", "obj", "attr", "feat", "itm", "qa"]
+    # without questions LXMERT's QA is left out, and asking for it is an error
+    no_qa = [a for a in argv[: argv.index("--questions")]] + ["--out", str(tmp_path / "b")]
+    assert "needs question-answer data" in error_of([*no_qa, "--objectives", "mlm", "qa", *settings], capsys)

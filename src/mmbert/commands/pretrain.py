@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory: run.json, metrics.jsonl, checkpoints/, final/")
     p.add_argument("--tokenizer", help="directory with vocab.txt / tokenizer.json (default: next to --captions)")
     p.add_argument("--eval-captions", help="held-out captions (same store) evaluated every eval_every steps")
+    p.add_argument("--questions", help="LXMERT's image QA data: its JSON list {img_id, sent, label}, or official "
+                   "VQA questions with --answers")  # fmt: skip
+    p.add_argument("--answers", help="official VQA annotations for --questions")
+    p.add_argument("--answer-vocab", help="answer vocabulary for --questions: a JSON list or {answer: label}")
     p.add_argument("--init-text-from", help="initialise the text side from a BERT checkpoint directory")
     p.add_argument("--config", help="flat JSON file of settings (same keys as key=value)")
     p.add_argument("--max-steps", type=int)
@@ -159,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     out = Path(args.out)
     for flag, path in (("--captions", args.captions), ("--features", args.features),
-                       ("--eval-captions", args.eval_captions), ("--tokenizer", args.tokenizer)):  # fmt: skip
+                       ("--eval-captions", args.eval_captions), ("--tokenizer", args.tokenizer),
+                       ("--questions", args.questions), ("--answers", args.answers),
+                       ("--answer-vocab", args.answer_vocab)):  # fmt: skip
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{flag} {path}: no such file or directory")
 
@@ -199,13 +205,29 @@ def run(args: argparse.Namespace) -> int:
     first_id = next(iter(store.keys()), None)
     if first_id is None:
         raise ValueError(f"{args.features}: the feature store is empty")
+    questions, answers = None, []
+    if args.questions:
+        from mmbert.tasks.vqa import read_answer_vocab
+        from mmbert.train.pretrain_data import read_pretraining_questions
+
+        if not args.answer_vocab:
+            raise ValueError("--questions needs --answer-vocab (a JSON list of answers or {answer: label})")
+        if not getattr(config, "num_qa_labels", 0):
+            raise ValueError(f"--questions: {args.model} has no answer head; image QA pre-training is LXMERT's")
+        answers = read_answer_vocab(args.answer_vocab)
+        if config.num_qa_labels != len(answers):
+            raise ValueError(f"{args.answer_vocab} has {len(answers)} answers but the model's num_qa_labels is "
+                             f"{config.num_qa_labels}; pass model.num_qa_labels={len(answers)}")  # fmt: skip
+        questions = read_pretraining_questions(args.questions, answers, args.answers)
+    elif args.answers or args.answer_vocab:
+        raise ValueError("--answers / --answer-vocab go with --questions")
     objectives = settings.objectives
     if objectives is None:
-        objectives = [o for o in recipe.objectives if o != "qa"]
-        if "qa" in recipe.objectives:
-            print("note: caption corpora have no questions; LXMERT's image QA objective is left out")
-    elif "qa" in objectives:
-        raise ValueError("objective 'qa' needs question-answer annotations, which caption corpora do not have")
+        objectives = [o for o in recipe.objectives if o != "qa" or questions is not None]
+        if "qa" in recipe.objectives and questions is None:
+            print("note: no --questions; LXMERT's image QA objective is left out")
+    elif "qa" in objectives and questions is None:
+        raise ValueError("objective 'qa' needs question-answer data: pass --questions (and --answer-vocab)")
     _check_store(store[first_id], config, objectives, args.features)
     data = CaptionDataset(args.captions, store, tokenizer, settings.data.max_text_length, settings.data.max_regions)
     if len(data) == 0:
@@ -215,12 +237,13 @@ def run(args: argparse.Namespace) -> int:
         eval_data = CaptionDataset(args.eval_captions, store, tokenizer, settings.data.max_text_length,
                                    settings.data.max_regions)  # fmt: skip
 
-    def corrupt(captions: CaptionDataset, seed: int) -> PretrainingDataset:
+    def corrupt(captions: CaptionDataset, seed: int, qa=None) -> PretrainingDataset:
         d = settings.data
         return PretrainingDataset(captions, recipe.region_rule, "itm" in objectives, seed, d.mlm_prob,
-                                  d.region_prob, d.match_prob, d.whole_word)  # fmt: skip
+                                  d.region_prob, d.match_prob, d.whole_word, questions=qa,
+                                  num_answers=len(answers))  # fmt: skip
 
-    train_data = corrupt(data, settings.train.seed)
+    train_data = corrupt(data, settings.train.seed, questions)
     eval_set = corrupt(eval_data, settings.train.seed + 1) if eval_data is not None else None
 
     # ---- build, record, train -----------------------------------------------------------------------
@@ -238,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     record = {**run_info, "captions": str(args.captions), "features": str(args.features),
               "tokenizer": str(tok_dir), "train": settings.train.to_dict(), "data": asdict(settings.data),
               "init_text_from": args.init_text_from, "score_mismatched": task.score_mismatched,
+              "questions": args.questions, "answers": args.answers, "answer_vocab": args.answer_vocab,
               "region_rule": recipe.region_rule}  # fmt: skip
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)

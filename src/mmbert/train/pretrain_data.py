@@ -7,14 +7,25 @@ comes from ``example_generator(seed, e, i)``: whether the caption is swapped for
 rule). Every pair is corrupted the same way, matching or not, so [MASK] never reveals the pair label;
 ``Pretraining`` decides per paper whether mismatched pairs' MLM / region targets are scored.
 
+LXMERT also pre-trains on questions about the images (its image QA task): pass ``questions``
+(``QAItem(image_id, question, {answer index: score})``, read with ``read_pretraining_questions``) and
+they join the captions as sentences of their own, with soft answer targets; a caption, or a question
+swapped onto another image, has no answer.
+
 ``collate_pretraining`` pads like ``collate_captions`` and adds ``region_masked`` (for the models with
-a masked-region embedding) in a :class:`PretrainingBatch`.
+a masked-region embedding) and ``answer_targets`` in a :class:`PretrainingBatch`.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from functools import partial
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,6 +42,70 @@ class PretrainingExample(CaptionExample):
     """A corrupted caption example; ``region_masked`` (R,) bool marks regions whose input was replaced."""
 
     region_masked: Tensor | None = None
+    answer_targets: Tensor | None = None
+
+
+class QAItem(NamedTuple):
+    """A pre-training question: its image, its text and soft answer scores {answer index: score}."""
+
+    image_id: str
+    question: str
+    scores: dict[int, float]
+
+
+def read_pretraining_questions(
+    questions: str | os.PathLike, answers: Sequence[str], annotations: str | os.PathLike | None = None
+) -> list[QAItem]:
+    """Questions with soft answer scores over the vocabulary ``answers`` (answers outside it are dropped,
+    as LXMERT prunes its labels). Two formats: LXMERT's JSON list of ``{img_id, sent, label: {answer:
+    score}}`` (``annotations`` None), or the official VQA questions + ``annotations`` files, scored with
+    the official leave-one-out formula on the normalised human answers."""
+    from mmbert.tasks.metrics import normalize_answer, vqa_soft_scores
+
+    index = {a: i for i, a in enumerate(answers)}
+    path = Path(questions)
+    data = _read_json(path)
+    items: list[QAItem] = []
+    if annotations is None:
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected LXMERT's JSON list of {{img_id, sent, label}} (or pass the "
+                             "official annotations file as well)")  # fmt: skip
+        for i, d in enumerate(data):
+            if not isinstance(d, dict) or not {"img_id", "sent"} <= set(d):
+                raise ValueError(f"{path}[{i}]: a question needs 'img_id' and 'sent', got {d!r:.200}")
+            label = d.get("label") or {}
+            scores = {index[a]: float(v) for a, v in label.items() if a in index}
+            items.append(QAItem(str(d["img_id"]), str(d["sent"]), scores))
+        return items
+    if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
+        raise ValueError(f"{path}: not a VQA questions file (no 'questions' list)")
+    ann_path = Path(annotations)
+    ann = _read_json(ann_path)
+    if not isinstance(ann, dict) or not isinstance(ann.get("annotations"), list):
+        raise ValueError(f"{ann_path}: not a VQA annotations file (no 'annotations' list)")
+    by_id = {}
+    for i, a in enumerate(ann["annotations"]):
+        if not isinstance(a, dict) or "question_id" not in a or not isinstance(a.get("answers"), list):
+            raise ValueError(f"{ann_path}: annotations[{i}] needs 'question_id' and an 'answers' list")
+        by_id[a["question_id"]] = a
+    for i, q in enumerate(data["questions"]):
+        if not isinstance(q, dict) or not {"question_id", "image_id", "question"} <= set(q):
+            raise ValueError(f"{path}: questions[{i}] needs 'question_id', 'image_id' and 'question'")
+        if q["question_id"] not in by_id:
+            raise ValueError(f"{path}: question {q['question_id']} has no annotation in {ann_path}")
+        human = [normalize_answer(str(h.get("answer", ""))) for h in by_id[q["question_id"]]["answers"]]
+        scores = {index[a]: v for a, v in vqa_soft_scores(human).items() if a in index}
+        items.append(QAItem(str(q["image_id"]), str(q["question"]), scores))
+    return items
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 @dataclass
@@ -59,6 +134,8 @@ def collate_pretraining(examples: list[PretrainingExample], pad_token_id: int = 
         for i, e in enumerate(examples):
             flags[i, : e.region_masked.shape[0]] = e.region_masked
         out.region_masked = flags
+    if all(e.answer_targets is not None for e in examples):
+        out.answer_targets = torch.stack([e.answer_targets for e in examples])
     return out
 
 
@@ -68,7 +145,8 @@ class PretrainingDataset(Dataset):
     region_rule: "lxmert" | "vilbert" | "zero" | None (no region masking); match: build image-text
     match pairs (50 % mismatched); mlm_prob / region_prob: the masking rates; whole_word: whole-word MLM;
     dynamic: a fresh corruption every epoch (False: the same one every epoch, BERT's original static
-    masking, and what an over-fitting check wants).
+    masking, and what an over-fitting check wants); questions / num_answers: LXMERT's image QA data
+    (examples ``len(captions)`` onwards are the questions whose image the store holds).
     """
 
     def __init__(
@@ -82,6 +160,8 @@ class PretrainingDataset(Dataset):
         match_prob: float = 0.5,
         whole_word: bool = False,
         dynamic: bool = True,
+        questions: Sequence[QAItem] | None = None,
+        num_answers: int = 0,
     ) -> None:
         if region_rule is not None and region_rule not in REGION_RULES:
             raise ValueError(f"unknown region masking rule {region_rule!r}; choose from {REGION_RULES}")
@@ -93,7 +173,22 @@ class PretrainingDataset(Dataset):
         tok = captions.tokenizer
         self.mask_id, self.vocab_size = tok.mask_id, tok.vocab_size
         self.special = torch.tensor(sorted(tok.special_ids), dtype=torch.long)
-        self.image_ids = [c.image_id for c in captions.captions]
+        self.questions: list[QAItem] = []
+        if questions is not None:
+            if num_answers <= 0:
+                raise ValueError("questions need num_answers, the size of the answer vocabulary")
+            store_ids = set(captions.store.keys())
+            self.questions = [q for q in questions if q.image_id in store_ids]
+            if len(self.questions) < len(questions):
+                warnings.warn(f"{len(questions) - len(self.questions)} of {len(questions)} questions are about "
+                              "images the feature store lacks; left out", stacklevel=2)  # fmt: skip
+            bad = [a for q in self.questions for a in q.scores if not 0 <= a < num_answers]
+            if bad:
+                raise ValueError(f"answer index {bad[0]} is outside the {num_answers} answers")
+        self.num_answers = num_answers  # > 0: every example carries answer targets (all zero for captions)
+        # every sentence (captions, then questions) and its image: the pool mismatches are drawn from
+        self.image_ids = [c.image_id for c in captions.captions] + [q.image_id for q in self.questions]
+        self.sentences = [c.caption for c in captions.captions] + [q.question for q in self.questions]
         if match and len(set(self.image_ids)) < 2:
             raise ValueError("image-text matching needs captions of at least two different images")
 
@@ -101,7 +196,7 @@ class PretrainingDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.base) + len(self.questions)
 
     @property
     def collate(self) -> partial:
@@ -109,21 +204,33 @@ class PretrainingDataset(Dataset):
 
     def __getitem__(self, index: int) -> PretrainingExample:
         g = example_generator(self.seed, self.epoch if self.dynamic else 0, index)
-        item = self.base[index]
+        answer_targets = None
+        if index < len(self.base):
+            item = self.base[index]
+            text_ids, segment_ids, word_ids, caption = item.text_ids, item.segment_ids, item.word_ids, item.caption
+            regions, image_id = item.regions, item.image_id
+            if self.num_answers:
+                answer_targets = torch.zeros(self.num_answers)
+        else:
+            q = self.questions[index - len(self.base)]
+            caption, image_id = q.question, q.image_id
+            text_ids, segment_ids, word_ids = self.base.encode_text(caption)
+            regions = self.base.regions(image_id)
+            answer_targets = torch.zeros(self.num_answers)
+            for a, score in q.scores.items():
+                answer_targets[a] = score
         pair_label = None
-        text_ids, segment_ids, word_ids, caption = item.text_ids, item.segment_ids, item.word_ids, item.caption
         if self.match:
             other = choose_mismatch(index, self.image_ids, g, self.match_prob)
             pair_label = 1 if other is None else 0
-            if other is not None:
-                caption = self.base.captions[other].caption
+            if other is not None:  # the sentence of another image; its answer (if any) is not about this one
+                caption = self.sentences[other]
                 text_ids, segment_ids, word_ids = self.base.encode_text(caption)
         maskable = ~torch.isin(text_ids, self.special)
         text_ids, mlm_labels = mask_tokens(
             text_ids, maskable, self.mask_id, self.vocab_size, g, self.mlm_prob,
             word_ids=word_ids if self.whole_word else None,
         )
-        regions = item.regions
         region_targets = region_target_mask = region_masked = None
         if self.region_rule is not None:
             def random_pool() -> Tensor:  # LXMERT: a feature of a random image
@@ -136,7 +243,7 @@ class PretrainingDataset(Dataset):
             regions.feats = m.feats
         return PretrainingExample(
             index=index,
-            image_id=item.image_id,
+            image_id=image_id,
             caption=caption,
             text_ids=text_ids,
             segment_ids=segment_ids,
@@ -147,4 +254,5 @@ class PretrainingDataset(Dataset):
             region_targets=region_targets,
             region_target_mask=region_target_mask,
             region_masked=region_masked,
+            answer_targets=answer_targets,
         )
