@@ -4,6 +4,8 @@
         --tokenizer bert-base-uncased/ --out runs/lxmert --max-steps 100000 lr=1e-4 warmup_steps=5000
     torchrun --nproc_per_node=4 -m mmbert pretrain ...          # the same run on 4 GPUs
     mmbert pretrain ... --out runs/lxmert --resume              # continue a killed run exactly
+    mmbert pretrain --model lxmert_base ... --questions vqa_questions.json --answers vqa_annotations.json \
+        --answer-vocab trainval_ans2label.json                  # LXMERT's image QA task as well
 
 Options come first, then the ``key=value`` settings.
 
