@@ -14,6 +14,10 @@
 
 The first three average over target regions only (``targets`` bool (B, R)). Every one returns an exact,
 graph-connected 0 when a batch has no target (finite, no NaN, safe under DDP).
+
+Normalisation note: vilbert-multi-task divides its summed KL by (#masked regions x 1601), i.e. this
+per-region mean / 1601; we keep the per-region mean (UNITER's, and what VOLTA's weights assume) so the
+region loss is on the scale of the MLM loss.
 """
 
 from __future__ import annotations
