@@ -16,7 +16,7 @@ The first three average over target regions only (``targets`` bool (B, R)). Ever
 graph-connected 0 when a batch has no target (finite, no NaN, safe under DDP).
 
 Normalisation note: vilbert-multi-task divides its summed KL by (#masked regions x 1601), i.e. this
-per-region mean / 1601; we keep the per-region mean (UNITER's, and what VOLTA's weights assume) so the
+per-region mean / 1601; we keep the per-region mean (as UNITER's MRC-KL) so that the
 region loss is on the scale of the MLM loss.
 """
 
