@@ -228,7 +228,9 @@ class RetrievalTask(Task):
     def score_matrix(self, model: TaskModel, dataset: TaskDataset, batch_size: int = 64,
                      device: str | torch.device = "cpu", progress: bool = False, fast: bool = True) -> Tensor:
         """(num_captions, num_images) match scores over the whole pool."""
-        texts = [dataset[i].views[0] for i in range(len(dataset))]
+        tokenizer, max_len = dataset.info["tokenizer"], self.options["max_text_len"]
+        # captions only: building full items would read each caption's image from the store again
+        texts = [View(*encode_text(tokenizer, r["caption"], max_length=max_len)) for r in dataset.records]
         store, max_regions = dataset.info["store"], self.options["max_regions"]
         images = [region_lookup(store, k, max_regions) for k in dataset.info["images"]] if store is not None else []
         was = model.training
