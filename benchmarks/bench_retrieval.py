@@ -51,15 +51,22 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n_text = args.images * args.captions_per_image
     top = min(1000, encoder.config.vocab_size)
-    texts = [View([2, *rng.integers(5, top, args.text_len - 2).tolist(), 3], [0] * args.text_len)
-             for _ in range(n_text)]
+    texts = [
+        View([2, *rng.integers(5, top, args.text_len - 2).tolist(), 3], [0] * args.text_len)
+        for _ in range(n_text)
+    ]
     images = []
     for i in range(args.images):
         xy = rng.uniform(0, 300, (args.regions, 2))
         wh = rng.uniform(10, 300, (args.regions, 2))
-        images.append(RegionFeatures(str(i), rng.normal(size=(args.regions, encoder.config.region_feat_dim))
-                                     .astype(np.float32), np.concatenate([xy, xy + wh], 1).astype(np.float32),
-                                     (600, 600)))
+        images.append(
+            RegionFeatures(
+                str(i),
+                rng.normal(size=(args.regions, encoder.config.region_feat_dim)).astype(np.float32),
+                np.concatenate([xy, xy + wh], 1).astype(np.float32),
+                (600, 600),
+            )
+        )
 
     def timed(fast: bool) -> tuple[float, torch.Tensor]:
         if args.device.startswith("cuda"):
@@ -80,15 +87,30 @@ def main() -> None:
             split_times.append(t)
     full_s, split_s = statistics.median(full_times), statistics.median(split_times)
     pairs = n_text * args.images
-    print(json.dumps({
-        "model": args.model, "device": args.device, "threads": torch.get_num_threads(), "captions": n_text,
-        "images": args.images, "pairs": pairs, "regions": args.regions, "text_len": args.text_len,
-        "batch_size": args.batch_size, "full_forward_s": round(full_s, 3), "split_s": round(split_s, 3),
-        "full_pairs_per_s": round(pairs / full_s, 1), "split_pairs_per_s": round(pairs / split_s, 1),
-        "speedup": round(full_s / split_s, 2), "repeats": args.repeats,
-        "full_times_s": [round(t, 2) for t in full_times], "split_times_s": [round(t, 2) for t in split_times],
-        "max_abs_score_diff": float((full - split).abs().max()),
-    }))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "device": args.device,
+                "threads": torch.get_num_threads(),
+                "captions": n_text,
+                "images": args.images,
+                "pairs": pairs,
+                "regions": args.regions,
+                "text_len": args.text_len,
+                "batch_size": args.batch_size,
+                "full_forward_s": round(full_s, 3),
+                "split_s": round(split_s, 3),
+                "full_pairs_per_s": round(pairs / full_s, 1),
+                "split_pairs_per_s": round(pairs / split_s, 1),
+                "speedup": round(full_s / split_s, 2),
+                "repeats": args.repeats,
+                "full_times_s": [round(t, 2) for t in full_times],
+                "split_times_s": [round(t, 2) for t in split_times],
+                "max_abs_score_diff": float((full - split).abs().max()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

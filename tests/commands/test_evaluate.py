@@ -20,8 +20,20 @@ def test_evaluate_matches_the_finetune_validation(setup, capsys, tmp_path):  # n
     assert finetune(root, files, root / "run", "--max-steps", "2") == 0
     capsys.readouterr()
     final = root / "run" / "final"
-    argv = ["evaluate", "--task", "vqa", "--checkpoint", str(final), "--split", "minival", "--features",
-            str(root / "feats.h5"), "--data", f"questions={files['questions']}", f"annotations={files['annotations']}"]
+    argv = [
+        "evaluate",
+        "--task",
+        "vqa",
+        "--checkpoint",
+        str(final),
+        "--split",
+        "minival",
+        "--features",
+        str(root / "feats.h5"),
+        "--data",
+        f"questions={files['questions']}",
+        f"annotations={files['annotations']}",
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["metrics"] == json.loads((final / "val_metrics.json").read_text())
@@ -30,8 +42,22 @@ def test_evaluate_matches_the_finetune_validation(setup, capsys, tmp_path):  # n
     preds = json.loads((final / "eval" / "minival_vqa_results.json").read_text())
     assert preds == json.loads((final / "val_vqa_results.json").read_text())
     # the official scorer agrees with the evaluation
-    assert main(["score", "--task", "vqa", "--questions", str(files["questions"]), "--annotations",
-                 str(files["annotations"]), "--predictions", str(final / "eval" / "minival_vqa_results.json")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--task",
+                "vqa",
+                "--questions",
+                str(files["questions"]),
+                "--annotations",
+                str(files["annotations"]),
+                "--predictions",
+                str(final / "eval" / "minival_vqa_results.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["overall"] == out["metrics"]["overall"]
     # a wrong task for the checkpoint is refused
     argv[2] = "nlvr2"
@@ -46,11 +72,26 @@ def test_zero_shot_retrieval(tmp_path, capsys):
             out.write(rec)
     ckpt = tmp_path / "pretrained"
     PretrainingModel(tiny_encoder(vl_tiny_presets()[0])).save(ckpt)
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    (tmp_path / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n"
+    )
     Tokenizer.from_pretrained(tmp_path).save(ckpt)
-    argv = ["evaluate", "--task", "retrieval", "--checkpoint", str(ckpt), "--split", "test", "--zero-shot",
-            "--data", f"karpathy={write_karpathy(tmp_path / 'k.json')}", "--features", str(tmp_path / "feats.h5"),
-            "--out", str(tmp_path / "eval")]
+    argv = [
+        "evaluate",
+        "--task",
+        "retrieval",
+        "--checkpoint",
+        str(ckpt),
+        "--split",
+        "test",
+        "--zero-shot",
+        "--data",
+        f"karpathy={write_karpathy(tmp_path / 'k.json')}",
+        "--features",
+        str(tmp_path / "feats.h5"),
+        "--out",
+        str(tmp_path / "eval"),
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["metrics"]["num_images"] == 3 and out["metrics"]["num_captions"] == 6
@@ -76,19 +117,55 @@ def test_refexp_several_splits_and_pickle_opt_in(tmp_path, capsys):
     refs = pickle.loads(files["refs"].read_bytes())
     refs += [{**r, "split": "testA", "ref_id": r["ref_id"] + 10_000} for r in refs if r["split"] == "val"]
     files["refs"].write_bytes(pickle.dumps(refs))
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    (tmp_path / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n"
+    )
     tok = str(tmp_path)
     data = [f"refs={files['refs']}", f"instances={files['instances']}"]
     run = tmp_path / "run"
     common = ["--features", str(tmp_path / "feats.h5")]
-    argv = ["finetune", "--task", "refexp", "--init", vl_tiny_presets()[0], "--out", str(run), "--tokenizer", tok,
-            *common, "--train", *data, "--max-steps", "1", "--batch-size", "3", "model.vocab_size=64", "progress=false"]
+    argv = [
+        "finetune",
+        "--task",
+        "refexp",
+        "--init",
+        vl_tiny_presets()[0],
+        "--out",
+        str(run),
+        "--tokenizer",
+        tok,
+        *common,
+        "--train",
+        *data,
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "3",
+        "model.vocab_size=64",
+        "progress=false",
+    ]
     assert main(argv) == 1
     assert "--trust-pickle" in capsys.readouterr().err
     assert main([*argv, "--trust-pickle"]) == 0
     capsys.readouterr()
-    assert main(["evaluate", "--task", "refexp", "--checkpoint", str(run / "final"), "--split", "val,testA",
-                 "--trust-pickle", *common, "--data", *data]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "refexp",
+                "--checkpoint",
+                str(run / "final"),
+                "--split",
+                "val,testA",
+                "--trust-pickle",
+                *common,
+                "--data",
+                *data,
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [x["split"] for x in lines] == ["val", "testA"]
     assert lines[0]["metrics"]["accuracy"] == lines[1]["metrics"]["accuracy"]  # same refs, same model

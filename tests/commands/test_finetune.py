@@ -28,10 +28,34 @@ def setup(tmp_path):
 
 def finetune(tmp_path, files, out, *extra):
     data = [f"questions={files['questions']}", f"annotations={files['annotations']}"]
-    argv = ["finetune", "--task", "vqa", "--init", vl_tiny_presets()[0], "--out", str(out), "--features",
-            str(tmp_path / "feats.h5"), "--tokenizer", str(tmp_path / "tok"), "--train", *data, "--val", *data,
-            "--batch-size", "4", "--lr", "3e-3", "model.vocab_size=64", "task.min_answer_count=1",
-            "progress=false", "schedule=constant", "save_every=2", "log_every=1", *extra]
+    argv = [
+        "finetune",
+        "--task",
+        "vqa",
+        "--init",
+        vl_tiny_presets()[0],
+        "--out",
+        str(out),
+        "--features",
+        str(tmp_path / "feats.h5"),
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--train",
+        *data,
+        "--val",
+        *data,
+        "--batch-size",
+        "4",
+        "--lr",
+        "3e-3",
+        "model.vocab_size=64",
+        "task.min_answer_count=1",
+        "progress=false",
+        "schedule=constant",
+        "save_every=2",
+        "log_every=1",
+        *extra,
+    ]
     return main(argv)
 
 
@@ -66,11 +90,30 @@ def test_resume_gives_the_same_weights(setup, capsys):
 
 def test_bad_arguments(setup, capsys):
     tmp_path, files = setup
-    assert main(["finetune", "--task", "nope", "--init", "x", "--out", str(tmp_path / "o"), "--train", "a=b"]) == 1
+    assert (
+        main(["finetune", "--task", "nope", "--init", "x", "--out", str(tmp_path / "o"), "--train", "a=b"])
+        == 1
+    )
     assert "unknown task 'nope'" in capsys.readouterr().err
     assert finetune(tmp_path, files, tmp_path / "o", "task.colour=red") == 1
     assert "its options:" in capsys.readouterr().err
-    assert main(["finetune", "--task", "vqa", "--init", vl_tiny_presets()[0], "--out", str(tmp_path / "o"),
-                 "--tokenizer", str(tmp_path / "tok"), "--train", f"annotations={files['annotations']}",
-                 "model.vocab_size=64"]) == 1
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                "vqa",
+                "--init",
+                vl_tiny_presets()[0],
+                "--out",
+                str(tmp_path / "o"),
+                "--tokenizer",
+                str(tmp_path / "tok"),
+                "--train",
+                f"annotations={files['annotations']}",
+                "model.vocab_size=64",
+            ]
+        )
+        == 1
+    )
     assert "needs the file(s) ['questions']" in capsys.readouterr().err

@@ -15,12 +15,27 @@ def test_vqa_score_hand_computed(tmp_path, capsys):
     files = write_official(tmp_path)
     # q1: red 6/10 -> 1.0; q2: "two" normalised with the 5 "2" -> 1.0 (8 of 10 after normalisation);
     # q3: yes -> 1.0; q4: green 2/10 -> 0.6; the rest wrong -> 0
-    preds = [{"question_id": 1, "answer": "Red"}, {"question_id": 2, "answer": "two"},
-             {"question_id": 3, "answer": "yes"}, {"question_id": 4, "answer": "green"}]
+    preds = [
+        {"question_id": 1, "answer": "Red"},
+        {"question_id": 2, "answer": "two"},
+        {"question_id": 3, "answer": "yes"},
+        {"question_id": 4, "answer": "green"},
+    ]
     preds += [{"question_id": q, "answer": "purple"} for q in range(5, 9)]
     (tmp_path / "res.json").write_text(json.dumps(preds))
-    argv = ["score", "--task", "vqa", "--questions", str(files["questions"]), "--annotations",
-            str(files["annotations"]), "--predictions", str(tmp_path / "res.json"), "--out", str(tmp_path / "m.json")]
+    argv = [
+        "score",
+        "--task",
+        "vqa",
+        "--questions",
+        str(files["questions"]),
+        "--annotations",
+        str(files["annotations"]),
+        "--predictions",
+        str(tmp_path / "res.json"),
+        "--out",
+        str(tmp_path / "m.json"),
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["overall"] == round(100 * 3.6 / 8, 2)
@@ -37,18 +52,43 @@ def test_vqa_score_hand_computed(tmp_path, capsys):
 def test_nlvr2_and_vcr_scores(tmp_path, capsys):
     data = write_nlvr2(tmp_path / "dev.json", n_sets=1)  # dev-0-{0,1}-{0,1}; labels False, True, True, False
     (tmp_path / "p.csv").write_text("dev-0-0-0,False\ndev-0-0-1,True\ndev-0-1-0,False\ndev-0-1-1,False\n")
-    assert main(["score", "--task", "nlvr2", "--data", str(data), "--predictions", str(tmp_path / "p.csv")]) == 0
+    assert (
+        main(["score", "--task", "nlvr2", "--data", str(data), "--predictions", str(tmp_path / "p.csv")]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["accuracy"] == 75.0 and out["consistency"] == 50.0
     vcr = write_vcr(tmp_path / "val.jsonl", n=2)  # labels: (0, 0), (3, 1)
-    q2a = [{"annot_id": "val-0", "probs": [1, 0, 0, 0], "choice": 0}, {"annot_id": "val-1", "probs": [0, 0, 0, 1],
-                                                                       "choice": 3}]
-    qa2r = [{"annot_id": "val-0", "probs": [0, 1, 0, 0], "choice": 1}, {"annot_id": "val-1", "probs": [0, 1, 0, 0],
-                                                                        "choice": 1}]
+    q2a = [
+        {"annot_id": "val-0", "probs": [1, 0, 0, 0], "choice": 0},
+        {"annot_id": "val-1", "probs": [0, 0, 0, 1], "choice": 3},
+    ]
+    qa2r = [
+        {"annot_id": "val-0", "probs": [0, 1, 0, 0], "choice": 1},
+        {"annot_id": "val-1", "probs": [0, 1, 0, 0], "choice": 1},
+    ]
     (tmp_path / "a.json").write_text(json.dumps(q2a))
     (tmp_path / "r.json").write_text(json.dumps(qa2r))
-    assert main(["score", "--task", "vcr", "--data", str(vcr), "--predictions", str(tmp_path / "a.json"),
-                 "--rationale-predictions", str(tmp_path / "r.json")]) == 0
-    assert json.loads(capsys.readouterr().out) == {"q2a": 100.0, "qa2r": 50.0, "q2ar": 50.0, "num_examples": 2}
+    assert (
+        main(
+            [
+                "score",
+                "--task",
+                "vcr",
+                "--data",
+                str(vcr),
+                "--predictions",
+                str(tmp_path / "a.json"),
+                "--rationale-predictions",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out) == {
+        "q2a": 100.0,
+        "qa2r": 50.0,
+        "q2ar": 50.0,
+        "num_examples": 2,
+    }
     assert main(["score", "--task", "vcr", "--predictions", str(tmp_path / "a.json")]) == 1
     assert "needs --data --rationale-predictions" in capsys.readouterr().err

@@ -14,4 +14,3 @@ def tokenizer(tmp_path_factory) -> Tokenizer:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ".", ",", "?", "-", "'"]
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
     return Tokenizer.from_pretrained(d)
-

@@ -17,7 +17,14 @@ WORDS = (
 FEAT_DIM = 16
 
 # Tiny presets with regions, preferred first; whichever exist are used.
-VL_TINY = ["visualbert_tiny", "uniter_tiny", "lxmert_tiny", "vilbert_tiny", "vl_bert_tiny", "unicoder_vl_tiny"]
+VL_TINY = [
+    "visualbert_tiny",
+    "uniter_tiny",
+    "lxmert_tiny",
+    "vilbert_tiny",
+    "vl_bert_tiny",
+    "unicoder_vl_tiny",
+]
 
 
 def vl_tiny_presets() -> list[str]:
@@ -37,8 +44,10 @@ def make_store(image_ids, regions: int = 5, seed: int = 0, size=(100, 200)) -> d
         wh = rng.uniform(0.1, 0.5, (n, 2))
         boxes = np.concatenate([xy, xy + wh], 1) * np.array([w, h, w, h])
         store[str(image_id)] = RegionFeatures(
-            image_id=str(image_id), feats=rng.normal(size=(n, FEAT_DIM)).astype(np.float32),
-            boxes=boxes.astype(np.float32), image_size=size,
+            image_id=str(image_id),
+            feats=rng.normal(size=(n, FEAT_DIM)).astype(np.float32),
+            boxes=boxes.astype(np.float32),
+            image_size=size,
         )
     return store
 

@@ -27,7 +27,12 @@ def task_setup(name, tmp_path):
     if name == "refexp":
         store = make_store(["1", "2", "3", "4"])
         return TASKS[name](), write_refexp(tmp_path, store), store, None
-    return TASKS[name](), {"data": write_vcr(tmp_path / "v.jsonl")}, make_store(["val-0", "val-1", "val-2"]), (2, 4)
+    return (
+        TASKS[name](),
+        {"data": write_vcr(tmp_path / "v.jsonl")},
+        make_store(["val-0", "val-1", "val-2"]),
+        (2, 4),
+    )
 
 
 @pytest.mark.parametrize("task_name", list(TASKS))

@@ -50,7 +50,9 @@ def test_punctuation_rule_looks_at_the_original_text():
     assert process_punctuation("a, b,c?d") == "a bc d"
 
 
-@pytest.mark.parametrize(("count", "expected"), [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (7, 1.0), (10, 1.0)])
+@pytest.mark.parametrize(
+    ("count", "expected"), [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (7, 1.0), (10, 1.0)]
+)
 def test_leave_one_out_average_over_ten_answers(count, expected):
     humans = ["red"] * count + ["blue"] * (10 - count)
     if count == 10:
@@ -76,8 +78,11 @@ def test_soft_scores_use_the_same_formula():
 def test_vqa_evaluate_overall_per_type_and_missing():
     anns = {
         1: {"answers": [{"answer": "yes"}] * 10, "answer_type": "yes/no", "question_type": "is the"},
-        2: {"answers": [{"answer": "2"}] * 2 + [{"answer": "3"}] * 8, "answer_type": "number",
-            "question_type": "how many"},
+        2: {
+            "answers": [{"answer": "2"}] * 2 + [{"answer": "3"}] * 8,
+            "answer_type": "number",
+            "question_type": "how many",
+        },
     }
     out = vqa_evaluate({1: "yes", 2: "2"}, anns)
     assert out["overall"] == 80.0  # (1.0 + 0.6) / 2

@@ -10,8 +10,12 @@ from tasks.task_fixtures import make_store, tiny_encoder, train_steps, vl_tiny_p
 from mmbert.tasks.base import TaskDataError, TaskModel
 from mmbert.tasks.nlvr2 import NLVR2Task, image_ids, read_predictions
 
-SENTENCES = ["both images contain a dog", "at least one image contains a red car",
-             "there are two animals", "the left image contains a person"]
+SENTENCES = [
+    "both images contain a dog",
+    "at least one image contains a red car",
+    "there are two animals",
+    "the left image contains a person",
+]
 
 
 def examples(n_sets):
@@ -19,8 +23,15 @@ def examples(n_sets):
     for s in range(n_sets):
         for pair in range(2):
             for k, sent in enumerate(SENTENCES[:2]):
-                lines.append({"identifier": f"dev-{s}-{pair}-{k}", "sentence": sent,
-                              "label": "True" if (s + pair + k) % 2 else "False", "left_url": "x", "right_url": "y"})
+                lines.append(
+                    {
+                        "identifier": f"dev-{s}-{pair}-{k}",
+                        "sentence": sent,
+                        "label": "True" if (s + pair + k) % 2 else "False",
+                        "left_url": "x",
+                        "right_url": "y",
+                    }
+                )
     return lines
 
 
@@ -66,9 +77,13 @@ def test_nlvr2_finetunes_and_writes_official_csv(tmp_path, tokenizer):
 def test_bad_input(tmp_path, tokenizer):
     store = make_store(all_images())
     with pytest.raises(TaskDataError, match=r"dev.json:2: malformed NLVR2 identifier 'dev-0-x'"):
-        NLVR2Task().load({"data": write_jsonl(tmp_path / "dev.json", bad={"identifier": "dev-0-x"})}, tokenizer, store)
+        NLVR2Task().load(
+            {"data": write_jsonl(tmp_path / "dev.json", bad={"identifier": "dev-0-x"})}, tokenizer, store
+        )
     with pytest.raises(TaskDataError, match="label must be 'True' or 'False'"):
-        NLVR2Task().load({"data": write_jsonl(tmp_path / "dev.json", bad={"label": "maybe"})}, tokenizer, store)
+        NLVR2Task().load(
+            {"data": write_jsonl(tmp_path / "dev.json", bad={"label": "maybe"})}, tokenizer, store
+        )
     bad = write_jsonl(tmp_path / "dev.json")
     rows = bad.read_text().splitlines()
     rows[0] = json.dumps({"identifier": "dev-0-0-0", "label": "True"})
@@ -77,4 +92,6 @@ def test_bad_input(tmp_path, tokenizer):
         NLVR2Task().load({"data": bad}, tokenizer, store)
     partial = {k: v for k, v in store.items() if k != "dev-2-1-img1"}
     ds = NLVR2Task().load({"data": write_jsonl(tmp_path / "dev.json")}, tokenizer, partial)
-    assert len(ds) == 10 and ds.report.counts == {"records whose image is absent from the feature store (nlvr2)": 1}
+    assert len(ds) == 10 and ds.report.counts == {
+        "records whose image is absent from the feature store (nlvr2)": 1
+    }

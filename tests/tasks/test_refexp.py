@@ -13,8 +13,14 @@ from tasks.task_fixtures import make_store, tiny_encoder, train_steps, vl_tiny_p
 from mmbert.tasks.base import TaskDataError, TaskModel, collate
 from mmbert.tasks.refexp import PAD_LOGIT, RefExpTask
 
-SENTS = ["the man on the left", "a red car", "the big dog", "woman holding umbrella", "small white car",
-         "person sitting on bench"]
+SENTS = [
+    "the man on the left",
+    "a red car",
+    "the big dog",
+    "woman holding umbrella",
+    "small white car",
+    "person sitting on bench",
+]
 
 
 def write_files(tmp_path, store, suffix=".json", drop=None):
@@ -24,12 +30,33 @@ def write_files(tmp_path, store, suffix=".json", drop=None):
         for k in range(2):
             x1, y1, x2, y2 = feats.boxes[(n + k) % feats.num_regions].tolist()
             ann_id = 100 * n + k
-            anns.append({"id": ann_id, "image_id": int(image_id), "bbox": [x1 + 1, y1, x2 - x1, y2 - y1],
-                         "category_id": 1})
-            refs.append({"ref_id": ann_id, "ann_id": ann_id, "image_id": int(image_id), "category_id": 1,
-                         "split": "val" if n == 0 else "train", "file_name": f"{image_id}.jpg",
-                         "sent_ids": [ann_id], "sentences": [{"sent": SENTS[(n + k) % 6], "raw": SENTS[(n + k) % 6],
-                                                              "tokens": [], "sent_id": ann_id}]})
+            anns.append(
+                {
+                    "id": ann_id,
+                    "image_id": int(image_id),
+                    "bbox": [x1 + 1, y1, x2 - x1, y2 - y1],
+                    "category_id": 1,
+                }
+            )
+            refs.append(
+                {
+                    "ref_id": ann_id,
+                    "ann_id": ann_id,
+                    "image_id": int(image_id),
+                    "category_id": 1,
+                    "split": "val" if n == 0 else "train",
+                    "file_name": f"{image_id}.jpg",
+                    "sent_ids": [ann_id],
+                    "sentences": [
+                        {
+                            "sent": SENTS[(n + k) % 6],
+                            "raw": SENTS[(n + k) % 6],
+                            "tokens": [],
+                            "sent_id": ann_id,
+                        }
+                    ],
+                }
+            )
     if drop:
         del refs[1][drop]
     if suffix == ".json":
@@ -37,8 +64,10 @@ def write_files(tmp_path, store, suffix=".json", drop=None):
     else:
         (tmp_path / "refs(unc).p").write_bytes(pickle.dumps(refs))
     (tmp_path / "instances.json").write_text(json.dumps({"images": [], "annotations": anns}))
-    return {"refs": tmp_path / ("refs.json" if suffix == ".json" else "refs(unc).p"),
-            "instances": tmp_path / "instances.json"}
+    return {
+        "refs": tmp_path / ("refs.json" if suffix == ".json" else "refs(unc).p"),
+        "instances": tmp_path / "instances.json",
+    }
 
 
 @pytest.fixture
@@ -91,7 +120,9 @@ def test_bad_input(tmp_path, tokenizer, store):
     files = write_files(tmp_path, store)
     partial = {k: v for k, v in store.items() if k != "3"}
     ds = RefExpTask().load(files, tokenizer, partial)
-    assert len(ds) == 4 and ds.report.counts == {"records whose image is absent from the feature store (refexp)": 1}
+    assert len(ds) == 4 and ds.report.counts == {
+        "records whose image is absent from the feature store (refexp)": 1
+    }
     with pytest.raises(TaskDataError, match="no referring expressions in split 'testB'"):
         RefExpTask(split="testB").load(files, tokenizer, store)
     with pytest.raises(TaskDataError, match="need a feature store"):

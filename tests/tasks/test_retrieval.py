@@ -13,18 +13,35 @@ from mmbert.tasks.base import TaskDataError, TaskModel, collate
 from mmbert.tasks.retrieval import RetrievalTask, pool_scores
 from mmbert.tasks.streams import split_encoder
 
-CAPTIONS = ["a red car", "a dog on a bench", "a man holding an umbrella", "two cats", "a green photo",
-            "a woman sitting", "a big black dog", "a small white car"]
+CAPTIONS = [
+    "a red car",
+    "a dog on a bench",
+    "a man holding an umbrella",
+    "two cats",
+    "a green photo",
+    "a woman sitting",
+    "a big black dog",
+    "a small white car",
+]
 
 
 def write_karpathy(path, drop=None):
     images = []
     for i in range(8):
         split = "train" if i < 4 else ("restval" if i < 5 else "test")
-        sents = [{"raw": CAPTIONS[i], "tokens": CAPTIONS[i].split(), "imgid": i, "sentid": 2 * i},
-                 {"raw": CAPTIONS[(i + 3) % 8] + " image", "tokens": [], "imgid": i, "sentid": 2 * i + 1}]
-        images.append({"filename": f"{1000 + i}.jpg", "imgid": i, "split": split, "sentences": sents,
-                       "sentids": [2 * i, 2 * i + 1]})
+        sents = [
+            {"raw": CAPTIONS[i], "tokens": CAPTIONS[i].split(), "imgid": i, "sentid": 2 * i},
+            {"raw": CAPTIONS[(i + 3) % 8] + " image", "tokens": [], "imgid": i, "sentid": 2 * i + 1},
+        ]
+        images.append(
+            {
+                "filename": f"{1000 + i}.jpg",
+                "imgid": i,
+                "split": split,
+                "sentences": sents,
+                "sentids": [2 * i, 2 * i + 1],
+            }
+        )
     if drop:
         del images[0]["sentences"][0][drop]
     path.write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
@@ -119,10 +136,14 @@ def test_bad_input(tmp_path, tokenizer, store):
     with pytest.raises(TaskDataError, match=r"images\[0\].sentences\[0\]: missing field\(s\) \['raw'\]"):
         RetrievalTask().load({"karpathy": write_karpathy(tmp_path / "k.json", drop="raw")}, tokenizer, store)
     partial = {k: v for k, v in store.items() if k != "1006"}
-    ds = RetrievalTask(split="test").load({"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, partial)
+    ds = RetrievalTask(split="test").load(
+        {"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, partial
+    )
     assert ds.info["images"] == ["1005", "1007"] and ds.report.summary().startswith("1 records whose image")
     with pytest.raises(TaskDataError, match="fold 3"):
-        RetrievalTask(split="test", fold=3).load({"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, store)
+        RetrievalTask(split="test", fold=3).load(
+            {"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, store
+        )
     with pytest.raises(ValueError, match="no feature store"):
         pool_scores(None, [], [])
 

@@ -18,11 +18,19 @@ RATIONALES = [["because", [1], "is", "holding", "an", "umbrella"], ["there", "ar
 def write_jsonl(path, n=6, bad=None):
     lines = []
     for i in range(n):
-        lines.append({"annot_id": f"val-{i}", "img_id": f"val-{i % 3}", "img_fn": f"movie/{i % 3}.jpg",
-                      "objects": ["person", "person", "umbrella"],
-                      "question": ["why", "is", [0, 1], "standing", "?"],
-                      "answer_choices": ANSWERS[i % 4:] + ANSWERS[: i % 4], "answer_label": (4 - i % 4) % 4,
-                      "rationale_choices": RATIONALES, "rationale_label": i % 2})
+        lines.append(
+            {
+                "annot_id": f"val-{i}",
+                "img_id": f"val-{i % 3}",
+                "img_fn": f"movie/{i % 3}.jpg",
+                "objects": ["person", "person", "umbrella"],
+                "question": ["why", "is", [0, 1], "standing", "?"],
+                "answer_choices": ANSWERS[i % 4 :] + ANSWERS[: i % 4],
+                "answer_label": (4 - i % 4) % 4,
+                "rationale_choices": RATIONALES,
+                "rationale_label": i % 2,
+            }
+        )
     if bad:
         lines[2].update(bad)
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -35,7 +43,9 @@ def store():
 
 
 def test_object_references_render_as_class_names():
-    assert render(["why", "is", [0, 1], "here", "?"], ["person", "dog"], "x") == "why is person and dog here ?"
+    assert (
+        render(["why", "is", [0, 1], "here", "?"], ["person", "dog"], "x") == "why is person and dog here ?"
+    )
     with pytest.raises(TaskDataError, match=r"object reference \[5\] outside the 2 objects"):
         render([[5]], ["person", "dog"], "x")
 
@@ -59,10 +69,14 @@ def test_vcr_finetunes(tmp_path, tokenizer, store, mode):
 def test_joint_accuracy_and_leaderboard_csv(tmp_path, tokenizer, store):
     data = write_jsonl(tmp_path / "val.jsonl", n=2)
     # labels: val-0 answer 0 rationale 0; val-1 answer 3 rationale 1
-    q2a = [{"annot_id": "val-0", "probs": [0.7, 0.1, 0.1, 0.1], "choice": 0},
-           {"annot_id": "val-1", "probs": [0.7, 0.1, 0.1, 0.1], "choice": 0}]
-    qa2r = [{"annot_id": "val-0", "probs": [0.6, 0.2, 0.1, 0.1], "choice": 0},
-            {"annot_id": "val-1", "probs": [0.1, 0.6, 0.2, 0.1], "choice": 1}]
+    q2a = [
+        {"annot_id": "val-0", "probs": [0.7, 0.1, 0.1, 0.1], "choice": 0},
+        {"annot_id": "val-1", "probs": [0.7, 0.1, 0.1, 0.1], "choice": 0},
+    ]
+    qa2r = [
+        {"annot_id": "val-0", "probs": [0.6, 0.2, 0.1, 0.1], "choice": 0},
+        {"annot_id": "val-1", "probs": [0.1, 0.6, 0.2, 0.1], "choice": 1},
+    ]
     assert vcr_joint(q2a, qa2r, data) == {"q2a": 50.0, "qa2r": 100.0, "q2ar": 50.0, "num_examples": 2}
     with pytest.raises(ValueError, match="lack a Q->A or QA->R prediction"):
         vcr_joint(q2a[:1], qa2r, data)
@@ -88,7 +102,11 @@ def test_bad_input(tmp_path, tokenizer, store):
         bad.write_text("\n".join(json.dumps(r) for r in rows))
         VCRTask().load({"data": bad}, tokenizer, store)
     with pytest.raises(TaskDataError, match="answer_label 7 is not 0..3"):
-        VCRTask().load({"data": write_jsonl(tmp_path / "val.jsonl", bad={"answer_label": 7})}, tokenizer, store)
+        VCRTask().load(
+            {"data": write_jsonl(tmp_path / "val.jsonl", bad={"answer_label": 7})}, tokenizer, store
+        )
     partial = {k: v for k, v in store.items() if k != "val-1"}
     ds = VCRTask().load({"data": write_jsonl(tmp_path / "val.jsonl")}, tokenizer, partial)
-    assert len(ds) == 4 and ds.report.counts == {"records whose image is absent from the feature store (vcr)": 1}
+    assert len(ds) == 4 and ds.report.counts == {
+        "records whose image is absent from the feature store (vcr)": 1
+    }

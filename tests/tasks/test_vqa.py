@@ -24,12 +24,21 @@ QUESTIONS = [
 
 def write_official(tmp_path, items=QUESTIONS, drop_field=None):
     qs = {"questions": [{"question_id": q, "image_id": im, "question": t} for q, im, t, *_ in items]}
-    anns = {"annotations": [
-        {"question_id": q, "image_id": im, "question_type": qt, "answer_type": at,
-         "multiple_choice_answer": ans[0],
-         "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(ans)]}
-        for q, im, _, ans, at, qt in items
-    ]}
+    anns = {
+        "annotations": [
+            {
+                "question_id": q,
+                "image_id": im,
+                "question_type": qt,
+                "answer_type": at,
+                "multiple_choice_answer": ans[0],
+                "answers": [
+                    {"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(ans)
+                ],
+            }
+            for q, im, _, ans, at, qt in items
+        ]
+    }
     if drop_field:
         del anns["annotations"][1][drop_field]
     (tmp_path / "q.json").write_text(json.dumps(qs))
@@ -73,10 +82,24 @@ def test_vqa_finetunes_and_writes_official_results(tmp_path, tokenizer, store):
 
 
 def test_lxmert_format_and_vocab_file(tmp_path, tokenizer, store):
-    items = [{"answer_type": "other", "img_id": "10", "label": {"red": 1.0, "blue": 0.9}, "question_id": 1,
-              "question_type": "what color", "sent": "what color is the cat?"},
-             {"answer_type": "yes/no", "img_id": "11", "label": {"maybe": 0.3}, "question_id": 2,
-              "question_type": "is the", "sent": "is the dog sitting?"}]
+    items = [
+        {
+            "answer_type": "other",
+            "img_id": "10",
+            "label": {"red": 1.0, "blue": 0.9},
+            "question_id": 1,
+            "question_type": "what color",
+            "sent": "what color is the cat?",
+        },
+        {
+            "answer_type": "yes/no",
+            "img_id": "11",
+            "label": {"maybe": 0.3},
+            "question_id": 2,
+            "question_type": "is the",
+            "sent": "is the dog sitting?",
+        },
+    ]
     (tmp_path / "lx.json").write_text(json.dumps(items))
     (tmp_path / "ans2label.json").write_text(json.dumps({"red": 0, "blue": 1, "yes": 2}))
     task = VQATask()
@@ -84,8 +107,10 @@ def test_lxmert_format_and_vocab_file(tmp_path, tokenizer, store):
     assert task.answers == ["red", "blue", "yes"]
     assert ds[0].target.tolist() == pytest.approx([1.0, 0.9, 0.0])
     # the answer outside the vocabulary is counted and reported, not dropped silently
-    assert ds.report.counts == {"human answers outside the answer vocabulary": 1,
-                                "questions with no answer in the vocabulary (all-zero target)": 1}
+    assert ds.report.counts == {
+        "human answers outside the answer vocabulary": 1,
+        "questions with no answer in the vocabulary (all-zero target)": 1,
+    }
     assert "maybe" in ds.report.summary()
     score = task.score([{"question_id": 1, "answer": "blue"}, {"question_id": 2, "answer": "yes"}], ds)
     assert score["overall"] == 45.0

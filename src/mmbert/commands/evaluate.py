@@ -26,17 +26,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n")[0])  # fmt: skip
     p.add_argument("--task", required=True, help="vqa, nlvr2, retrieval, refexp or vcr")
     p.add_argument("--checkpoint", required=True, help="a `mmbert finetune` model directory (its final/)")
-    p.add_argument("--split", required=True,
-                   help="split name (selects the split for retrieval / refexp); several comma-separated, e.g. "
-                   "val,testA,testB for RefCOCO, are evaluated one after the other")
-    p.add_argument("--data", nargs="+", required=True, metavar="NAME=PATH", help="the split's annotation files")
+    p.add_argument(
+        "--split",
+        required=True,
+        help="split name (selects the split for retrieval / refexp); several comma-separated, e.g. "
+        "val,testA,testB for RefCOCO, are evaluated one after the other",
+    )
+    p.add_argument(
+        "--data", nargs="+", required=True, metavar="NAME=PATH", help="the split's annotation files"
+    )
     p.add_argument("--features", help="region feature store")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint)")
     p.add_argument("--out", help="output directory (default: <checkpoint>/eval)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    p.add_argument("--zero-shot", action="store_true",
-                   help="retrieval only: score with the pre-trained image-text matching head of --checkpoint")
+    p.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="retrieval only: score with the pre-trained image-text matching head of --checkpoint",
+    )
     p.add_argument("--trust-pickle", action="store_true", help="allow reading pickled files you trust")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("settings", nargs="*", metavar="task.key=value", help="task options, e.g. task.mode=qa2r")
@@ -88,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
         dataset = task.load_split(split, files, tokenizer, features)
         if dataset.report:
             print(f"{split}: skipped: {dataset.report.summary()}")
-        metrics, predictions = task.evaluate(model, dataset, args.batch_size, args.device, progress=args.progress)
+        metrics, predictions = task.evaluate(
+            model, dataset, args.batch_size, args.device, progress=args.progress
+        )
         write_json(metrics, out / f"{split}_metrics.json")
         pred_path = task.write_predictions(predictions, out / f"{split}_{task.prediction_file}")
-        print(json.dumps({"task": task.name, "split": split, "metrics": metrics, "predictions": str(pred_path)}))
+        print(
+            json.dumps({"task": task.name, "split": split, "metrics": metrics, "predictions": str(pred_path)})
+        )
     return 0

@@ -105,21 +105,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help="vqa, nlvr2, retrieval, refexp or vcr")
     p.add_argument("--init", required=True, help="checkpoint directory, or a preset name for fresh weights")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--train", nargs="+", required=True, metavar="NAME=PATH", help="the training split's files")
+    p.add_argument(
+        "--train", nargs="+", required=True, metavar="NAME=PATH", help="the training split's files"
+    )
     p.add_argument("--val", nargs="+", metavar="NAME=PATH", help="the validation split's files")
     p.add_argument("--train-split", help="split inside the files (retrieval / refexp), default: the task's")
     p.add_argument("--val-split", default="val", help="split inside the --val files (retrieval / refexp)")
     p.add_argument("--features", help="region feature store (TSV, HDF5, LMDB, npz directory)")
-    p.add_argument("--tokenizer", help="directory with vocab.txt / tokenizer.json (default: --init when it has one)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow reading pickled files (RefCOCO refs(unc).p, VOLTA LMDB stores); "
-                   "only for files you trust")
+    p.add_argument(
+        "--tokenizer", help="directory with vocab.txt / tokenizer.json (default: --init when it has one)"
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow reading pickled files (RefCOCO refs(unc).p, VOLTA LMDB stores); only for files you trust",
+    )
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("settings", nargs="*", metavar="key=value", help="e.g. warmup_steps=500 task.max_regions=36")
+    p.add_argument(
+        "settings", nargs="*", metavar="key=value", help="e.g. warmup_steps=500 task.max_regions=36"
+    )
     p.set_defaults(func=run)
 
 
@@ -135,11 +143,17 @@ def load_init(init: str, task_name: str, model_overrides: dict[str, Any]):
         has_tok = any((path / n).exists() for n in ("vocab.txt", "tokenizer.json"))
         if task_name == "retrieval":
             pt = load_pretraining(path, allow_new_heads=True)
-            return pt.encoder, (pt if "pair" not in getattr(pt, "new_heads", []) else None), path if has_tok else None
+            return (
+                pt.encoder,
+                (pt if "pair" not in getattr(pt, "new_heads", []) else None),
+                path if has_tok else None,
+            )
         return load_model(path), None, path if has_tok else None
     if init in MODELS:
         return build_model(init, **model_overrides), None, None
-    raise ValueError(f"--init {init!r} is neither a checkpoint directory nor a preset; presets: {', '.join(MODELS)}")
+    raise ValueError(
+        f"--init {init!r} is neither a checkpoint directory nor a preset; presets: {', '.join(MODELS)}"
+    )
 
 
 class FinetuneObjective(nn.Module):
@@ -175,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
     task = build_task(args.task, task_options)
     out = Path(args.out)
     if not args.resume and list_checkpoints(out):
-        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it or choose a new --out")
+        raise ValueError(
+            f"{out} already holds checkpoints; pass --resume to continue it or choose a new --out"
+        )
     torch.manual_seed(train_config.seed)
     encoder, pretraining, tok_dir = load_init(args.init, args.task, model_overrides)
     tok_dir = Path(args.tokenizer) if args.tokenizer else tok_dir
@@ -189,7 +205,11 @@ def run(args: argparse.Namespace) -> int:
         task.options["trust_pickle"] = True
     features = open_features(args.features, args.trust_pickle) if args.features else None
     train_set = task.load_split(args.train_split, parse_files(args.train, "--train"), tokenizer, features)
-    val_set = task.load_split(args.val_split, parse_files(args.val, "--val"), tokenizer, features) if args.val else None
+    val_set = (
+        task.load_split(args.val_split, parse_files(args.val, "--val"), tokenizer, features)
+        if args.val
+        else None
+    )
     for label, ds in (("train", train_set), ("val", val_set)):
         if ds is not None and ds.report:
             print(f"{label}: skipped/changed: {ds.report.summary()}")
@@ -204,10 +224,15 @@ def run(args: argparse.Namespace) -> int:
     env = init_distributed(None if train_config.device == "auto" else train_config.device)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        record = {**run_info, "train_files": parse_files(args.train, "--train"),
-                  "val_files": parse_files(args.val, "--val"), "features": args.features, "tokenizer": str(tok_dir),
-                  "train": train_config.to_dict(),
-                  "skipped": {"train": train_set.report.counts, "val": val_set.report.counts if val_set else {}}}
+        record = {
+            **run_info,
+            "train_files": parse_files(args.train, "--train"),
+            "val_files": parse_files(args.val, "--val"),
+            "features": args.features,
+            "tokenizer": str(tok_dir),
+            "train": train_config.to_dict(),
+            "skipped": {"train": train_set.report.counts, "val": val_set.report.counts if val_set else {}},
+        }
         if not args.resume:
             atomic_write(out / "run.json", lambda f: Path(f).write_text(json.dumps(record, indent=2) + "\n"))
     collate_fn = functools.partial(collate, pad_token_id=encoder.config.pad_token_id)

@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score a predictions file with a task's official metric",
                        description=__doc__.split("\n\n")[0])  # fmt: skip
     p.add_argument("--task", required=True, choices=["vqa", "nlvr2", "vcr"])
-    p.add_argument("--predictions", required=True, help="VQA results JSON, NLVR2 CSV, or VCR Q->A predictions")
+    p.add_argument(
+        "--predictions", required=True, help="VQA results JSON, NLVR2 CSV, or VCR Q->A predictions"
+    )
     p.add_argument("--questions", help="VQA: official questions JSON")
     p.add_argument("--annotations", help="VQA: official annotations JSON")
     p.add_argument("--data", help="NLVR2 / VCR: the labelled JSONL")
@@ -45,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
         _need(args, "questions", "annotations")
         annotations = read_official_annotations(args.questions, args.annotations)
-        metrics = vqa_evaluate(read_results(args.predictions), annotations, require_all=not args.allow_missing)
+        metrics = vqa_evaluate(
+            read_results(args.predictions), annotations, require_all=not args.allow_missing
+        )
     elif args.task == "nlvr2":
         from mmbert.tasks.base import read_jsonl, require_fields
         from mmbert.tasks.metrics import nlvr2_scores
@@ -61,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         from mmbert.tasks.vcr import read_predictions, vcr_joint
 
         _need(args, "data", "rationale_predictions")
-        metrics = vcr_joint(read_predictions(args.predictions), read_predictions(args.rationale_predictions), args.data)
+        metrics = vcr_joint(
+            read_predictions(args.predictions), read_predictions(args.rationale_predictions), args.data
+        )
     if args.out:
         write_json(metrics, args.out)
     print(json.dumps(metrics))

@@ -72,7 +72,8 @@ class LoadReport:
         if not self.counts:
             return "nothing skipped"
         return "; ".join(
-            f"{n} {reason}" + (f" (e.g. {', '.join(self.examples[reason])})" if self.examples.get(reason) else "")
+            f"{n} {reason}"
+            + (f" (e.g. {', '.join(self.examples[reason])})" if self.examples.get(reason) else "")
             for reason, n in self.counts.items()
         )
 
@@ -81,7 +82,9 @@ class TaskDataset(Dataset):
     """A list of ``Example`` builders with a report of what was skipped. Items are built lazily (the
     region features are read from the store when an item is asked for, not at load time)."""
 
-    def __init__(self, records: list[Any], build: Callable[[Any], Example], report: LoadReport, info: dict) -> None:
+    def __init__(
+        self, records: list[Any], build: Callable[[Any], Example], report: LoadReport, info: dict
+    ) -> None:
         self.records = records
         self._build = build
         self.report = report
@@ -114,7 +117,9 @@ def open_features(source: Any, trust_pickle: bool = False) -> Mapping[str, Regio
         return opener(source)
 
 
-def region_lookup(store: Mapping[str, RegionFeatures], image_id: str, max_regions: int | None) -> RegionFeatures:
+def region_lookup(
+    store: Mapping[str, RegionFeatures], image_id: str, max_regions: int | None
+) -> RegionFeatures:
     """``store[image_id]`` with at most ``max_regions`` regions (the detector's order, best first)."""
     feats = store[image_id]
     if max_regions is not None and feats.num_regions > max_regions:
@@ -209,12 +214,22 @@ def _stack_padded(xs: Sequence[Tensor]) -> Tensor:
     return out
 
 
-def loader(dataset: Dataset, batch_size: int, shuffle: bool = False, pad_token_id: int = 0, seed: int = 0,
-           num_workers: int = 0) -> DataLoader:
+def loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = False,
+    pad_token_id: int = 0,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> DataLoader:
     """A DataLoader over a task dataset that collates into ``Batch`` (seeded shuffling)."""
     g = torch.Generator().manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None, num_workers=num_workers,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=g if shuffle else None,
+        num_workers=num_workers,
         collate_fn=lambda ex: collate(ex, pad_token_id),
     )
 
@@ -321,7 +336,9 @@ class Task(ABC):
 
     # to implement -----------------------------------------------------------------------------------
     @abstractmethod
-    def load(self, files: Mapping[str, str | os.PathLike], tokenizer: Any, features: Any = None) -> TaskDataset:
+    def load(
+        self, files: Mapping[str, str | os.PathLike], tokenizer: Any, features: Any = None
+    ) -> TaskDataset:
         """Read the official files of one split; images come from ``features`` (path or store)."""
 
     @abstractmethod
@@ -350,8 +367,14 @@ class Task(ABC):
         return self.loss(model(batch), batch)
 
     @torch.no_grad()
-    def evaluate(self, model: TaskModel, dataset: TaskDataset, batch_size: int = 32,
-                 device: str | torch.device = "cpu", progress: bool = False) -> tuple[dict[str, Any], list[dict]]:
+    def evaluate(
+        self,
+        model: TaskModel,
+        dataset: TaskDataset,
+        batch_size: int = 32,
+        device: str | torch.device = "cpu",
+        progress: bool = False,
+    ) -> tuple[dict[str, Any], list[dict]]:
         """Predict over ``dataset`` and score (when it has labels). Returns (metrics, predictions)."""
         was_training = model.training
         model.eval()
@@ -370,8 +393,9 @@ class Task(ABC):
             metrics["skipped"] = dict(dataset.report.counts)
         return metrics, predictions
 
-    def load_split(self, split: str | None, files: Mapping[str, Any], tokenizer: Any, features: Any = None
-                   ) -> TaskDataset:
+    def load_split(
+        self, split: str | None, files: Mapping[str, Any], tokenizer: Any, features: Any = None
+    ) -> TaskDataset:
         """``load`` for a named split, for tasks whose files hold several (retrieval, refexp)."""
         if split is None or "split" not in self.options:
             return self.load(files, tokenizer, features)
@@ -444,7 +468,9 @@ def save_task_model(model: TaskModel, task: Task, path: str | os.PathLike, token
     from mmbert.models.base import atomic_write, save_module
 
     path = Path(path)
-    save_module(model, model.encoder.config, path, extra_config={"mmbert_heads": "task", "mmbert_task": task.name})
+    save_module(
+        model, model.encoder.config, path, extra_config={"mmbert_heads": "task", "mmbert_task": task.name}
+    )
     record = {"task": task.name, "options": task.state()}
     atomic_write(path / TASK_FILE, lambda f: Path(f).write_text(json.dumps(record, indent=2) + "\n"))
     if tokenizer is not None:
@@ -459,13 +485,19 @@ def load_task_model(path: str | os.PathLike, registry: Mapping[str, type[Task]])
 
     path = Path(path)
     if not (path / TASK_FILE).is_file():
-        raise FileNotFoundError(f"{path}: no {TASK_FILE}; not a fine-tuned task model (see `mmbert finetune`)")
+        raise FileNotFoundError(
+            f"{path}: no {TASK_FILE}; not a fine-tuned task model (see `mmbert finetune`)"
+        )
     record = read_json(path / TASK_FILE)
     if record.get("task") not in registry:
-        raise ValueError(f"{path / TASK_FILE}: unknown task {record.get('task')!r}; known: {sorted(registry)}")
+        raise ValueError(
+            f"{path / TASK_FILE}: unknown task {record.get('task')!r}; known: {sorted(registry)}"
+        )
     task = registry[record["task"]](**record.get("options", {}))
     raw = read_config(path)
-    config = config_from_dict({k: v for k, v in raw.items() if not k.startswith("mmbert_")}, str(path / "config.json"))
+    config = config_from_dict(
+        {k: v for k, v in raw.items() if not k.startswith("mmbert_")}, str(path / "config.json")
+    )
     encoder = model_class(config)(config)
     model = TaskModel(encoder, task.build_head(encoder))
     state, source = read_weights(path)

@@ -50,7 +50,29 @@ NUMBER_WORDS = {
     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }  # fmt: skip
 ARTICLES = {"a", "an", "the"}
-PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+PUNCTUATION = [
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+]
 # The official pattern is written "(?!<=\d)(\.)(?!\d)": a (mis-typed) look-behind that acts as a no-op
 # look-ahead, so in effect every period not followed by a digit is removed. Reproduced as written.
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
@@ -120,9 +142,7 @@ def vqa_soft_scores(human_answers: Sequence[str]) -> dict[str, float]:
         return {}
     counts = Counter(normed)
     n = len(normed)
-    return {
-        a: (c * min(1.0, (c - 1) / 3.0) + (n - c) * min(1.0, c / 3.0)) / n for a, c in counts.items()
-    }
+    return {a: (c * min(1.0, (c - 1) / 3.0) + (n - c) * min(1.0, c / 3.0)) / n for a, c in counts.items()}
 
 
 def vqa_evaluate(
@@ -140,7 +160,9 @@ def vqa_evaluate(
     """
     unknown = [q for q in predictions if q not in annotations]
     if unknown:
-        raise ValueError(f"{len(unknown)} predictions for question ids not in the annotations, e.g. {unknown[:5]}")
+        raise ValueError(
+            f"{len(unknown)} predictions for question ids not in the annotations, e.g. {unknown[:5]}"
+        )
     missing = [q for q in annotations if q not in predictions]
     if missing and require_all:
         raise ValueError(

@@ -45,7 +45,7 @@ LABELS = {"true": 1, "false": 0}
 
 
 def image_ids(identifier: str) -> tuple[str, str]:
-    """"dev-850-0-0" -> ("dev-850-0-img0", "dev-850-0-img1"). Malformed identifiers are an error."""
+    """ "dev-850-0-0" -> ("dev-850-0-img0", "dev-850-0-img1"). Malformed identifiers are an error."""
     nlvr2_sentence_key(identifier)  # validates the four-part form
     stem = identifier.rsplit("-", 1)[0]
     return f"{stem}-img0", f"{stem}-img1"
@@ -77,10 +77,16 @@ class NLVR2Task(Task):
     prediction_file = "predictions.csv"
     main_metric = "accuracy"
 
-    def __init__(self, max_text_len: int = 40, max_regions: int | None = 36, dropout: float = 0.1,
-                 trust_pickle: bool = False) -> None:
-        super().__init__(max_text_len=max_text_len, max_regions=max_regions, dropout=dropout,
-                         trust_pickle=trust_pickle)
+    def __init__(
+        self,
+        max_text_len: int = 40,
+        max_regions: int | None = 36,
+        dropout: float = 0.1,
+        trust_pickle: bool = False,
+    ) -> None:
+        super().__init__(
+            max_text_len=max_text_len, max_regions=max_regions, dropout=dropout, trust_pickle=trust_pickle
+        )
 
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
         path = self.require_files(files, "data")["data"]
@@ -94,11 +100,19 @@ class NLVR2Task(Task):
             except ValueError as e:
                 raise TaskDataError(f"{where}: {e}") from None
             label = parse_label(d["label"], where) if "label" in d else None
-            records.append({"identifier": d["identifier"], "sentence": d["sentence"], "label": label,
-                            "images": (left, right)})
+            records.append(
+                {
+                    "identifier": d["identifier"],
+                    "sentence": d["sentence"],
+                    "label": label,
+                    "images": (left, right),
+                }
+            )
         labelled = [r["label"] is not None for r in records]
         if any(labelled) and not all(labelled):
-            raise TaskDataError(f"{path}: {labelled.count(False)} examples lack a 'label' while others have one")
+            raise TaskDataError(
+                f"{path}: {labelled.count(False)} examples lack a 'label' while others have one"
+            )
         store = open_features(features, self.options["trust_pickle"]) if features is not None else None
         missing = check_images([i for r in records for i in r["images"]], store, report, "nlvr2")
         records = [r for r in records if not (set(r["images"]) & missing)]
@@ -106,13 +120,17 @@ class NLVR2Task(Task):
 
         def build(r: dict) -> Example:
             ids, segs = encode_text(tokenizer, r["sentence"], max_length=max_len)
-            views = [View(ids, segs, region_lookup(store, i, max_regions) if store is not None else None)
-                     for i in r["images"]]
+            views = [
+                View(ids, segs, region_lookup(store, i, max_regions) if store is not None else None)
+                for i in r["images"]
+            ]
             target = None if r["label"] is None else torch.tensor(r["label"])
             return Example(views, target, {"identifier": r["identifier"]})
 
         labels = {r["identifier"]: bool(r["label"]) for r in records if r["label"] is not None}
-        return TaskDataset(records, build, report, {"labelled": all(labelled) and bool(records), "labels": labels})
+        return TaskDataset(
+            records, build, report, {"labelled": all(labelled) and bool(records), "labels": labels}
+        )
 
     def build_head(self, encoder: EncoderModel) -> nn.Module:
         return NLVR2Head(probe_encoder(encoder).pooled, self.options["dropout"])
@@ -124,8 +142,10 @@ class NLVR2Task(Task):
         return LossOutput(loss, {"nlvr2_loss": float(loss.detach()), "nlvr2_acc": float(acc)})
 
     def predict(self, logits: Tensor, batch: Batch) -> list[dict]:
-        return [{"identifier": m["identifier"], "prediction": bool(p)}
-                for m, p in zip(batch.meta["items"], logits.argmax(1).tolist())]
+        return [
+            {"identifier": m["identifier"], "prediction": bool(p)}
+            for m, p in zip(batch.meta["items"], logits.argmax(1).tolist())
+        ]
 
     def score(self, predictions: list[dict], dataset: TaskDataset) -> dict[str, Any]:
         return nlvr2_scores({p["identifier"]: p["prediction"] for p in predictions}, dataset.info["labels"])

@@ -94,10 +94,21 @@ class RefExpTask(Task):
     prediction_file = "refexp_predictions.json"
     main_metric = "accuracy"
 
-    def __init__(self, split: str = "train", max_text_len: int = 20, max_regions: int | None = 100,
-                 iou_threshold: float = 0.5, trust_pickle: bool = False) -> None:
-        super().__init__(split=split, max_text_len=max_text_len, max_regions=max_regions,
-                         iou_threshold=iou_threshold, trust_pickle=trust_pickle)
+    def __init__(
+        self,
+        split: str = "train",
+        max_text_len: int = 20,
+        max_regions: int | None = 100,
+        iou_threshold: float = 0.5,
+        trust_pickle: bool = False,
+    ) -> None:
+        super().__init__(
+            split=split,
+            max_text_len=max_text_len,
+            max_regions=max_regions,
+            iou_threshold=iou_threshold,
+            trust_pickle=trust_pickle,
+        )
 
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
         paths = self.require_files(files, "refs", "instances")
@@ -122,8 +133,15 @@ class RefExpTask(Task):
                 text = s.get("sent", s.get("raw")) if isinstance(s, Mapping) else None
                 if text is None:
                     raise TaskDataError(f"{where}.sentences[{j}]: missing field 'sent' (or 'raw')")
-                records.append({"ref_id": r["ref_id"], "sent_id": s.get("sent_id", f"{r['ref_id']}-{j}"),
-                                "sentence": text, "image": str(r["image_id"]), "gt": boxes[r["ann_id"]]})
+                records.append(
+                    {
+                        "ref_id": r["ref_id"],
+                        "sent_id": s.get("sent_id", f"{r['ref_id']}-{j}"),
+                        "sentence": text,
+                        "image": str(r["image_id"]),
+                        "gt": boxes[r["ann_id"]],
+                    }
+                )
         if not records:
             raise TaskDataError(f"{paths['refs']}: no referring expressions in split {split!r}")
         report = LoadReport()
@@ -165,13 +183,24 @@ class RefExpTask(Task):
         for b, (m, k) in enumerate(zip(batch.meta["items"], logits.argmax(1).tolist())):
             x1, y1, x2, y2 = m["boxes"][k].tolist()
             iou = float(batch.labels[b, k]) if batch.labels is not None else None
-            out.append({"ref_id": m["ref_id"], "sent_id": m["sent_id"], "box": [x1, y1, x2 - x1, y2 - y1], "iou": iou})
+            out.append(
+                {
+                    "ref_id": m["ref_id"],
+                    "sent_id": m["sent_id"],
+                    "box": [x1, y1, x2 - x1, y2 - y1],
+                    "iou": iou,
+                }
+            )
         return out
 
     def score(self, predictions: list[dict], dataset: TaskDataset) -> dict[str, Any]:
         t = self.options["iou_threshold"]
-        return {"accuracy": grounding_accuracy([p["iou"] for p in predictions], t), "split": dataset.info["split"],
-                "iou_threshold": t, "num_expressions": len(predictions)}
+        return {
+            "accuracy": grounding_accuracy([p["iou"] for p in predictions], t),
+            "split": dataset.info["split"],
+            "iou_threshold": t,
+            "num_expressions": len(predictions),
+        }
 
     def write_predictions(self, predictions: list[dict], path: str | os.PathLike) -> Path:
         return write_json(predictions, path)

@@ -73,7 +73,8 @@ def match_score(logits: Tensor) -> Tensor:
 def select_pairs(batch: Batch, text_index: Tensor, image_index: Tensor) -> Batch:
     """A batch of (text of row text_index[k], image of row image_index[k]) pairs."""
     out = Batch(
-        text_ids=batch.text_ids[text_index], text_mask=batch.text_mask[text_index],
+        text_ids=batch.text_ids[text_index],
+        text_mask=batch.text_mask[text_index],
         segment_ids=batch.segment_ids[text_index],
     )
     if batch.region_feats is not None:
@@ -103,10 +104,19 @@ class RetrievalTask(Task):
         trust_pickle: bool = False,
     ) -> None:
         if image_key not in ("filename", "cocoid", "imgid"):
-            raise ValueError(f"image_key must be 'filename' (its stem), 'cocoid' or 'imgid', got {image_key!r}")
+            raise ValueError(
+                f"image_key must be 'filename' (its stem), 'cocoid' or 'imgid', got {image_key!r}"
+            )
         super().__init__(
-            split=split, with_restval=with_restval, fold=fold, image_key=image_key, max_text_len=max_text_len,
-            max_regions=max_regions, negatives=negatives, hard_negatives=hard_negatives, max_images=max_images,
+            split=split,
+            with_restval=with_restval,
+            fold=fold,
+            image_key=image_key,
+            max_text_len=max_text_len,
+            max_regions=max_regions,
+            negatives=negatives,
+            hard_negatives=hard_negatives,
+            max_images=max_images,
             trust_pickle=trust_pickle,
         )
 
@@ -152,17 +162,27 @@ class RetrievalTask(Task):
         store = open_features(features, self.options["trust_pickle"]) if features is not None else None
         missing = check_images([k for k, _ in images], store, report, "retrieval")
         images = [im for im in images if im[0] not in missing]
-        records = [{"sentid": sid, "caption": raw, "image": key, "image_index": m}
-                   for m, (key, caps) in enumerate(images) for sid, raw in caps]
+        records = [
+            {"sentid": sid, "caption": raw, "image": key, "image_index": m}
+            for m, (key, caps) in enumerate(images)
+            for sid, raw in caps
+        ]
         max_len, max_regions = self.options["max_text_len"], self.options["max_regions"]
 
         def build(r: dict) -> Example:
             ids, segs = encode_text(tokenizer, r["caption"], max_length=max_len)
             regions = region_lookup(store, r["image"], max_regions) if store is not None else None
-            return Example([View(ids, segs, regions)], torch.tensor(1), {"sentid": r["sentid"], "image": r["image"]})
+            return Example(
+                [View(ids, segs, regions)], torch.tensor(1), {"sentid": r["sentid"], "image": r["image"]}
+            )
 
-        info = {"labelled": True, "images": [k for k, _ in images],
-                "text_to_image": [r["image_index"] for r in records], "store": store, "tokenizer": tokenizer}
+        info = {
+            "labelled": True,
+            "images": [k for k, _ in images],
+            "text_to_image": [r["image_index"] for r in records],
+            "store": store,
+            "tokenizer": tokenizer,
+        }
         return TaskDataset(records, build, report, info)
 
     # model ------------------------------------------------------------------------------------------
@@ -194,7 +214,9 @@ class RetrievalTask(Task):
         candidates = [[j for j in range(b) if images[j] != images[i]] for i in range(b)]
         rows = [i for i in range(b) if candidates[i]]
         if not rows or k < 1:
-            raise ValueError("a retrieval batch needs captions of at least two different images (use batch_size > 1)")
+            raise ValueError(
+                "a retrieval batch needs captions of at least two different images (use batch_size > 1)"
+            )
         if self.options["hard_negatives"]:
             with torch.no_grad():
                 was = model.training
@@ -216,8 +238,14 @@ class RetrievalTask(Task):
 
     # evaluation -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: TaskModel, dataset: TaskDataset, batch_size: int = 64,
-                 device: str | torch.device = "cpu", progress: bool = False) -> tuple[dict[str, Any], list[dict]]:
+    def evaluate(
+        self,
+        model: TaskModel,
+        dataset: TaskDataset,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        progress: bool = False,
+    ) -> tuple[dict[str, Any], list[dict]]:
         scores = self.score_matrix(model, dataset, batch_size, device, progress)
         metrics = recall_at_k(scores, dataset.info["text_to_image"])
         metrics.update(num_captions=scores.shape[0], num_images=scores.shape[1])
@@ -225,14 +253,25 @@ class RetrievalTask(Task):
             metrics["skipped"] = dict(dataset.report.counts)
         return metrics, self.rankings(scores, dataset)
 
-    def score_matrix(self, model: TaskModel, dataset: TaskDataset, batch_size: int = 64,
-                     device: str | torch.device = "cpu", progress: bool = False, fast: bool = True) -> Tensor:
+    def score_matrix(
+        self,
+        model: TaskModel,
+        dataset: TaskDataset,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        progress: bool = False,
+        fast: bool = True,
+    ) -> Tensor:
         """(num_captions, num_images) match scores over the whole pool."""
         tokenizer, max_len = dataset.info["tokenizer"], self.options["max_text_len"]
         # captions only: building full items would read each caption's image from the store again
         texts = [View(*encode_text(tokenizer, r["caption"], max_length=max_len)) for r in dataset.records]
         store, max_regions = dataset.info["store"], self.options["max_regions"]
-        images = [region_lookup(store, k, max_regions) for k in dataset.info["images"]] if store is not None else []
+        images = (
+            [region_lookup(store, k, max_regions) for k in dataset.info["images"]]
+            if store is not None
+            else []
+        )
         was = model.training
         model.eval()
         try:
@@ -277,13 +316,22 @@ def _pad_images(images: list[RegionFeatures]) -> tuple[Tensor, Tensor, Tensor]:
     for i, im in enumerate(images):
         k = im.num_regions
         feats[i, :k] = torch.from_numpy(np.asarray(im.feats, dtype=np.float32))
-        boxes[i, :k] = normalise_boxes(torch.from_numpy(np.asarray(im.boxes, dtype=np.float32)), im.image_size)
+        boxes[i, :k] = normalise_boxes(
+            torch.from_numpy(np.asarray(im.boxes, dtype=np.float32)), im.image_size
+        )
         mask[i, :k] = True
     return feats, boxes, mask
 
 
-def pool_scores(model: TaskModel, texts: list[View], images: list[RegionFeatures], batch_size: int = 64,
-                device: str | torch.device = "cpu", progress: bool = False, fast: bool = True) -> Tensor:
+def pool_scores(
+    model: TaskModel,
+    texts: list[View],
+    images: list[RegionFeatures],
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    fast: bool = True,
+) -> Tensor:
     """Score every text against every image: (N, M), in batches of ``batch_size`` pairs. With ``fast``
     and a dual-stream encoder (``streams.split_encoder``), each text and each image goes through its
     own stream once and only the cross-modal layers run per pair (the cached single-stream states take
@@ -310,7 +358,9 @@ def pool_scores(model: TaskModel, texts: list[View], images: list[RegionFeatures
         chunk = pairs[s : s + batch_size]
         t, i = chunk[:, 0].to(device), chunk[:, 1].to(device)
         if split is not None:
-            enc = split.cross({k: v[t] for k, v in text_states.items()}, {k: v[i] for k, v in vision_states.items()})
+            enc = split.cross(
+                {k: v[t] for k, v in text_states.items()}, {k: v[i] for k, v in vision_states.items()}
+            )
         else:
             enc = model.encoder(ids[t], text_mask=tmask[t], segment_ids=segs[t], region_feats=feats[i],
                                 region_boxes=boxes[i], region_mask=rmask[i])  # fmt: skip

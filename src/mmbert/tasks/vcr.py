@@ -84,16 +84,29 @@ class VCRTask(Task):
     prediction_file = "vcr_predictions.json"
     main_metric = "accuracy"
 
-    def __init__(self, mode: str = "q2a", condition_on: str = "gold", image_key: str = "img_id",
-                 max_text_len: int = 64, max_regions: int | None = 100, trust_pickle: bool = False) -> None:
+    def __init__(
+        self,
+        mode: str = "q2a",
+        condition_on: str = "gold",
+        image_key: str = "img_id",
+        max_text_len: int = 64,
+        max_regions: int | None = 100,
+        trust_pickle: bool = False,
+    ) -> None:
         if mode not in ("q2a", "qa2r"):
             raise ValueError(f"VCR mode must be 'q2a' or 'qa2r', got {mode!r}")
         if condition_on not in ("gold", "all"):
             raise ValueError(
                 f"condition_on must be 'gold' (the correct answer) or 'all' (each answer), got {condition_on!r}"
             )
-        super().__init__(mode=mode, condition_on=condition_on, image_key=image_key, max_text_len=max_text_len,
-                         max_regions=max_regions, trust_pickle=trust_pickle)
+        super().__init__(
+            mode=mode,
+            condition_on=condition_on,
+            image_key=image_key,
+            max_text_len=max_text_len,
+            max_regions=max_regions,
+            trust_pickle=trust_pickle,
+        )
 
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
         path = self.require_files(files, "data")["data"]
@@ -109,12 +122,16 @@ class VCRTask(Task):
                 require_fields(d, ("answer_label",), where)
             objects = d["objects"]
             question = render(d["question"], objects, f"{where} question")
-            answers = [render(a, objects, f"{where} answer_choices[{k}]") for k, a in enumerate(d["answer_choices"])]
+            answers = [
+                render(a, objects, f"{where} answer_choices[{k}]") for k, a in enumerate(d["answer_choices"])
+            ]
             choices = answers
             label_field = "answer_label"
             if mode == "qa2r":
-                choices = [render(r, objects, f"{where} rationale_choices[{k}]")
-                           for k, r in enumerate(d["rationale_choices"])]
+                choices = [
+                    render(r, objects, f"{where} rationale_choices[{k}]")
+                    for k, r in enumerate(d["rationale_choices"])
+                ]
                 label_field = "rationale_label"
             if len(choices) != NUM_CHOICES or len(answers) != NUM_CHOICES:
                 raise TaskDataError(f"{where}: expected {NUM_CHOICES} answer and rationale choices")
@@ -123,12 +140,23 @@ class VCRTask(Task):
                 raise TaskDataError(f"{where}: {label_field} {label!r} is not 0..{NUM_CHOICES - 1}")
             contexts = [question]
             if mode == "qa2r":
-                contexts = ([f"{question} {a}" for a in answers] if all_answers
-                            else [f"{question} {answers[d['answer_label']]}"])
+                contexts = (
+                    [f"{question} {a}" for a in answers]
+                    if all_answers
+                    else [f"{question} {answers[d['answer_label']]}"]
+                )
             image = Path(str(d[key])).stem if key == "img_fn" else str(d[key])
             for c, context in enumerate(contexts):
-                records.append({"annot_id": d["annot_id"], "context": context, "choices": choices, "label": label,
-                                "image": image, "conditioned_on": c if all_answers else None})
+                records.append(
+                    {
+                        "annot_id": d["annot_id"],
+                        "context": context,
+                        "choices": choices,
+                        "label": label,
+                        "image": image,
+                        "conditioned_on": c if all_answers else None,
+                    }
+                )
         labelled = [r["label"] is not None for r in records]
         if any(labelled) and not all(labelled):
             raise TaskDataError(f"{path}: some examples lack a label while others have one")
@@ -140,12 +168,22 @@ class VCRTask(Task):
 
         def build(r: dict) -> Example:
             regions = region_lookup(store, r["image"], max_regions) if store is not None else None
-            views = [View(*encode_text(tokenizer, r["context"], c, max_length=max_len), regions) for c in r["choices"]]
+            views = [
+                View(*encode_text(tokenizer, r["context"], c, max_length=max_len), regions)
+                for c in r["choices"]
+            ]
             target = None if r["label"] is None else torch.tensor(r["label"])
             return Example(views, target, {"annot_id": r["annot_id"], "conditioned_on": r["conditioned_on"]})
 
-        return TaskDataset(records, build, report, {"labelled": all(labelled) and bool(records) and not all_answers,
-                                                     "labels": {r["annot_id"]: r["label"] for r in records}})
+        return TaskDataset(
+            records,
+            build,
+            report,
+            {
+                "labelled": all(labelled) and bool(records) and not all_answers,
+                "labels": {r["annot_id"]: r["label"] for r in records},
+            },
+        )
 
     def build_head(self, encoder: EncoderModel) -> nn.Module:
         return ChoiceHead(probe_encoder(encoder).pooled)
@@ -170,8 +208,11 @@ class VCRTask(Task):
     def score(self, predictions: list[dict], dataset: TaskDataset) -> dict[str, Any]:
         labels = dataset.info["labels"]
         correct = [p["choice"] == labels[p["annot_id"]] for p in predictions]
-        return {"accuracy": 100.0 * sum(correct) / max(len(correct), 1), "mode": self.options["mode"],
-                "num_examples": len(correct)}
+        return {
+            "accuracy": 100.0 * sum(correct) / max(len(correct), 1),
+            "mode": self.options["mode"],
+            "num_examples": len(correct),
+        }
 
     def write_predictions(self, predictions: list[dict], path: str | os.PathLike) -> Path:
         return write_json(predictions, path)
@@ -199,8 +240,9 @@ def vcr_joint(q2a: Sequence[dict], qa2r: Sequence[dict], data: str | os.PathLike
     if missing:
         raise ValueError(f"{len(missing)} questions lack a Q->A or QA->R prediction, e.g. {missing[:5]}")
     ids = list(labels)
-    return vcr_scores([a[i] for i in ids], [labels[i][0] for i in ids],
-                      [r[i] for i in ids], [labels[i][1] for i in ids])
+    return vcr_scores(
+        [a[i] for i in ids], [labels[i][0] for i in ids], [r[i] for i in ids], [labels[i][1] for i in ids]
+    )
 
 
 def write_leaderboard_csv(q2a: Sequence[dict], qa2r_all: Sequence[dict], path: str | os.PathLike) -> Path:
@@ -209,10 +251,15 @@ def write_leaderboard_csv(q2a: Sequence[dict], qa2r_all: Sequence[dict], path: s
     rationale: dict[Any, dict[int, list[float]]] = {}
     for p in qa2r_all:
         if p.get("conditioned_on") is None:
-            raise ValueError("the leaderboard needs QA->R predictions conditioned on every answer (condition_on='all')")
+            raise ValueError(
+                "the leaderboard needs QA->R predictions conditioned on every answer (condition_on='all')"
+            )
         rationale.setdefault(p["annot_id"], {})[p["conditioned_on"]] = p["probs"]
-    header = ["annot_id", *[f"answer_{i}" for i in range(NUM_CHOICES)],
-              *[f"rationale_conditioned_on_a{i}_{j}" for i in range(NUM_CHOICES) for j in range(NUM_CHOICES)]]
+    header = [
+        "annot_id",
+        *[f"answer_{i}" for i in range(NUM_CHOICES)],
+        *[f"rationale_conditioned_on_a{i}_{j}" for i in range(NUM_CHOICES) for j in range(NUM_CHOICES)],
+    ]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -221,7 +268,9 @@ def write_leaderboard_csv(q2a: Sequence[dict], qa2r_all: Sequence[dict], path: s
         for p in q2a:
             cond = rationale.get(p["annot_id"], {})
             if sorted(cond) != list(range(NUM_CHOICES)):
-                raise ValueError(f"{p['annot_id']}: rationale probabilities missing for answers "
-                                 f"{sorted(set(range(NUM_CHOICES)) - set(cond))}")
+                raise ValueError(
+                    f"{p['annot_id']}: rationale probabilities missing for answers "
+                    f"{sorted(set(range(NUM_CHOICES)) - set(cond))}"
+                )
             w.writerow([p["annot_id"], *p["probs"], *[x for i in range(NUM_CHOICES) for x in cond[i]]])
     return path

@@ -103,15 +103,21 @@ class VQATask(Task):
         trust_pickle: bool = False,
     ) -> None:
         super().__init__(
-            answer_list=answer_list, max_text_len=max_text_len, max_regions=max_regions,
-            min_answer_count=min_answer_count, image_id_format=image_id_format, dropout=dropout,
+            answer_list=answer_list,
+            max_text_len=max_text_len,
+            max_regions=max_regions,
+            min_answer_count=min_answer_count,
+            image_id_format=image_id_format,
+            dropout=dropout,
             trust_pickle=trust_pickle,
         )
 
     @property
     def answers(self) -> list[str]:
         if not self.options["answer_list"]:
-            raise ValueError("the VQA answer vocabulary is not set: load a training split or give an answers file")
+            raise ValueError(
+                "the VQA answer vocabulary is not set: load a training split or give an answers file"
+            )
         return self.options["answer_list"]
 
     # data -------------------------------------------------------------------------------------------
@@ -124,13 +130,17 @@ class VQATask(Task):
             records = self._read_questions(paths["questions"])
             annotations = None
             if "annotations" in files:
-                annotations = self._read_annotations(self.require_files(files, "annotations")["annotations"], records)
+                annotations = self._read_annotations(
+                    self.require_files(files, "annotations")["annotations"], records
+                )
         if "answers" in files:
             self.options["answer_list"] = read_answer_vocab(self.require_files(files, "answers")["answers"])
         elif not self.options["answer_list"]:
             if annotations is None or any("human_answers" not in a for a in annotations.values()):
-                raise TaskDataError("no answer vocabulary: give an 'answers' file, or official training annotations "
-                                    "to build one by frequency")
+                raise TaskDataError(
+                    "no answer vocabulary: give an 'answers' file, or official training annotations "
+                    "to build one by frequency"
+                )
             vocab = build_answer_vocab(list(annotations.values()), self.options["min_answer_count"])
             if not vocab:
                 n = self.options["min_answer_count"]
@@ -148,7 +158,9 @@ class VQATask(Task):
             for a in outside:
                 report.add("human answers outside the answer vocabulary", a)
             if scores and len(outside) == len(scores):
-                report.add("questions with no answer in the vocabulary (all-zero target)", str(r["question_id"]))
+                report.add(
+                    "questions with no answer in the vocabulary (all-zero target)", str(r["question_id"])
+                )
         max_len, max_regions = self.options["max_text_len"], self.options["max_regions"]
         num_answers = len(self.answers)
 
@@ -176,8 +188,13 @@ class VQATask(Task):
         out = []
         for i, q in enumerate(data["questions"]):
             require_fields(q, ("question_id", "image_id", "question"), f"{path}: questions[{i}]")
-            out.append({"question_id": q["question_id"], "image": self._image_key(q["image_id"]),
-                        "question": q["question"]})
+            out.append(
+                {
+                    "question_id": q["question_id"],
+                    "image": self._image_key(q["image_id"]),
+                    "question": q["question"],
+                }
+            )
         return out
 
     def _read_annotations(self, path: Path, records: list[dict]) -> dict:
@@ -194,13 +211,18 @@ class VQATask(Task):
                 require_fields(h, ("answer",), f"{where}.answers[{j}]")
             human = [h["answer"] for h in a["answers"]]
             anns[a["question_id"]] = {
-                "answers": a["answers"], "human_answers": human, "scores": vqa_soft_scores(human),
+                "answers": a["answers"],
+                "human_answers": human,
+                "scores": vqa_soft_scores(human),
                 "multiple_choice_answer": a["multiple_choice_answer"],
-                "answer_type": a.get("answer_type", "unknown"), "question_type": a.get("question_type", "unknown"),
+                "answer_type": a.get("answer_type", "unknown"),
+                "question_type": a.get("question_type", "unknown"),
             }
         unannotated = [r["question_id"] for r in records if r["question_id"] not in anns]
         if unannotated:
-            raise TaskDataError(f"{path}: {len(unannotated)} questions have no annotation, e.g. {unannotated[:5]}")
+            raise TaskDataError(
+                f"{path}: {len(unannotated)} questions have no annotation, e.g. {unannotated[:5]}"
+            )
         return anns
 
     def _read_lxmert(self, path: Path) -> tuple[list[dict], dict]:
@@ -210,13 +232,19 @@ class VQATask(Task):
         records, anns = [], {}
         for i, d in enumerate(data):
             require_fields(d, ("question_id", "img_id", "sent"), f"{path}[{i}]")
-            records.append({"question_id": d["question_id"], "image": str(d["img_id"]), "question": d["sent"]})
+            records.append(
+                {"question_id": d["question_id"], "image": str(d["img_id"]), "question": d["sent"]}
+            )
             if "label" in d:
-                anns[d["question_id"]] = {"scores": {str(k): float(v) for k, v in d["label"].items()},
-                                          "answer_type": d.get("answer_type", "unknown"),
-                                          "question_type": d.get("question_type", "unknown")}
+                anns[d["question_id"]] = {
+                    "scores": {str(k): float(v) for k, v in d["label"].items()},
+                    "answer_type": d.get("answer_type", "unknown"),
+                    "question_type": d.get("question_type", "unknown"),
+                }
         if anns and len(anns) != len(records):
-            raise TaskDataError(f"{path}: {len(records) - len(anns)} items lack a 'label' while others have one")
+            raise TaskDataError(
+                f"{path}: {len(records) - len(anns)} items lack a 'label' while others have one"
+            )
         return records, (anns or None)
 
     # model ------------------------------------------------------------------------------------------
@@ -234,7 +262,10 @@ class VQATask(Task):
 
     def predict(self, logits: Tensor, batch: Batch) -> list[dict]:
         best = logits.argmax(1).tolist()
-        return [{"question_id": m["question_id"], "answer": self.answers[i]} for m, i in zip(batch.meta["items"], best)]
+        return [
+            {"question_id": m["question_id"], "answer": self.answers[i]}
+            for m, i in zip(batch.meta["items"], best)
+        ]
 
     def score(self, predictions: list[dict], dataset: TaskDataset) -> dict[str, Any]:
         anns = dataset.info["annotations"]
@@ -243,11 +274,16 @@ class VQATask(Task):
             return vqa_evaluate(preds, {q: anns[q] for q in preds})
         # LXMERT's files carry only the soft labels: its own evaluator scores label[prediction].
         total = sum(anns[q]["scores"].get(a, 0.0) for q, a in preds.items())
-        return {"overall": round(100.0 * total / max(len(preds), 1), 2), "num_questions": len(preds),
-                "note": "soft-label score (LXMERT data); the official accuracy needs the official annotations"}
+        return {
+            "overall": round(100.0 * total / max(len(preds), 1), 2),
+            "num_questions": len(preds),
+            "note": "soft-label score (LXMERT data); the official accuracy needs the official annotations",
+        }
 
     def write_predictions(self, predictions: list[dict], path: str | os.PathLike) -> Path:
-        return write_json([{"question_id": p["question_id"], "answer": p["answer"]} for p in predictions], path)
+        return write_json(
+            [{"question_id": p["question_id"], "answer": p["answer"]} for p in predictions], path
+        )
 
 
 def read_results(path: str | os.PathLike) -> dict:
