@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
-from mmbert.data.boxes import check_region_inputs
+from mmbert.data.boxes import add_global_region, check_region_inputs
 from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
 from mmbert.nn import Block, Pooler, key_padding_bias
 
@@ -78,12 +78,41 @@ class SingleStreamModel(EncoderModel):
         region_feats: Tensor,
         region_boxes: Tensor | None,
         region_mask: Tensor,
-        **extra: Any,
+        region_masked: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """The joint sequence (B, T + R', D) and its key mask. The default places the whole-image region
+        (config ``global_region``) and calls ``self.embeddings(text_ids, segment_ids, feats, boxes, masked)``;
+        models whose embeddings need more (VisualBERT's alignment, VL-BERT's [END]) override it."""
+        feats, boxes, mask = self.with_global_region(region_feats, region_boxes, region_mask)
+        x = self.embeddings(text_ids, segment_ids, feats, boxes, self.align_to_global(region_masked, False))
+        return x, torch.cat([text_mask, mask], 1)
 
-    def check_extra_inputs(self, region_feats: Tensor, **extra: Any) -> None:
-        """Validate model-specific inputs (VisualBERT's alignment, masked-region flags)."""
+    def with_global_region(
+        self, feats: Tensor, boxes: Tensor | None, mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Add the whole-image region where ``config.global_region`` says (no-op for "none")."""
+        if boxes is None:
+            boxes = feats.new_zeros(*feats.shape[:2], 4)
+        return add_global_region(feats, boxes, mask, getattr(self.config, "global_region", "none"))
+
+    def align_to_global(self, per_region: Tensor | None, fill: bool | int) -> Tensor | None:
+        """Insert ``fill`` where the whole-image region goes, so a per-region input (B, R, ...) stays
+        aligned with the regions after ``with_global_region``."""
+        where = getattr(self.config, "global_region", "none")
+        if per_region is None or where == "none":
+            return per_region
+        filler = per_region.new_full((per_region.shape[0], 1, *per_region.shape[2:]), fill)
+        return torch.cat([filler, per_region] if where == "first" else [per_region, filler], 1)
+
+    def check_extra_inputs(
+        self, region_feats: Tensor, region_masked: Tensor | None = None, **extra: Any
+    ) -> None:
+        """Validate model-specific inputs: ``region_masked`` where the model takes it (subclasses add
+        their own, e.g. VisualBERT's alignment); anything else is refused by name."""
+        if region_masked is not None:
+            if not self.masked_region_input:
+                raise TypeError(f"{type(self).__name__} takes no region_masked input")
+            check_region_flags("region_masked", region_masked, region_feats)
         if extra:
             raise TypeError(f"{type(self).__name__} got unexpected inputs {sorted(extra)}")
 

@@ -23,13 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
-from mmbert.data.boxes import add_global_region, location_features
+from mmbert.data.boxes import location_features
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.models.single_stream import (
     GlobalRegion,
     SingleStreamModel,
     check_global_region,
-    check_region_flags,
     init_heads,
 )
 from mmbert.nn import MLMHead, PairHead, PredictionTransform, TextEmbeddings
@@ -128,31 +127,6 @@ class Uniter(SingleStreamModel):
     @property
     def word_embeddings(self) -> nn.Embedding:
         return self.embeddings.text.word
-
-    def check_extra_inputs(self, region_feats: Tensor, region_masked: Tensor | None = None, **extra) -> None:
-        super().check_extra_inputs(region_feats, **extra)
-        check_region_flags("region_masked", region_masked, region_feats)
-
-    def embed(
-        self,
-        text_ids,
-        text_mask,
-        segment_ids,
-        region_feats,
-        region_boxes,
-        region_mask,
-        region_masked: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        where = self.config.global_region
-        if where != "none":
-            region_feats, region_boxes, region_mask = add_global_region(
-                region_feats, region_boxes, region_mask, where
-            )
-            if region_masked is not None:
-                no = torch.zeros_like(region_masked[:, :1])
-                region_masked = torch.cat([no, region_masked] if where == "first" else [region_masked, no], 1)
-        x = self.embeddings(text_ids, segment_ids, region_feats, region_boxes, region_masked)
-        return x, torch.cat([text_mask, region_mask], 1)
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         c = self.config

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
-from mmbert.data.boxes import add_global_region
 from mmbert.models.base import Encoded
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.models.single_stream import GlobalRegion, SingleStreamModel, check_global_region, init_heads
@@ -139,20 +138,9 @@ class VisualBert(SingleStreamModel):
         region_mask,
         image_text_alignment: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        where = self.config.global_region
-        if where != "none":
-            boxes = (
-                region_boxes
-                if region_boxes is not None
-                else region_feats.new_zeros(*region_feats.shape[:2], 4)
-            )
-            region_feats, _, region_mask = add_global_region(region_feats, boxes, region_mask, where)
-            if image_text_alignment is not None:  # the whole-image region is aligned to no word
-                none = image_text_alignment.new_full(
-                    (image_text_alignment.shape[0], 1, image_text_alignment.shape[2]), -1
-                )
-                parts = [none, image_text_alignment] if where == "first" else [image_text_alignment, none]
-                image_text_alignment = torch.cat(parts, 1)
+        # the whole-image region (if any) is aligned to no word
+        region_feats, _, region_mask = self.with_global_region(region_feats, region_boxes, region_mask)
+        image_text_alignment = self.align_to_global(image_text_alignment, -1)
         x = self.embeddings(text_ids, segment_ids, region_feats, image_text_alignment)
         return x, torch.cat([text_mask, region_mask], 1)
 

@@ -39,7 +39,6 @@ from mmbert.models.single_stream import (
     GlobalRegion,
     SingleStreamModel,
     check_global_region,
-    check_region_flags,
     init_heads,
 )
 from mmbert.nn import MLMHead, RegionHeads, TextEmbeddings
@@ -179,10 +178,6 @@ class VLBert(SingleStreamModel):
     @property
     def word_embeddings(self) -> nn.Embedding:
         return self.embeddings.text.word
-
-    def check_extra_inputs(self, region_feats: Tensor, region_masked: Tensor | None = None, **extra) -> None:
-        super().check_extra_inputs(region_feats, **extra)
-        check_region_flags("region_masked", region_masked, region_feats)
 
     def embed(
         self,
