@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import itertools
+import json
 import os
 import pickle
 import tracemalloc
@@ -382,3 +383,28 @@ def test_hdf5_rss_does_not_grow_with_images_read(tmp_path):
         end = _rss_mb()
     assert end - after_first < 2.0, f"RSS grew {end - after_first:.1f} MB re-reading the same images"
     assert end - start < 12.0, f"RSS grew {end - start:.1f} MB reading 2000 tiny images"
+
+
+def test_lmdb_ids_live_in_their_own_sub_database(tmp_path, feature_records):
+    """keys()/in read the ids sub-database, never the records; a store without it (written by hand, or
+    by an older mmbert) is still read, and gets one when appended to."""
+    from mmbert.data.features.lmdb import META, META_KEY, encode_record
+
+    path = tmp_path / "old.lmdb"
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.put(META_KEY, json.dumps(META).encode())
+        for r in feature_records[:3]:
+            txn.put(r.image_id.encode(), encode_record(r))
+    env.close()
+    with features.open(path) as store:
+        assert store._ids_db() is None
+        assert store.keys() == [r.image_id for r in feature_records[:3]]
+        assert feature_records[1].image_id in store
+    with features.open(path, "a") as out:
+        assert len(out) == 3 and feature_records[2].image_id in out
+        out.write(feature_records[3])
+    with features.open(path) as store:
+        assert store._ids_db() is not None
+        assert store.keys() == [r.image_id for r in feature_records[:4]]
+        assert_same_record(feature_records[3], store[feature_records[3].image_id])

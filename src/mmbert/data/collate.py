@@ -8,10 +8,12 @@ probabilities and confidences 0; masks are bool, True = real.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import get_worker_info
 
 from mmbert.data.batch import Batch, CaptionExample, Regions
 
@@ -24,6 +26,17 @@ REGION_TARGETS = {
     "attr_labels": ("region_attr_labels", IGNORE),
     "attr_conf": ("region_attr_conf", 0.0),
 }
+
+
+def new_tensor(shape: tuple[int, ...], dtype: torch.dtype, fill: float | int | bool | None = None) -> Tensor:
+    """A new CPU tensor; inside a ``DataLoader`` worker it is allocated in shared memory, so that handing
+    the batch to the main process does not copy it once more (as ``default_collate`` does)."""
+    if get_worker_info() is not None:
+        storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
+        out = torch.empty(0, dtype=dtype).set_(storage).view(shape)
+    else:
+        out = torch.empty(shape, dtype=dtype)
+    return out if fill is None else out.fill_(fill)
 
 
 def pad_1d(seqs: Sequence[Tensor], value: int | float) -> tuple[Tensor, Tensor]:
@@ -40,7 +53,10 @@ def pad_1d(seqs: Sequence[Tensor], value: int | float) -> tuple[Tensor, Tensor]:
 def _pad_rows(rows: Sequence[Tensor], longest: int, value: float | int) -> Tensor:
     """(R_i, ...) tensors -> (B, R, ...) padded with ``value``."""
     first = rows[0]
-    out = torch.full((len(rows), longest, *first.shape[1:]), value, dtype=first.dtype)
+    shape = (len(rows), longest, *first.shape[1:])
+    if all(r.shape[0] == longest for r in rows):
+        return torch.stack(list(rows), out=new_tensor(shape, first.dtype))
+    out = new_tensor(shape, first.dtype, value)
     for i, r in enumerate(rows):
         out[i, : r.shape[0]] = r
     return out
@@ -57,11 +73,13 @@ def collate_regions(regions: Sequence[Regions]) -> dict[str, Tensor | None]:
     longest = max(r.num_regions for r in regions)
     width = widths.pop() if widths else 0
     if all(r.num_regions == longest for r in regions):  # fixed-size stores (36 boxes): no padding to fill
-        feats = torch.stack([r.feats for r in regions]).float()
+        feats = torch.stack(
+            [r.feats for r in regions], out=new_tensor((len(regions), longest, width), torch.float32)
+        )
         boxes = torch.stack([r.boxes for r in regions]).float()
         mask = torch.ones(len(regions), longest, dtype=torch.bool)
     else:
-        feats = torch.zeros(len(regions), longest, width, dtype=torch.float32)
+        feats = new_tensor((len(regions), longest, width), torch.float32, 0.0)
         boxes = torch.zeros(len(regions), longest, 4, dtype=torch.float32)
         mask = torch.zeros(len(regions), longest, dtype=torch.bool)
         for i, r in enumerate(regions):
