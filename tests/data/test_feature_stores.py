@@ -408,3 +408,20 @@ def test_lmdb_ids_live_in_their_own_sub_database(tmp_path, feature_records):
         assert store._ids_db() is not None
         assert store.keys() == [r.image_id for r in feature_records[:4]]
         assert_same_record(feature_records[3], store[feature_records[3].image_id])
+
+
+def test_hdf5_written_by_other_tools_reads_with_canonical_dtypes(tmp_path, feature_records):
+    """VOLTA's tsv_to_h5 layout written with h5py directly, other dtypes (float64 boxes, int32 labels,
+    int32 sizes): values come back exact, as float32/int64."""
+    path = tmp_path / "volta.h5"
+    with h5py.File(path, "w") as f:
+        for r in feature_records:
+            g = f.create_group(r.image_id)
+            g["features"] = r.feats
+            g["boxes"] = r.boxes.astype(np.float64)
+            g["obj_id"], g["attr_id"] = r.obj_id.astype(np.int32), r.attr_id.astype(np.int32)
+            g["obj_conf"], g["attr_conf"] = r.obj_conf, r.attr_conf
+            g["img_h"], g["img_w"] = np.int32(r.image_size[0]), np.int32(r.image_size[1])
+    with features.open(path) as store:
+        for r in feature_records:
+            assert_same_record(r, store[r.image_id], fields=("obj_id", "obj_conf", "attr_id", "attr_conf"))
