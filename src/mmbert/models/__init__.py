@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mmbert.config import ModelConfig
-from mmbert.models import bert, lxmert, uniter, unicoder_vl, vilbert, visualbert, vl_bert
+from mmbert.models import bert, lxmert, unicoder_vl, uniter, vilbert, visualbert, vl_bert
 from mmbert.models.base import Encoded, EncoderModel
 from mmbert.models.pretraining import PretrainingHeads, PretrainingModel, PretrainingOutput
 
