@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -117,8 +118,11 @@ def inventory(scene: Scene) -> list[Phrase]:
     return [Phrase(n, shape=s, colour=c) for (c, s), n in order]
 
 
-def caption_inventory(scene: Scene, rng: np.random.Generator) -> str:
-    items = join_list([p.text() for p in inventory(scene)])
+def caption_inventory(scene: Scene, rng: np.random.Generator, shuffle: bool = False) -> str:
+    groups = inventory(scene)
+    if shuffle:
+        groups = [groups[k] for k in rng.permutation(len(groups))]
+    items = join_list([p.text() for p in groups])
     template = _choice(rng, ["there are {x}.", "the picture shows {x}.", "an image with {x}.", "we can see {x}.",
                              "{x} on a plain background."])  # fmt: skip
     if template.startswith("there are") and len(scene.objects) == 1:
@@ -126,7 +130,17 @@ def caption_inventory(scene: Scene, rng: np.random.Generator) -> str:
     return capitalise(template.format(x=items))
 
 
+def _rest(scene: Scene, exclude: tuple[int, ...]) -> str | None:
+    """The objects other than ``exclude``, grouped like the inventory ("two red circles and a blue star")."""
+    groups = Counter((o.colour, o.shape) for k, o in enumerate(scene.objects) if k not in exclude)
+    if not groups:
+        return None
+    order = sorted(groups.items(), key=lambda kv: (SHAPES.index(kv[0][1]), COLOURS.index(kv[0][0])))
+    return join_list([Phrase(n, shape=s, colour=c).text() for (c, s), n in order])
+
+
 def caption_relation(scene: Scene, rng: np.random.Generator) -> str | None:
+    """Two objects in a spatial relation, and the rest of the scene."""
     pairs = _relation_pairs(scene)
     if not pairs:
         return None
@@ -135,39 +149,47 @@ def caption_relation(scene: Scene, rng: np.random.Generator) -> str | None:
     pa = Phrase(1, shape=oa.shape, colour=oa.colour, size=oa.size if rng.random() < 0.3 else None)
     pb = Phrase(1, shape=ob.shape, colour=ob.colour, size=ob.size if rng.random() < 0.3 else None)
     words = _choice(rng, list(RELATION_WORDS[rel]))
-    template = _choice(rng, ["{a} is {r} {b}.", "there is {a} {r} {b}.", "{b} with {a} {r} it.",
-                             "{a} can be seen {r} {b}."])  # fmt: skip
-    return capitalise(template.format(a=pa.text(), b=pb.text(), r=words))
+    template = _choice(rng, ["{a} is {r} {b}", "there is {a} {r} {b}", "{b} with {a} {r} it",
+                             "{a} can be seen {r} {b}"])  # fmt: skip
+    text = template.format(a=pa.text(), b=pb.text(), r=words)
+    rest = _rest(scene, (a, b))
+    if rest:
+        text += _choice(rng, [f", and there is also {rest}", f", next to {rest}", f"; the rest: {rest}"])
+    return capitalise(text + ".")
 
 
 def caption_count(scene: Scene, rng: np.random.Generator) -> str:
-    shape = _choice(rng, sorted({o.shape for o in scene.objects}, key=SHAPES.index))
-    p = Phrase(scene.count(shape=shape), shape=shape, number_as_word=True)
-    template = _choice(rng, ["there are exactly {p} in the image.", "the image contains {p}.",
-                             "{p} can be counted in this picture."])  # fmt: skip
-    if p.count == 1 and template.startswith("there are"):
-        template = "there is exactly {p} in the image."
-    return capitalise(template.format(p=p.text()))
+    """Exact counts of every kind of object, in number words ("exactly two red circles and one ...")."""
+    items = join_list([replace(p, number_as_word=True).text() for p in inventory(scene)])
+    plural_verb = len(scene.objects) > 1
+    template = _choice(rng, ["there {v} exactly {x} in the image.", "the image contains exactly {x}.",
+                             "{x} can be counted in this picture."])  # fmt: skip
+    return capitalise(template.format(x=items, v="are" if plural_verb else "is"))
 
 
 def caption_attribute(scene: Scene, rng: np.random.Generator) -> str | None:
+    """The colour of an object picked out by shape (and size), and the rest of the scene."""
     options = [
         (i, d) for i in range(len(scene.objects)) if (d := describe(scene, i, ("shape", "size"))) is not None
     ]
     if not options:
         return None
     i, d = _choice(rng, options)
-    obj = scene.objects[i]
-    template = _choice(rng, ["{d} is {c}.", "{d} in this picture is {c}.", "{d} has a {c} colour."])
-    return capitalise(template.format(d=d.text(), c=obj.colour))
+    text = f"{d.text()} is {scene.objects[i].colour}"
+    rest = _rest(scene, (i,))
+    if rest:
+        text += _choice(rng, [f", and there are also {rest}", f"; we also see {rest}", f", beside {rest}"])
+    return capitalise(text + ".")
 
 
 def captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[str]:
     """``n`` distinct captions. The first names every object (so a masked region's class can be told
-    from the text), the others vary: spatial relations, counts, attributes."""
+    from the text); the others vary the form (a spatial relation, exact counts in number words, an
+    object's colour, the inventory in another order) and name the rest of the scene too, so that every
+    caption tells its image apart and every masked word has context."""
     out = [caption_inventory(scene, rng)]
-    makers = [caption_relation, caption_relation, caption_attribute, caption_count, caption_relation,
-              caption_inventory, caption_attribute, caption_count]  # fmt: skip
+    makers = [caption_relation, caption_count, caption_attribute, caption_relation,
+              partial(caption_inventory, shuffle=True), caption_count, caption_attribute]  # fmt: skip
     attempts = 0
     while len(out) < n and attempts < 60:
         maker = makers[attempts % len(makers)] if attempts < len(makers) else _choice(rng, makers)
