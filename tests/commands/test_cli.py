@@ -55,9 +55,15 @@ def test_convert_to_hf_and_back(tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
 
 
-def test_demo_runs_on_the_real_checkpoint(minilm_path):
+def test_demo_quick_runs_end_to_end(tmp_path):
+    """`mmbert demo --quick`: the whole pipeline (world, pre-training, fine-tuning, retrieval, report) as
+    `make demo` runs it, on a seconds-long budget; prints the results table."""
     out = subprocess.run(
-        [sys.executable, "-m", "mmbert", "demo"], capture_output=True, text=True, check=True
-    ).stdout
-    assert "nearest sentence" in out
-    assert "A person rides a brown horse along the shore." in out
+        [sys.executable, "-m", "mmbert", "demo", "--quick", "--out", str(tmp_path / "demo"),
+         "--cache", str(tmp_path / "cache")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "| VQA (val, official accuracy) | mean % | per seed |" in out
+    assert "text -> image" in out and "pre-trained" in out
+    for name in ("results.json", "report.md", "pretrain_curves.png", "vqa_curves.png"):
+        assert (tmp_path / "demo" / name).exists()
