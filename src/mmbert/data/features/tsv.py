@@ -21,16 +21,15 @@ these 400 kB fields) never comes into play.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import os
-import sys
 import warnings
 from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
+import pybase64  # SIMD base64: ~35x faster than binascii, which alone capped TSV reads near 2000 records/s
 
 from mmbert.data.batch import RegionFeatures
 from mmbert.data.features.base import (
@@ -104,7 +103,6 @@ PUBLISHED_NAMES = {
 }
 WRITE_LAYOUTS = {"bottomup": 6, "lxmert": 10, "lxmert+cls_prob": 11}
 INDEX_VERSION = 1
-_STRICT_B64 = sys.version_info >= (3, 11)
 
 
 def b64decode(data: bytes | memoryview, dtype: np.dtype) -> np.ndarray:
@@ -112,7 +110,7 @@ def b64decode(data: bytes | memoryview, dtype: np.dtype) -> np.ndarray:
     leave around bytes values; raises ``binascii.Error``/``ValueError`` on corrupt or truncated input."""
     if data[:2] == b"b'" and data[-1:] == b"'":  # memoryview == bytes compares contents
         data = data[2:-1]
-    raw = binascii.a2b_base64(data, strict_mode=True) if _STRICT_B64 else binascii.a2b_base64(data)
+    raw = pybase64.b64decode(data, validate=True)
     if len(raw) % dtype.itemsize:
         raise ValueError(f"{len(raw)} decoded bytes are not a whole number of {dtype} values (truncated?)")
     return np.frombuffer(raw, dtype=dtype)
@@ -381,7 +379,7 @@ class TSVWriter(StoreWriter):
             self.num_fields = (11 if "cls_prob" in arrays else 10) if labelled else 6
         h, w = record.image_size
         n = arrays["feats"].shape[0]
-        enc = {k: base64.b64encode(v.tobytes()) for k, v in arrays.items()}
+        enc = {k: pybase64.b64encode(v.tobytes()) for k, v in arrays.items()}
         ints = {
             "image_id": record.image_id.encode("utf-8"),
             "image_h": b"%d" % h,
