@@ -11,7 +11,10 @@ from mmbert.cli import main
 from mmbert.data.synthetic.generate import generate
 from mmbert.data.synthetic.scenes import WorldConfig
 
-TINY_WORLD = ["model.vocab_size=103", "model.num_region_classes=6"]
+
+def vocab_arg(world) -> str:
+    """The setting that sizes the model's vocabulary to the world's tokenizer (vocab.txt, one token a line)."""
+    return f"model.vocab_size={len((world / 'vocab.txt').read_text().splitlines())}"
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +41,7 @@ def pretrain(world, out, *extra: str) -> list[str]:
     return ["pretrain", "--model", "uniter_tiny", "--captions", str(world / "captions_train.json"),
             "--features", str(world / "features.tsv"), "--tokenizer", str(world), "--out", str(out),
             "--batch-size", "4", *options,
-            "progress=false", "log_every=1", *TINY_WORLD, *settings]  # fmt: skip
+            "progress=false", "log_every=1", vocab_arg(world), "model.num_region_classes=6", *settings]  # fmt: skip
 
 
 def error_of(argv, capsys) -> str:
@@ -54,7 +57,7 @@ def test_a_short_run_writes_run_json_metrics_checkpoints_and_the_final_model(wor
     assert summary["step"] == 3
     run = json.loads((out / "run.json").read_text())
     assert run["model"] == "uniter_tiny" and run["objectives"] == ["mlm", "mrfr", "mrc_kl", "itm"]
-    assert run["train"]["lr"] == 1e-3 and run["model_config"]["vocab_size"] == 103
+    assert run["train"]["lr"] == 1e-3 and f"model.vocab_size={run['model_config']['vocab_size']}" == vocab_arg(world)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 3]
@@ -99,10 +102,10 @@ def test_missing_or_malformed_captions_and_stores(world, tmp_path, capsys):
     garbage = tmp_path / "garbage.tsv"
     garbage.write_text("this\tis not\ta feature store\n")
     assert "garbage.tsv" in error_of([a if a != str(world / "features.tsv") else str(garbage) for a in base], capsys)
-    wrong_dim = [a for a in base if a != "model.vocab_size=103"] + ["model.vocab_size=103", "model.region_feat_dim=8"]
+    wrong_dim = [*base, "model.region_feat_dim=8"]
     assert "region_feat_dim=16" in error_of(wrong_dim, capsys)
-    small_vocab = [a for a in base if a != "model.vocab_size=103"]
-    assert "model.vocab_size=103" in error_of(small_vocab, capsys)
+    small_vocab = [a for a in base if a != vocab_arg(world)]
+    assert vocab_arg(world) in error_of(small_vocab, capsys)
 
 
 def test_resume_from_a_run_of_another_model_is_refused(world, tmp_path, capsys):
@@ -124,7 +127,7 @@ def test_lxmert_pretrains_with_image_qa_when_given_questions(world, tmp_path, ca
             "--batch-size", "4", "--max-steps", "2",
             "--questions", str(vqa / "v2_OpenEnded_synthetic_train_questions.json"),
             "--answers", str(vqa / "v2_synthetic_train_annotations.json")]  # fmt: skip
-    settings = ["progress=false", "model.vocab_size=103", "model.num_object_labels=6", "model.num_attr_labels=7"]
+    settings = ["progress=false", vocab_arg(world), "model.num_object_labels=6", "model.num_attr_labels=7"]
     assert "--answer-vocab" in error_of([*argv, *settings], capsys)
     argv += ["--answer-vocab", str(vqa / "answers.json")]
     n = len(json.loads((vqa / "answers.json").read_text()))
