@@ -280,14 +280,20 @@ def plot_curves(out: Path, pre_curve: dict, vqa_curves: dict[str, list[dict]]) -
     fig.savefig(out / "pretrain_curves.png", dpi=110)
     plt.close(fig)
     written.append("pretrain_curves.png")
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     colours = {"pretrained": "tab:blue", "from_scratch": "tab:orange", "text_only": "tab:grey"}
     for name, curves in vqa_curves.items():
         for i, c in enumerate(curves):
-            ax.plot(c["step"], c["loss"], color=colours.get(name), alpha=0.8, label=name if i == 0 else None)
-    ax.set_title("VQA fine-tuning loss (each seed)")
-    ax.set_xlabel("step")
-    ax.legend(fontsize=8)
+            label = name if i == 0 else None
+            axes[0].plot(c["step"], c["loss"], color=colours.get(name), alpha=0.8, label=label)
+            if any(x is not None for x in c.get("vqa_score", [])):
+                axes[1].plot(c["step"], c["vqa_score"], color=colours.get(name), alpha=0.8, label=label)
+    axes[0].set_ylim(0, 5)
+    axes[0].set_title("VQA fine-tuning loss (each seed)")
+    axes[1].set_title("VQA training-batch score (each seed)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "vqa_curves.png", dpi=110)
     plt.close(fig)
