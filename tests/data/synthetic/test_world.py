@@ -245,3 +245,23 @@ def test_text_alone_cannot_answer_the_questions():
     for t, counts in by_type.items():  # balanced: no answer dominates its type
         assert counts.most_common(1)[0][1] / sum(counts.values()) < 0.6, (t, counts)
     assert set(by_type["colour"]) == set(COLOURS)
+
+
+def test_refcoco_and_vcr_files_read_with_their_tasks(world_dir):
+    from mmbert.tasks.refexp import RefExpTask
+    from mmbert.tasks.vcr import VCRTask
+
+    tok = Tokenizer.from_pretrained(world_dir)
+    refs = RefExpTask(split="train").load(
+        {"refs": world_dir / "refcoco" / "refs.json", "instances": world_dir / "refcoco" / "instances.json"},
+        tok, world_dir / "features.tsv",
+    )  # fmt: skip
+    assert len(refs) > 0 and not refs.report
+    ex = refs[0]
+    assert float(ex.target.max()) >= 0.5  # the referred object was detected: some region has IoU >= 0.5
+    for mode in ("q2a", "qa2r"):
+        vcr = VCRTask(mode=mode).load(
+            {"data": world_dir / "vcr" / "train.jsonl"}, tok, world_dir / "features.tsv"
+        )
+        assert len(vcr) > 0 and not vcr.report and len(vcr[0].views) == 4
+        assert all(tok.unk_id not in v.text_ids for v in vcr[0].views)
