@@ -53,7 +53,9 @@ def save_reference(preset: str, path: str, seed: int = 0) -> None:
 
 def load(which: str, path: str):
     if which == "mmbert":
-        return mmbert.load_pretraining(path)
+        model = mmbert.load_pretraining(path)
+        model.encoder.word_embeddings.sparse = True  # what mmbert's Pretraining does when MLM is trained
+        return model
     return transformers.LxmertForPreTraining.from_pretrained(path)
 
 
@@ -189,7 +191,7 @@ def memory_worker(args) -> None:
     """Load one implementation, run a few pre-training steps, print its peak RSS in MiB."""
     model = load(args.worker, args.checkpoint).train()
     b = make_batch(mmbert.MODELS[args.preset](), args.batch, args.seq, args.regions)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # as mmbert's trainer
     loss_fn = ours_loss if args.worker == "mmbert" else hf_loss
     for _ in range(2):
         step(loss_fn, model, opt, b)
@@ -230,8 +232,8 @@ def main() -> None:
 
         ours.train()
         ref.train()
-        opt_o = torch.optim.AdamW(ours.parameters(), lr=1e-5)
-        opt_r = torch.optim.AdamW(ref.parameters(), lr=1e-5)
+        opt_o = torch.optim.AdamW(ours.parameters(), lr=1e-5, fused=True)  # as mmbert's trainer
+        opt_r = torch.optim.AdamW(ref.parameters(), lr=1e-5, fused=True)  # as mmbert's trainer
         step(ours_loss, ours, opt_o, b)  # warm-up (also allocates the optimiser state)
         step(hf_loss, ref, opt_r, b)
         step_o, step_r, inf_o, inf_r = [], [], [], []
@@ -279,7 +281,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = mmbert.PretrainingModel(mmbert.build_model(args.vilbert)).train()
         b["cls_prob"] = b["cls_prob"][..., : model.config.num_region_classes].softmax(-1)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # as mmbert's trainer
         step(vilbert_loss, model, opt, b)
         vstep = [timed(step, vilbert_loss, model, opt, b) for _ in range(args.repeats)]
         model.eval()

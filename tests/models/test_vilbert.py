@@ -126,6 +126,7 @@ def test_padding_invariance_with_the_base_plan():
     torch.testing.assert_close(b.text[:, :6][m], a.text[m], atol=1e-5, rtol=1e-5)
     real = model.vision_mask(inputs)
     torch.testing.assert_close(b.vision[:, :5][real], a.vision[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.vision[:, 0], a.vision[:, 0], atol=1e-5, rtol=1e-5)  # the whole-image region
     torch.testing.assert_close(b.pooled, a.pooled, atol=1e-5, rtol=1e-5)
 
 
@@ -133,7 +134,7 @@ def test_global_region_is_first_and_pooled_is_the_product():
     model = mmbert.build_model("vilbert_tiny").eval()
     inputs = make_inputs(model.config)
     real = model.vision_mask(inputs)
-    assert real.shape == (2, 6) and bool(real[:, 0].all())
+    assert real.shape == (2, 6) and not bool(real[:, 0].any())  # the whole-image region is no input region
     assert torch.equal(real[:, 1:], inputs["region_mask"])
     with torch.no_grad():
         enc = model(**inputs)

@@ -58,9 +58,13 @@ def load_model(path: str | os.PathLike) -> EncoderModel:
     model = model_class(config)(config)
     prefix = conv.encoder_prefix(set(state))
     ours, used = common.import_state(conv.encoder_rules(config, prefix), state, weights_file)
-    leftover = sorted(k for k in state if k not in used and not conv.ignorable(k) and not k.startswith(conv.HEAD_PREFIXES))
+    leftover = sorted(
+        k for k in state if k not in used and not conv.ignorable(k) and not k.startswith(conv.HEAD_PREFIXES)
+    )
     if leftover:
-        raise CheckpointError(f"{weights_file}: unexpected encoder keys {leftover} (does config.json match the weights?)")
+        raise CheckpointError(
+            f"{weights_file}: unexpected encoder keys {leftover} (does config.json match the weights?)"
+        )
     load_state_strict(model, ours, weights_file)
     return model.eval()
 

@@ -134,3 +134,14 @@ def add_global_region(
     if where == "last":
         return torch.cat([feats, mean], 1), torch.cat([boxes, whole], 1), torch.cat([mask, real], 1)
     raise ValueError(f"global region placement must be 'first', 'last' or 'none', got {where!r}")
+
+
+def clear_padded_regions(
+    feats: Tensor, boxes: Tensor | None, mask: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """Zero the padded regions' features and boxes. Padding is never validated, so it may hold anything;
+    even NaN would reach real positions through masked attention (0 * NaN = NaN)."""
+    if mask is None or bool(mask.all()):
+        return feats, boxes
+    pad = ~mask[..., None]
+    return feats.masked_fill(pad, 0.0), None if boxes is None else boxes.masked_fill(pad, 0.0)

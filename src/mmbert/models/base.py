@@ -118,6 +118,18 @@ class EncoderModel(nn.Module):
         return save_module(self, self.config, Path(path))
 
 
+def init_heads(heads: nn.Module, std: float) -> None:
+    """BERT's initialisation for freshly built heads (the tied MLM decoder is not among their parameters)."""
+    for m in heads.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def save_module(module: nn.Module, config: ModelConfig, path: Path, extra_config: dict | None = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}

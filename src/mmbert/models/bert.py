@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
-from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
+from mmbert.models.base import Encoded, EncoderModel, check_text_inputs, init_heads
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.nn import Block, MLMHead, PairHead, Pooler, TextEmbeddings, key_padding_bias
 
@@ -80,7 +80,7 @@ class Bert(EncoderModel):
         heads = PretrainingHeads(
             mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps), pair=PairHead(c.dim)
         )
-        _init_heads(heads, c.init_std)
+        init_heads(heads, c.init_std)
         return heads
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
@@ -100,16 +100,6 @@ class Bert(EncoderModel):
             ),
             f"pooler: tanh(Linear({c.dim}, {c.dim})) on [CLS]",
         ]
-
-
-def _init_heads(heads: nn.Module, std: float) -> None:
-    for m in heads.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, std)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def bert_base() -> BertConfig:

@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
-from mmbert.data.boxes import check_region_inputs, location_features
-from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
-from mmbert.models.bert import _init_heads
+from mmbert.data.boxes import check_region_inputs, clear_padded_regions, location_features
+from mmbert.models.base import Encoded, EncoderModel, check_text_inputs, init_heads
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.nn import (
     Block,
@@ -78,15 +77,6 @@ class LxmertConfig(ModelConfig):
         if self.predict_region_feats:
             outputs["feat"] = self.region_feat_dim
         return outputs
-
-
-def clear_padding(feats: Tensor, boxes: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Zero the padded regions' features and boxes, so that whatever padding holds (even NaN, which
-    masked attention would still spread: 0 * NaN = NaN) cannot reach the real positions."""
-    if mask is None:
-        return feats, boxes
-    pad = ~mask[..., None]
-    return feats.masked_fill(pad, 0.0), boxes.masked_fill(pad, 0.0)
 
 
 class VisualFeatureEncoder(nn.Module):
@@ -180,7 +170,7 @@ class Lxmert(EncoderModel):
         if region_feats is None or region_boxes is None:
             raise ValueError("LXMERT needs region_feats (B, R, F) and region_boxes (B, R, 4)")
         check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_ids.shape[0])
-        region_feats, region_boxes = clear_padding(region_feats, region_boxes, region_mask)
+        region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
 
         text = self.embeddings(text_ids, segment_ids)  # (B, T, D)
         vision = self.region_embeddings(region_feats, region_boxes)  # (B, R, D)
@@ -214,7 +204,7 @@ class Lxmert(EncoderModel):
             region=RegionHeads(c.dim, outputs, c.layer_norm_eps) if outputs else None,
             answer=self.build_answer_head(c.num_qa_labels) if c.num_qa_labels else None,
         )
-        _init_heads(heads, c.init_std)
+        init_heads(heads, c.init_std)
         return heads
 
     def build_answer_head(self, num_labels: int) -> MLPClassifier:
@@ -222,7 +212,7 @@ class Lxmert(EncoderModel):
         Also the VQA / GQA fine-tuning head (3129 / 1534 answers)."""
         c = self.config
         head = MLPClassifier(c.dim, 2 * c.dim, num_labels, c.layer_norm_eps)
-        _init_heads(head, c.init_std)
+        init_heads(head, c.init_std)
         return head
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:

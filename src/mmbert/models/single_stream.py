@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
-from mmbert.data.boxes import add_global_region, check_region_inputs
+from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
 from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
 from mmbert.nn import Block, Pooler, key_padding_bias
 
@@ -154,13 +154,8 @@ class SingleStreamModel(EncoderModel):
             text_mask = torch.ones(b, t, dtype=torch.bool, device=text_ids.device)
         if region_mask is None:
             region_mask = torch.ones(region_feats.shape[:2], dtype=torch.bool, device=region_feats.device)
-        elif not bool(region_mask.all()):
-            # Padded regions are never checked, so may hold anything (even NaN, which a masked key would
-            # still spread through 0 * NaN): zero them.
-            pad = ~region_mask[..., None]
-            region_feats = region_feats.masked_fill(pad, 0.0)
-            if region_boxes is not None:
-                region_boxes = region_boxes.masked_fill(pad, 0.0)
+        else:
+            region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
 
         x, mask = self.embed(
             text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask, **extra
@@ -219,18 +214,6 @@ class SingleStreamModel(EncoderModel):
                 f"BERT checkpoint has {num_bert_layers} layers, {type(self).__name__} has {self.config.num_layers}"
             )
         return [("layers", "layers"), ("pooler", "pooler")]
-
-
-def init_heads(heads: nn.Module, std: float) -> None:
-    """BERT's initialisation for freshly built heads (the tied MLM decoder is not touched)."""
-    for m in heads.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def check_region_flags(name: str, flags: Tensor | None, region_feats: Tensor) -> None:

@@ -24,12 +24,12 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.data.boxes import location_features
+from mmbert.models.base import init_heads
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.models.single_stream import (
     GlobalRegion,
     SingleStreamModel,
     check_global_region,
-    init_heads,
 )
 from mmbert.nn import MLMHead, PairHead, RegionHeads, TextEmbeddings
 

@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
-from mmbert.data.boxes import add_global_region, check_region_inputs, location_features
-from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
-from mmbert.models.bert import _init_heads
+from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions, location_features
+from mmbert.models.base import Encoded, EncoderModel, check_text_inputs, init_heads
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.nn import (
     Block,
@@ -104,15 +103,6 @@ def interleave(
     plan += [("vision", j) for j in range(v, num_vision)]
     plan += [("text", i) for i in range(t, num_text)]
     return plan
-
-
-def clear_padding(feats: Tensor, boxes: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Zero the padded regions' features and boxes, so that whatever padding holds (even NaN, which
-    masked attention would still spread: 0 * NaN = NaN) cannot reach the real positions."""
-    if mask is None:
-        return feats, boxes
-    pad = ~mask[..., None]
-    return feats.masked_fill(pad, 0.0), boxes.masked_fill(pad, 0.0)
 
 
 class RegionEmbeddings(nn.Module):
@@ -189,12 +179,13 @@ class ViLBert(EncoderModel):
         self.init_weights()
 
     def vision_mask(self, inputs: dict[str, Tensor]) -> Tensor:
-        """Which positions of ``Encoded.vision`` are real: the global region (always) then the regions."""
+        """Which elements of ``Encoded.vision`` are input regions (B, R + 1): False at the whole-image region
+        in front and at padded regions, as for every model."""
         feats = inputs["region_feats"]
         mask = inputs.get("region_mask")
         if mask is None:
             mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
-        return torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        return torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1)
 
     def forward(
         self,
@@ -215,7 +206,7 @@ class ViLBert(EncoderModel):
         if region_feats is None or region_boxes is None:
             raise ValueError("ViLBERT needs region_feats (B, R, F) and region_boxes (B, R, 4)")
         check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_ids.shape[0])
-        region_feats, region_boxes = clear_padding(region_feats, region_boxes, region_mask)
+        region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
         feats, boxes, vision_real = add_global_region(region_feats, region_boxes, region_mask, "first")
 
         text = self.embeddings(text_ids, segment_ids)  # (B, T, D)
@@ -254,7 +245,7 @@ class ViLBert(EncoderModel):
             pair=PairHead(c.pooled_dim),
             region=RegionHeads(c.vision_dim, {"class": c.num_region_classes}, c.layer_norm_eps),
         )
-        _init_heads(heads, c.init_std)
+        init_heads(heads, c.init_std)
         return heads
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
-from mmbert.models.base import Encoded
+from mmbert.models.base import Encoded, init_heads
 from mmbert.models.pretraining import PretrainingHeads
-from mmbert.models.single_stream import GlobalRegion, SingleStreamModel, check_global_region, init_heads
+from mmbert.models.single_stream import GlobalRegion, SingleStreamModel, check_global_region
 from mmbert.nn import MLMHead, PairHead, TextEmbeddings
 
 

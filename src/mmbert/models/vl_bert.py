@@ -34,12 +34,12 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.data.boxes import add_global_region, sinusoidal_box_embedding
+from mmbert.models.base import init_heads
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.models.single_stream import (
     GlobalRegion,
     SingleStreamModel,
     check_global_region,
-    init_heads,
 )
 from mmbert.nn import MLMHead, RegionHeads, TextEmbeddings
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from mmbert.data.batch import Batch
@@ -143,6 +144,12 @@ class Pretraining(nn.Module):
             raise KeyError(f"weights given for objectives not in use: {stray} (in use: {list(objectives)})")
         self.model = model
         self.objective_names = objectives
+        if "mlm" in objectives and not (dist.is_available() and dist.is_initialized()):
+            # The MLM loss always sends the tied decoder's dense (V, D) gradient into the word embeddings,
+            # so the input lookup's gradient can be sparse: it is added in place instead of costing a
+            # zero-filled (V, D) matrix and a dense add per step. Not under DDP, whose reducer would then
+            # expect the whole gradient to be sparse.
+            model.encoder.word_embeddings.sparse = True
         self.weights = {name: float(weights.get(name, 1.0)) for name in objectives}
         self.objectives = nn.ModuleDict({name: _build(name) for name in objectives})
         self.score_mismatched = (

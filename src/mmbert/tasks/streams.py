@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from mmbert.data.boxes import add_global_region, check_region_inputs
+from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
 from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
 from mmbert.nn import key_padding_bias
 
@@ -30,11 +30,6 @@ class StreamSplit(Protocol):
     ) -> dict[str, Tensor]: ...
 
     def cross(self, text: dict[str, Tensor], vision: dict[str, Tensor]) -> Encoded: ...
-
-
-def _clear_padding(feats: Tensor, boxes: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    pad = ~mask[..., None]
-    return feats.masked_fill(pad, 0.0), boxes.masked_fill(pad, 0.0)
 
 
 class LxmertSplit:
@@ -56,7 +51,7 @@ class LxmertSplit:
     def vision(self, region_feats: Tensor, region_boxes: Tensor, region_mask: Tensor) -> dict[str, Tensor]:
         m = self.m
         check_region_inputs(region_feats, region_boxes, region_mask, m.config.region_feat_dim)
-        feats, boxes = _clear_padding(region_feats, region_boxes, region_mask)
+        feats, boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
         x = m.region_embeddings(feats, boxes)
         bias = key_padding_bias(region_mask, x.dtype)
         for layer in m.vision_layers:
@@ -95,7 +90,7 @@ class ViLBertSplit:
     def vision(self, region_feats: Tensor, region_boxes: Tensor, region_mask: Tensor) -> dict[str, Tensor]:
         m = self.m
         check_region_inputs(region_feats, region_boxes, region_mask, m.config.region_feat_dim)
-        feats, boxes = _clear_padding(region_feats, region_boxes, region_mask)
+        feats, boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
         feats, boxes, real = add_global_region(feats, boxes, region_mask, "first")
         x = m.region_embeddings(feats, boxes)
         bias = key_padding_bias(real, x.dtype)
