@@ -118,11 +118,12 @@ def test_pretraining_parity(tmp_path, shape):
         rm = ref.lxmert(**hf_kwargs(*batch))
         o = ours(*batch)
         robj = ref.obj_predict_head(rm.vision_output)
-    real = batch[-1]  # vision outputs at padded regions are meaningless (ours zero the padding first)
-    close(o.encoded.text, rm.language_output)
+    # Outputs at padded tokens and regions are meaningless (ours skip the padding and leave zeros there).
+    real, tm = batch[-1], batch[1]
+    close(o.encoded.text[tm], rm.language_output[tm])
     close(o.encoded.vision[real], rm.vision_output[real])
     close(o.encoded.pooled, rm.pooled_output)
-    close(o.mlm_logits, r.prediction_logits)
+    close(o.mlm_logits[tm], r.prediction_logits[tm])
     close(o.pair_logits, r.cross_relationship_score)  # both: index 1 = matches
     close(o.region_class_logits[real], robj["obj"][real])
     close(o.region_attr_logits[real], robj["attr"][real])
@@ -143,12 +144,12 @@ def test_model_parity_and_attention_maps(tmp_path, shape):
         r = ref(**hf_kwargs(*batch), output_attentions=True)
         o = ours(*batch, output_attentions=True)
         plain = ours(*batch)
-    real = batch[-1]
+    real, tm = batch[-1], batch[1]
     close(o.text, r.language_output)
     close(o.vision[real], r.vision_output[real])
     close(o.pooled, r.pooled_output)
     assert plain.attentions is None
-    torch.testing.assert_close(plain.text, o.text, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain.text[tm], o.text[tm], atol=1e-5, rtol=0)
     maps = o.attentions
     l, rl, x = shape["l_layers"], shape["r_layers"], shape["x_layers"]
     assert [len(maps[k]) for k in ("text_text", "vision_vision", "text_vision", "vision_text")] == [
@@ -247,7 +248,8 @@ def test_export_of_a_fresh_model_loads_in_transformers(tmp_path):
     batch = (batch[0] % pt.config.vocab_size, *batch[1:])
     with torch.no_grad():
         o, r = pt(*batch), ref(**hf_kwargs(*batch))
-    close(o.mlm_logits, r.prediction_logits)
+    tm = batch[1]  # real tokens: ours leave zeros at padding
+    close(o.mlm_logits[tm], r.prediction_logits[tm])
     close(o.answer_logits, r.question_answering_score)
 
 
@@ -260,7 +262,8 @@ def test_disabled_hf_heads_are_absent(tmp_path):
     batch = inputs(shape)
     with torch.no_grad():
         o, r = pt(*batch), ref(**hf_kwargs(*batch))
-    close(o.mlm_logits, r.prediction_logits)
+    tm = batch[1]  # real tokens: ours leave zeros at padding
+    close(o.mlm_logits[tm], r.prediction_logits[tm])
     assert o.answer_logits is None and o.region_attr_logits is None
     mmbert.export_hf(pt, tmp_path / "back")
     assert_same_weights(tmp_path / "hf", tmp_path / "back")

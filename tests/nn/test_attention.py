@@ -86,3 +86,31 @@ def test_cross_block_with_and_without_ffn():
     with_ffn = CrossBlock(16, 12, 2, ffn_dim=24, inner_dim=20).eval()
     out, probs = with_ffn(x, ctx, need_weights=True)
     assert out.shape == x.shape and probs.shape == (2, 2, 3, 5)
+
+
+def test_rows_skip_padding_with_the_same_values_at_real_positions():
+    """``rows`` packs the real positions through the projections and FFN: identical real outputs,
+    zeros at padding, and the same gradients for the parameters."""
+    torch.manual_seed(0)
+    x, ctx = torch.randn(3, 6, 16), torch.randn(3, 4, 12)
+    rows = torch.ones(3, 6, dtype=torch.bool)
+    rows[1, 4:] = False
+    rows[2, 1:] = False
+    bias = key_padding_bias(rows, x.dtype)
+    for block, args in (
+        (Block(16, 2, 24), (bias,)),
+        (CrossBlock(16, 12, 2, ffn_dim=24, inner_dim=20), (ctx, None)),
+    ):
+        block.eval()
+        full, _ = block(x, *args)
+        packed, _ = block(x, *args, rows=rows)
+        torch.testing.assert_close(packed[rows], full[rows], atol=1e-6, rtol=1e-5)
+        assert packed[~rows].abs().max() == 0
+        grads = []
+        for r in (None, rows):
+            block.zero_grad()
+            out, _ = block(x, *args, rows=r)
+            out[rows].pow(2).sum().backward()
+            grads.append([p.grad.clone() for p in block.parameters()])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -66,7 +66,9 @@ def build_model(name: str, **overrides: Any) -> EncoderModel:
 def config_from_dict(data: dict[str, Any], source: str = "config.json") -> ModelConfig:
     model_type = data.get("model_type")
     if model_type not in MODEL_CLASSES:
-        raise ValueError(f"{source}: unknown mmbert model_type {model_type!r}; known: {sorted(MODEL_CLASSES)}")
+        raise ValueError(
+            f"{source}: unknown mmbert model_type {model_type!r}; known: {sorted(MODEL_CLASSES)}"
+        )
     return MODEL_CLASSES[model_type].config_class.from_dict(data, source)
 
 

@@ -113,12 +113,17 @@ class CrossModalityLayer(nn.Module):
         text_bias: Tensor | None,
         vision_bias: Tensor | None,
         need_weights: bool,
+        text_rows: Tensor | None = None,
+        vision_rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor | None]]:
-        """text (B, T, D), vision (B, R, D) -> new text, new vision, and (if asked) the four maps."""
-        new_text, text_vision = self.cross(text, vision, vision_bias, need_weights)
-        new_vision, vision_text = self.cross(vision, text, text_bias, need_weights)  # same weights
-        text, text_text = self.text(new_text, text_bias, need_weights)
-        vision, vision_vision = self.vision(new_vision, vision_bias, need_weights)
+        """text (B, T, D), vision (B, R, D) -> new text, new vision, and (if asked) the four maps.
+        ``*_rows``: the real positions, whose padding the sublayers may skip (see ``Block``)."""
+        new_text, text_vision = self.cross(text, vision, vision_bias, need_weights, text_rows)
+        new_vision, vision_text = self.cross(
+            vision, text, text_bias, need_weights, vision_rows
+        )  # same weights
+        text, text_text = self.text(new_text, text_bias, need_weights, text_rows)
+        vision, vision_vision = self.vision(new_vision, vision_bias, need_weights, vision_rows)
         maps = {
             "text_vision": text_vision,
             "vision_text": vision_text,
@@ -176,20 +181,25 @@ class Lxmert(EncoderModel):
         vision = self.region_embeddings(region_feats, region_boxes)  # (B, R, D)
         text_bias = key_padding_bias(text_mask, text.dtype)
         vision_bias = key_padding_bias(region_mask, vision.dtype)
+        # Skip padded tokens / regions in the projections and FFNs (the masks, where there is padding).
+        text_rows = None if text_bias is None else text_mask
+        vision_rows = None if vision_bias is None else region_mask
 
         maps: dict[str, list[Tensor]] | None = None
         if output_attentions:
             maps = {"text_text": [], "vision_vision": [], "text_vision": [], "vision_text": []}
         for layer in self.text_layers:  # language encoder
-            text, probs = layer(text, text_bias, output_attentions)
+            text, probs = layer(text, text_bias, output_attentions, text_rows)
             if maps is not None:
                 maps["text_text"].append(probs)
         for layer in self.vision_layers:  # object-relationship encoder
-            vision, probs = layer(vision, vision_bias, output_attentions)
+            vision, probs = layer(vision, vision_bias, output_attentions, vision_rows)
             if maps is not None:
                 maps["vision_vision"].append(probs)
         for layer in self.cross_layers:  # cross-modality encoder
-            text, vision, layer_maps = layer(text, vision, text_bias, vision_bias, output_attentions)
+            text, vision, layer_maps = layer(
+                text, vision, text_bias, vision_bias, output_attentions, text_rows, vision_rows
+            )
             if maps is not None:
                 for key, probs in layer_maps.items():
                     maps[key].append(probs)

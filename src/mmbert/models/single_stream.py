@@ -165,9 +165,10 @@ class SingleStreamModel(EncoderModel):
     def encode(self, x: Tensor, mask: Tensor, text_len: int, output_attentions: bool = False) -> Encoded:
         """The Block stack over the joint sequence x (B, T + R', D) with key mask (B, T + R'), split at T."""
         bias = key_padding_bias(mask, x.dtype)
+        rows = None if bias is None else mask  # skip padded tokens and regions in the projections and FFNs
         maps: list[Tensor] = []
         for layer in self.layers:
-            x, probs = layer(x, bias, need_weights=output_attentions)
+            x, probs = layer(x, bias, need_weights=output_attentions, rows=rows)
             if output_attentions:
                 maps.append(probs)
         return Encoded(

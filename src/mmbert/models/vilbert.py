@@ -145,11 +145,14 @@ class CoAttentionLayer(nn.Module):
         text_bias: Tensor | None,
         vision_bias: Tensor | None,
         need_weights: bool,
+        text_rows: Tensor | None = None,
+        vision_rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Returns new text (B, T, D), new vision (B, R, Dv) and, if asked, the text->vision (B, H, T, R)
-        and vision->text (B, H, R, T) attention probabilities."""
-        new_text, text_vision = self.text(text, vision, vision_bias, need_weights)
-        new_vision, vision_text = self.vision(vision, text, text_bias, need_weights)
+        and vision->text (B, H, R, T) attention probabilities. ``*_rows``: the real positions, whose
+        padding the sublayers may skip (see ``Block``)."""
+        new_text, text_vision = self.text(text, vision, vision_bias, need_weights, text_rows)
+        new_vision, vision_text = self.vision(vision, text, text_bias, need_weights, vision_rows)
         return new_text, new_vision, text_vision, vision_text
 
 
@@ -213,22 +216,25 @@ class ViLBert(EncoderModel):
         vision = self.region_embeddings(feats, boxes)  # (B, R+1, Dv)
         text_bias = key_padding_bias(text_mask, text.dtype)
         vision_bias = key_padding_bias(vision_real, vision.dtype)
+        # Skip padded tokens / regions in the projections and FFNs (the masks, where there is padding).
+        text_rows = None if text_bias is None else text_mask
+        vision_rows = None if vision_bias is None else vision_real
 
         maps: dict[str, list[Tensor]] | None = None
         if output_attentions:
             maps = {"text_text": [], "vision_vision": [], "text_vision": [], "vision_text": []}
         for kind, i in self.plan:
             if kind == "text":
-                text, probs = self.text_layers[i](text, text_bias, output_attentions)
+                text, probs = self.text_layers[i](text, text_bias, output_attentions, text_rows)
                 if maps is not None:
                     maps["text_text"].append(probs)
             elif kind == "vision":
-                vision, probs = self.vision_layers[i](vision, vision_bias, output_attentions)
+                vision, probs = self.vision_layers[i](vision, vision_bias, output_attentions, vision_rows)
                 if maps is not None:
                     maps["vision_vision"].append(probs)
             else:
                 text, vision, tv, vt = self.co_layers[i](
-                    text, vision, text_bias, vision_bias, output_attentions
+                    text, vision, text_bias, vision_bias, output_attentions, text_rows, vision_rows
                 )
                 if maps is not None:
                     maps["text_vision"].append(tv)

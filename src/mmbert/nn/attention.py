@@ -68,22 +68,25 @@ class Attention(nn.Module):
         context: Tensor | None = None,
         bias: Tensor | None = None,
         need_weights: bool = False,
+        rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D), context (B, S, Dc) for cross-attention, bias (B, 1, 1, S) from ``key_padding_bias``.
 
         Returns the output (B, T, D) and, only when ``need_weights``, the probabilities (B, H, T, S).
+        With ``rows`` (bool (B, T), the real positions), x and the output are packed (N, D): the
+        projections skip the padding, unpacked (as zeros, which ``bias`` must mask) only for the attention.
         """
         if self.is_cross:
             if context is None:
                 raise ValueError("cross-attention needs a context tensor")
-            q = self._heads(self.q(x))
+            q = self._heads(unpack_rows(self.q(x), rows))
             k, v = (self._heads(t) for t in self.kv(context).chunk(2, dim=-1))
         else:
             if context is not None:
                 raise ValueError(
                     "this Attention was built for self-attention (no context_dim) but got a context"
                 )
-            q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+            q, k, v = (self._heads(t) for t in unpack_rows(self.qkv(x), rows).chunk(3, dim=-1))
         probs = None
         if need_weights:  # the explicit path, only for analysis
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
@@ -96,4 +99,14 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0
             )
         b, _, t, _ = out.shape
-        return self.out(out.transpose(1, 2).reshape(b, t, -1)), probs
+        out = out.transpose(1, 2).reshape(b, t, -1)
+        return self.out(out if rows is None else out[rows]), probs
+
+
+def unpack_rows(packed: Tensor, rows: Tensor | None) -> Tensor:
+    """(N, C) values of the real rows -> (B, T, C) with zeros at the padded positions (no-op without rows)."""
+    if rows is None:
+        return packed
+    full = packed.new_zeros(*rows.shape, packed.shape[-1])
+    full[rows] = packed
+    return full

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbert.nn.attention import Attention
+from mmbert.nn.attention import Attention, unpack_rows
 from mmbert.nn.feedforward import FeedForward
 
 
@@ -29,10 +29,21 @@ class Block(nn.Module):
         self.dropout = dropout
 
     def forward(
-        self, x: Tensor, bias: Tensor | None = None, need_weights: bool = False
+        self, x: Tensor, bias: Tensor | None = None, need_weights: bool = False, rows: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, D); bias (B, 1, 1, T). Returns the new x and, if asked, attention probs (B, H, T, T)."""
-        h, probs = self.attn(x, bias=bias, need_weights=need_weights)
+        """x (B, T, D); bias (B, 1, 1, T). Returns the new x and, if asked, attention probs (B, H, T, T).
+
+        ``rows`` (bool (B, T), the real positions; ``bias`` must mask the others) skips the padding in
+        every projection and in the FFN: real positions get the same values, padded ones zeros.
+        """
+        if rows is not None and not need_weights:
+            return unpack_rows(self._sublayers(x[rows], bias, False, rows)[0], rows), None
+        return self._sublayers(x, bias, need_weights, None)
+
+    def _sublayers(
+        self, x: Tensor, bias: Tensor | None, need_weights: bool, rows: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        h, probs = self.attn(x, bias=bias, need_weights=need_weights, rows=rows)
         x = self.norm1(x + F.dropout(h, self.dropout, self.training))
         x = self.norm2(x + F.dropout(self.ffn(x), self.dropout, self.training))
         return x, probs
@@ -64,10 +75,23 @@ class CrossBlock(nn.Module):
         self.dropout = dropout
 
     def forward(
-        self, x: Tensor, context: Tensor, bias: Tensor | None = None, need_weights: bool = False
+        self,
+        x: Tensor,
+        context: Tensor,
+        bias: Tensor | None = None,
+        need_weights: bool = False,
+        rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, D) queries; context (B, S, Dc); bias (B, 1, 1, S) over the context's keys."""
-        h, probs = self.attn(x, context, bias=bias, need_weights=need_weights)
+        """x (B, T, D) queries; context (B, S, Dc); bias (B, 1, 1, S) over the context's keys.
+        ``rows`` (bool (B, T), the real queries) skips the padded queries, as in ``Block``."""
+        if rows is not None and not need_weights:
+            return unpack_rows(self._sublayers(x[rows], context, bias, False, rows)[0], rows), None
+        return self._sublayers(x, context, bias, need_weights, None)
+
+    def _sublayers(
+        self, x: Tensor, context: Tensor, bias: Tensor | None, need_weights: bool, rows: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        h, probs = self.attn(x, context, bias=bias, need_weights=need_weights, rows=rows)
         x = self.norm1(x + F.dropout(h, self.dropout, self.training))
         if self.ffn is not None:
             x = self.norm2(x + F.dropout(self.ffn(x), self.dropout, self.training))
