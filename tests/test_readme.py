@@ -14,9 +14,10 @@ def python_blocks() -> list[str]:
 
 def test_readme_examples_run(tmp_path, monkeypatch, minilm_path):
     blocks = python_blocks()
-    assert len(blocks) >= 3
+    assert len(blocks) >= 4
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
-    assert namespace["enc"].text.shape[0] == 2
+    assert namespace["batch"]["text_ids"].shape[0] == 2
+    assert sorted(namespace["enc"].attentions) == ["text_text", "text_vision", "vision_text", "vision_vision"]
