@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -192,8 +191,8 @@ def collate(examples: Sequence[Example], pad_token_id: int = 0) -> Batch:
         for i, v in enumerate(views):
             reg = v.regions
             k = reg.num_regions  # type: ignore[union-attr]
-            feats[i, :k] = torch.from_numpy(np.asarray(reg.feats, dtype=np.float32))  # type: ignore[union-attr]
-            px = torch.from_numpy(np.asarray(reg.boxes, dtype=np.float32))  # type: ignore[union-attr]
+            feats[i, :k] = torch.tensor(reg.feats, dtype=torch.float32)  # type: ignore[union-attr]
+            px = torch.tensor(reg.boxes, dtype=torch.float32)  # type: ignore[union-attr]
             boxes[i, :k] = normalise_boxes(px, reg.image_size)  # type: ignore[union-attr]
             mask[i, :k] = True
         batch.region_feats, batch.region_boxes, batch.region_mask = feats, boxes, mask

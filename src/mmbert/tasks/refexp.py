@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -155,7 +154,7 @@ class RefExpTask(Task):
         def build(r: dict) -> Example:
             ids, segs = encode_text(tokenizer, r["sentence"], max_length=max_len)
             regions = region_lookup(store, r["image"], max_regions)
-            det = torch.from_numpy(np.asarray(regions.boxes, dtype=np.float32))
+            det = torch.tensor(regions.boxes, dtype=torch.float32)
             iou = box_iou(det, torch.tensor(r["gt"], dtype=torch.float32).expand_as(det))
             meta = {"ref_id": r["ref_id"], "sent_id": r["sent_id"], "boxes": det}
             return Example([View(ids, segs, regions)], iou, meta)

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -315,9 +314,9 @@ def _pad_images(images: list[RegionFeatures]) -> tuple[Tensor, Tensor, Tensor]:
     mask = torch.zeros(len(images), r, dtype=torch.bool)
     for i, im in enumerate(images):
         k = im.num_regions
-        feats[i, :k] = torch.from_numpy(np.asarray(im.feats, dtype=np.float32))
+        feats[i, :k] = torch.tensor(im.feats, dtype=torch.float32)
         boxes[i, :k] = normalise_boxes(
-            torch.from_numpy(np.asarray(im.boxes, dtype=np.float32)), im.image_size
+            torch.tensor(im.boxes, dtype=torch.float32), im.image_size
         )
         mask[i, :k] = True
     return feats, boxes, mask
