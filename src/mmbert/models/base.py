@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from mmbert.models.pretraining import PretrainingHeads
 
 
+# The text-side sizes every ``*_tiny`` preset shares (tests, quick experiments): DESIGN.md section 8.
+TINY_SIZES: dict[str, int] = dict(
+    dim=32, num_heads=2, num_layers=2, ffn_dim=64, vocab_size=100, max_positions=64
+)
+# ... and the region side of the V&L ones (5 regions of 16-d features in the test inputs).
+TINY_REGION_FEAT_DIM = 16
+
+
 @dataclass
 class Encoded:
     """What every model returns: text (B, T, D), vision (B, R, Dv) or None for text-only BERT, pooled (B, P).

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
-from mmbert.models.base import Encoded, EncoderModel, check_text_inputs, init_heads
+from mmbert.models.base import TINY_SIZES, Encoded, EncoderModel, check_text_inputs, init_heads
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.nn import Block, MLMHead, PairHead, Pooler, TextEmbeddings, key_padding_bias
 
@@ -115,4 +115,4 @@ def bert_large() -> BertConfig:
 
 def bert_tiny() -> BertConfig:
     """A tiny BERT for tests and quick experiments."""
-    return BertConfig(dim=32, num_heads=2, num_layers=2, ffn_dim=64, vocab_size=100, max_positions=64)
+    return BertConfig(**TINY_SIZES)

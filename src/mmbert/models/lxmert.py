@@ -28,7 +28,14 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.data.boxes import check_region_inputs, clear_padded_regions, location_features
-from mmbert.models.base import Encoded, EncoderModel, check_text_inputs, init_heads
+from mmbert.models.base import (
+    TINY_REGION_FEAT_DIM,
+    TINY_SIZES,
+    Encoded,
+    EncoderModel,
+    check_text_inputs,
+    init_heads,
+)
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.nn import (
     Block,
@@ -266,15 +273,10 @@ def lxmert_base() -> LxmertConfig:
 def lxmert_tiny() -> LxmertConfig:
     """A tiny LXMERT for tests."""
     return LxmertConfig(
-        dim=32,
-        num_heads=2,
-        num_layers=2,
+        **TINY_SIZES,
         num_vision_layers=1,
         num_cross_layers=2,
-        ffn_dim=64,
-        vocab_size=100,
-        max_positions=64,
-        region_feat_dim=16,
+        region_feat_dim=TINY_REGION_FEAT_DIM,
         num_qa_labels=7,
         num_object_labels=9,
         num_attr_labels=5,

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.data.boxes import location_features
-from mmbert.models.base import init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, init_heads
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.models.single_stream import (
     GlobalRegion,
@@ -132,12 +132,7 @@ def unicoder_vl_base() -> UnicoderVLConfig:
 def unicoder_vl_tiny() -> UnicoderVLConfig:
     """A tiny Unicoder-VL for tests."""
     return UnicoderVLConfig(
-        dim=32,
-        num_heads=2,
-        num_layers=2,
-        ffn_dim=64,
-        vocab_size=100,
-        max_positions=64,
-        region_feat_dim=16,
+        **TINY_SIZES,
+        region_feat_dim=TINY_REGION_FEAT_DIM,
         num_region_classes=11,
     )

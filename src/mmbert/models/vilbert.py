@@ -33,7 +33,14 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions, location_features
-from mmbert.models.base import Encoded, EncoderModel, check_text_inputs, init_heads
+from mmbert.models.base import (
+    TINY_REGION_FEAT_DIM,
+    TINY_SIZES,
+    Encoded,
+    EncoderModel,
+    check_text_inputs,
+    init_heads,
+)
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.nn import (
     Block,
@@ -295,13 +302,8 @@ def vilbert_2layer() -> ViLBertConfig:
 def vilbert_tiny() -> ViLBertConfig:
     """A tiny ViLBERT for tests: plan T0, C0, T1, V0, C1, V1."""
     return ViLBertConfig(
-        dim=32,
-        num_heads=2,
-        num_layers=2,
-        ffn_dim=64,
-        vocab_size=100,
-        max_positions=64,
-        region_feat_dim=16,
+        **TINY_SIZES,
+        region_feat_dim=TINY_REGION_FEAT_DIM,
         vision_dim=24,
         vision_heads=2,
         vision_ffn_dim=40,

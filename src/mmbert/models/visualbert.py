@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
-from mmbert.models.base import Encoded, init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, init_heads
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.models.single_stream import GlobalRegion, SingleStreamModel, check_global_region
 from mmbert.nn import MLMHead, PairHead, TextEmbeddings
@@ -229,6 +229,4 @@ def visualbert_base() -> VisualBertConfig:
 
 def visualbert_tiny() -> VisualBertConfig:
     """A tiny VisualBERT for tests."""
-    return VisualBertConfig(
-        dim=32, num_heads=2, num_layers=2, ffn_dim=64, vocab_size=100, max_positions=64, region_feat_dim=16
-    )
+    return VisualBertConfig(**TINY_SIZES, region_feat_dim=TINY_REGION_FEAT_DIM)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.data.boxes import add_global_region, sinusoidal_box_embedding
-from mmbert.models.base import init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, init_heads
 from mmbert.models.pretraining import PretrainingHeads
 from mmbert.models.single_stream import (
     GlobalRegion,
@@ -248,13 +248,8 @@ def vl_bert_tiny() -> VLBertConfig:
     """A tiny VL-BERT for tests. Its visual LayerNorm gains start at 1, not 0, so that the visual
     embedding receives gradient from the first step (a zero gain blocks it until the gain moves)."""
     return VLBertConfig(
-        dim=32,
-        num_heads=2,
-        num_layers=2,
-        ffn_dim=64,
-        vocab_size=100,
-        max_positions=64,
-        region_feat_dim=16,
+        **TINY_SIZES,
+        region_feat_dim=TINY_REGION_FEAT_DIM,
         geometry_dim=4,
         visual_dim=24,
         visual_scale_init=1.0,
