@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 import transformers
+from common import peak_rss_mib, print_table, timed
 
 import mmbert
 from mmbert.convert.hf_lxmert import to_hf_config
@@ -171,22 +170,6 @@ def hf_infer(model, b: dict) -> torch.Tensor:
         ).language_output
 
 
-def timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set. VmHWM belongs to the address space exec created; ru_maxrss
-    does not do: Linux carries the parent's peak over into a spawned child's ru_maxrss."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def memory_worker(args) -> None:
     """Load one implementation, run a few pre-training steps, print its peak RSS in MiB."""
     model = load(args.worker, args.checkpoint).train()
@@ -321,16 +304,7 @@ def main() -> None:
         "step_memory_ratio": mem_o / mem_r,
         "vilbert_alone": vilbert,
     }
-    print(f"{'':<26}{'mmbert':>12}{'transformers':>14}{'ratio':>8}")
-    step_s = result["step_s_median"]
-    print(
-        f"{'pre-training step (s)':<26}{step_s['mmbert']:>12.3f}{step_s['hf']:>14.3f}{result['step_speedup']:>7.2f}x"
-    )
-    print(
-        f"{'inference (s)':<26}{result['inference_s_median']['mmbert']:>12.3f}"
-        f"{result['inference_s_median']['hf']:>14.3f}{result['inference_speedup']:>7.2f}x"
-    )
-    print(f"{'step peak RSS (MiB)':<26}{mem_o:>12.0f}{mem_r:>14.0f}{result['step_memory_ratio']:>7.2f}")
+    print_table(result, mem_o, mem_r)
     if vilbert:
         print(
             f"{args.vilbert + ' step / inference (s)':<26}{vilbert['step_s_median']:>12.3f}"

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 import transformers
+from common import peak_rss_mib, print_table, timed
 
 import mmbert
 from mmbert.convert.hf_bert import to_hf_config
@@ -95,12 +94,6 @@ def hf_infer(model, batch):
         return model.bert(input_ids=ids, attention_mask=mask.long(), token_type_ids=seg).last_hidden_state
 
 
-def timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
 def memory_worker(args) -> None:
     """Run a few pre-training steps of ONE implementation in this process; print its peak RSS in MiB.
     Only that model is ever built here (weights do not matter for memory), so the peak is the step's."""
@@ -121,18 +114,6 @@ def memory_worker(args) -> None:
     for _ in range(2):
         step(model, opt, batch)
     print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory. VmHWM belongs to the process image (reset by exec), unlike
-    getrusage's ru_maxrss, which a child inherits from the parent that forked it."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -224,16 +205,7 @@ def main() -> None:
         "step_peak_rss_mib": {"mmbert": mem_o, "hf": mem_r},
         "step_memory_ratio": mem_o / mem_r,
     }
-    print(f"{'':<26}{'mmbert':>12}{'transformers':>14}{'ratio':>8}")
-    print(
-        f"{'pre-training step (s)':<26}{result['step_s_median']['mmbert']:>12.3f}{result['step_s_median']['hf']:>14.3f}"
-        f"{result['step_speedup']:>7.2f}x"
-    )
-    print(
-        f"{'inference (s)':<26}{result['inference_s_median']['mmbert']:>12.3f}"
-        f"{result['inference_s_median']['hf']:>14.3f}{result['inference_speedup']:>7.2f}x"
-    )
-    print(f"{'step peak RSS (MiB)':<26}{mem_o:>12.0f}{mem_r:>14.0f}{result['step_memory_ratio']:>7.2f}")
+    print_table(result, mem_o, mem_r)
     print(json.dumps(result))
 
 

@@ -24,12 +24,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import transformers
+from common import print_table, timed
 
 import mmbert
 from mmbert.convert.hf_visualbert import to_hf_config
@@ -129,12 +129,6 @@ def hf_infer(model, b):
             visual_embeds=b["feats"],
             visual_attention_mask=b["rmask"].long(),
         )
-
-
-def timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
 
 
 def memory_worker(args) -> None:
@@ -289,16 +283,7 @@ def main() -> None:
     }
     if args.others:
         result["others_step_s_median"] = time_others(args)
-    print(f"{'':<26}{'mmbert':>12}{'transformers':>14}{'ratio':>8}")
-    print(
-        f"{'pre-training step (s)':<26}{result['step_s_median']['mmbert']:>12.3f}{result['step_s_median']['hf']:>14.3f}"
-        f"{result['step_speedup']:>7.2f}x"
-    )
-    print(
-        f"{'inference (s)':<26}{result['inference_s_median']['mmbert']:>12.3f}"
-        f"{result['inference_s_median']['hf']:>14.3f}{result['inference_speedup']:>7.2f}x"
-    )
-    print(f"{'step peak RSS (MiB)':<26}{mem_o:>12.0f}{mem_r:>14.0f}{result['step_memory_ratio']:>7.2f}")
+    print_table(result, mem_o, mem_r)
     print(json.dumps(result))
 
 
