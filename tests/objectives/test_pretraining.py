@@ -36,9 +36,13 @@ def full_batch(config, seed: int = 0) -> PretrainingBatch:
         batch.region_targets = torch.randn(b, r, feat_dim, generator=g)
         classes = getattr(config, "num_region_classes", 11)
         batch.region_cls_prob = torch.softmax(torch.randn(b, r, classes, generator=g), -1)
-        batch.region_labels = torch.randint(0, getattr(config, "num_object_labels", classes), (b, r), generator=g)
+        batch.region_labels = torch.randint(
+            0, getattr(config, "num_object_labels", classes), (b, r), generator=g
+        )
         batch.region_obj_conf = torch.rand(b, r, generator=g)
-        batch.region_attr_labels = torch.randint(0, max(1, getattr(config, "num_attr_labels", 1)), (b, r), generator=g)
+        batch.region_attr_labels = torch.randint(
+            0, max(1, getattr(config, "num_attr_labels", 1)), (b, r), generator=g
+        )
         batch.region_attr_conf = torch.rand(b, r, generator=g)
         batch.answer_targets = torch.rand(b, max(1, getattr(config, "num_qa_labels", 1)), generator=g)
     return batch
@@ -85,7 +89,9 @@ def test_mlm_is_scored_on_matching_pairs_only_where_the_paper_says_so():
     logits = model(batch.text_ids, batch.text_mask, batch.segment_ids).mlm_logits
     keep = batch.mlm_labels.clone()
     keep[1] = IGNORE
-    assert matched_only.metrics["mlm_loss"] == pytest.approx(MaskedLM()(logits, keep).metrics["mlm_loss"], rel=1e-5)
+    assert matched_only.metrics["mlm_loss"] == pytest.approx(
+        MaskedLM()(logits, keep).metrics["mlm_loss"], rel=1e-5
+    )
     pair = PairMatch("nsp")(model(batch.text_ids).pair_logits, batch.pair_labels)
     assert matched_only.metrics["nsp_loss"] == pytest.approx(pair.metrics["nsp_loss"], rel=1e-5)
 
@@ -104,3 +110,23 @@ def test_overrides_are_checked_by_name():
         batch = full_batch(model.config)
         batch.pair_labels = None
         only_nsp(batch)
+
+
+def test_the_mlm_lookup_gradient_is_sparse_only_inside_the_objective():
+    """The tied embedding's lookup gradient is sparse during MLM pre-training (the decoder's dense
+    gradient joins it, so the parameter's gradient is dense), and the model stays dense afterwards."""
+    model = PretrainingModel(build_model("bert_tiny")).eval()  # eval: no dropout, so both runs agree
+    task = Pretraining(model, ["mlm"])
+    ids = torch.randint(5, 100, (2, 6))
+    labels = torch.full_like(ids, -100)
+    labels[:, 2] = ids[:, 2]
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    batch = PretrainingBatch(text_ids=ids, text_mask=mask, segment_ids=torch.zeros_like(ids), mlm_labels=labels)
+    task(batch).loss.backward()
+    grad = model.encoder.word_embeddings.weight.grad
+    assert grad is not None and not grad.is_sparse and model.encoder.word_embeddings.sparse is False
+    dense = PretrainingModel(build_model("bert_tiny")).eval()
+    dense.load_state_dict(model.state_dict())
+    out = dense(ids, mlm_positions=labels != -100)
+    torch.nn.functional.cross_entropy(out.mlm_logits, labels[labels != -100]).backward()
+    torch.testing.assert_close(grad, dense.encoder.word_embeddings.weight.grad)

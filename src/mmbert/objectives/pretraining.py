@@ -144,12 +144,11 @@ class Pretraining(nn.Module):
             raise KeyError(f"weights given for objectives not in use: {stray} (in use: {list(objectives)})")
         self.model = model
         self.objective_names = objectives
-        if "mlm" in objectives and not (dist.is_available() and dist.is_initialized()):
-            # The MLM loss always sends the tied decoder's dense (V, D) gradient into the word embeddings,
-            # so the input lookup's gradient can be sparse: it is added in place instead of costing a
-            # zero-filled (V, D) matrix and a dense add per step. Not under DDP, whose reducer would then
-            # expect the whole gradient to be sparse.
-            model.encoder.word_embeddings.sparse = True
+        # The MLM loss always sends the tied decoder's dense (V, D) gradient into the word embeddings, so
+        # during these forwards the input lookup's gradient can be sparse: added in place instead of
+        # costing a zero-filled (V, D) matrix and a dense add per step. Scoped to this objective's forward
+        # (the model stays dense elsewhere), and not under DDP, whose reducer would expect a sparse grad.
+        self.sparse_lookup = "mlm" in objectives and not (dist.is_available() and dist.is_initialized())
         self.weights = {name: float(weights.get(name, 1.0)) for name in objectives}
         self.objectives = nn.ModuleDict({name: _build(name) for name in objectives})
         self.score_mismatched = (
@@ -206,7 +205,13 @@ class Pretraining(nn.Module):
         region_masked = getattr(batch, "region_masked", None)
         if region_masked is not None and getattr(self.model.encoder, "masked_region_input", False):
             inputs["region_masked"] = region_masked  # the model's masked-region embedding (VL-BERT, UNITER, ...)
-        out = self.model(**inputs, mlm_positions=positions)
+        lookup = self.model.encoder.word_embeddings
+        dense = lookup.sparse
+        lookup.sparse = self.sparse_lookup or dense
+        try:
+            out = self.model(**inputs, mlm_positions=positions)
+        finally:
+            lookup.sparse = dense
         total: Tensor | None = None
         metrics: dict[str, float] = {}
         for name, objective in self.objectives.items():
