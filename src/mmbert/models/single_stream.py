@@ -208,13 +208,17 @@ class SingleStreamModel(EncoderModel):
             f"pooler: tanh(Linear({c.dim}, {c.dim})) on [CLS]",
         ]
 
-    def text_layers_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
-        """The Transformer layers and pooler come from BERT one to one (each paper initialises so)."""
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.embeddings.text.word  # every single-stream embedding holds BERT's as ``text``
+
+    def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
+        """BERT's embeddings, Transformer layers and pooler, one to one (each paper initialises so)."""
         if num_bert_layers != self.config.num_layers:
             raise ValueError(
                 f"BERT checkpoint has {num_bert_layers} layers, {type(self).__name__} has {self.config.num_layers}"
             )
-        return [("layers", "layers"), ("pooler", "pooler")]
+        return [("embeddings.text", "embeddings"), ("layers", "layers"), ("pooler", "pooler")]
 
 
 def check_region_flags(name: str, flags: Tensor | None, region_feats: Tensor) -> None:

@@ -96,10 +96,6 @@ class UnicoderVL(SingleStreamModel):
         self.embeddings = UnicoderVLEmbeddings(config)
         self.init_weights()
 
-    @property
-    def word_embeddings(self) -> nn.Embedding:
-        return self.embeddings.text.word
-
     def build_pretraining_heads(self) -> PretrainingHeads:
         c = self.config
         heads = PretrainingHeads(
@@ -109,9 +105,6 @@ class UnicoderVL(SingleStreamModel):
         )
         init_heads(heads, c.init_std)
         return heads
-
-    def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
-        return [("embeddings.text", "embeddings"), *self.text_layers_init_map(num_bert_layers)]
 
     def layer_plan(self) -> list[str]:
         c = self.config

@@ -102,10 +102,6 @@ class VisualBert(SingleStreamModel):
                 self.embeddings.visual_segment.weight.copy_(self.embeddings.text.segment.weight)
                 self.embeddings.visual_position.weight.copy_(self.embeddings.text.position.weight)
 
-    @property
-    def word_embeddings(self) -> nn.Embedding:
-        return self.embeddings.text.word
-
     def check_extra_inputs(
         self, region_feats: Tensor, image_text_alignment: Tensor | None = None, **extra
     ) -> None:
@@ -155,7 +151,7 @@ class VisualBert(SingleStreamModel):
         return heads
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
-        pairs = [("embeddings.text", "embeddings"), *self.text_layers_init_map(num_bert_layers)]
+        pairs = super().text_init_map(num_bert_layers)
         if self.config.special_visual_initialize:  # as HF: visual tables start as copies of the text ones
             pairs += [
                 ("embeddings.visual_segment", "embeddings.segment"),

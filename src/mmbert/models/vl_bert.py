@@ -175,10 +175,6 @@ class VLBert(SingleStreamModel):
             e.visual_text_norm.weight.fill_(config.visual_scale_init)
             e.visual_object_norm.weight.fill_(config.visual_scale_init)
 
-    @property
-    def word_embeddings(self) -> nn.Embedding:
-        return self.embeddings.text.word
-
     def embed(
         self,
         text_ids,
@@ -219,12 +215,8 @@ class VLBert(SingleStreamModel):
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
         # The segment table has 3 types here and 2 in BERT: it stays new.
-        return [
-            ("embeddings.text.word", "embeddings.word"),
-            ("embeddings.text.position", "embeddings.position"),
-            ("embeddings.text.norm", "embeddings.norm"),
-            *self.text_layers_init_map(num_bert_layers),
-        ]
+        text = [(f"embeddings.text.{part}", f"embeddings.{part}") for part in ("word", "position", "norm")]
+        return text + super().text_init_map(num_bert_layers)[1:]
 
     def layer_plan(self) -> list[str]:
         c = self.config
