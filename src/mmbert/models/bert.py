@@ -30,15 +30,7 @@ class Bert(EncoderModel):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
         c = config
-        self.embeddings = TextEmbeddings(
-            c.vocab_size,
-            c.dim,
-            c.max_positions,
-            c.type_vocab_size,
-            c.dropout,
-            c.layer_norm_eps,
-            c.pad_token_id,
-        )
+        self.embeddings = TextEmbeddings.from_config(c)
         self.layers = nn.ModuleList(
             Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
             for _ in range(c.num_layers)

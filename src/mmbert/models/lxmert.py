@@ -148,9 +148,7 @@ class Lxmert(EncoderModel):
         super().__init__(config)
         c = config
         eps = c.layer_norm_eps
-        self.embeddings = TextEmbeddings(
-            c.vocab_size, c.dim, c.max_positions, c.type_vocab_size, c.dropout, eps, c.pad_token_id
-        )
+        self.embeddings = TextEmbeddings.from_config(c)
         self.region_embeddings = VisualFeatureEncoder(c.region_feat_dim, c.dim, c.dropout, eps)
         self.text_layers = nn.ModuleList(
             Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, eps) for _ in range(c.num_layers)

@@ -71,15 +71,7 @@ class UnicoderVLRegionEmbeddings(nn.Module):
 class UnicoderVLEmbeddings(nn.Module):
     def __init__(self, c: UnicoderVLConfig) -> None:
         super().__init__()
-        self.text = TextEmbeddings(
-            c.vocab_size,
-            c.dim,
-            c.max_positions,
-            c.type_vocab_size,
-            c.dropout,
-            c.layer_norm_eps,
-            c.pad_token_id,
-        )
+        self.text = TextEmbeddings.from_config(c)
         self.region = UnicoderVLRegionEmbeddings(c)
 
     def forward(self, text_ids, segment_ids, feats, boxes, masked=None) -> Tensor:

@@ -171,9 +171,7 @@ class ViLBert(EncoderModel):
         super().__init__(config)
         c = config
         eps = c.layer_norm_eps
-        self.embeddings = TextEmbeddings(
-            c.vocab_size, c.dim, c.max_positions, c.type_vocab_size, c.dropout, eps, c.pad_token_id
-        )
+        self.embeddings = TextEmbeddings.from_config(c)
         self.region_embeddings = RegionEmbeddings(c.region_feat_dim, c.vision_dim, c.dropout, eps)
         self.text_layers = nn.ModuleList(
             Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, eps) for _ in range(c.num_layers)

@@ -53,15 +53,7 @@ class VisualBertEmbeddings(nn.Module):
 
     def __init__(self, c: VisualBertConfig) -> None:
         super().__init__()
-        self.text = TextEmbeddings(
-            c.vocab_size,
-            c.dim,
-            c.max_positions,
-            c.type_vocab_size,
-            c.dropout,
-            c.layer_norm_eps,
-            c.pad_token_id,
-        )
+        self.text = TextEmbeddings.from_config(c)
         self.visual_proj = nn.Linear(c.region_feat_dim, c.dim)
         self.visual_segment = nn.Embedding(c.type_vocab_size, c.dim)
         self.visual_position = nn.Embedding(c.max_positions, c.dim)

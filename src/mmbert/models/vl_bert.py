@@ -73,15 +73,7 @@ class VLBertEmbeddings(nn.Module):
 
     def __init__(self, c: VLBertConfig) -> None:
         super().__init__()
-        self.text = TextEmbeddings(
-            c.vocab_size,
-            c.dim,
-            c.max_positions,
-            c.type_vocab_size,
-            c.dropout,
-            c.layer_norm_eps,
-            c.pad_token_id,
-        )
+        self.text = TextEmbeddings.from_config(c)
         self.geometry_dim = c.geometry_dim
         self.region_proj = nn.Linear(8 * c.geometry_dim + c.region_feat_dim, c.visual_dim)  # `obj_downsample`
         self.visual_text_proj = nn.Linear(c.visual_dim, c.dim) if c.visual_dim != c.dim else None

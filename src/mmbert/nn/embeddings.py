@@ -28,6 +28,19 @@ class TextEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.dropout = dropout
 
+    @classmethod
+    def from_config(cls, c) -> TextEmbeddings:
+        """From any model config: the field names are the same in every model (DESIGN.md section 7)."""
+        return cls(
+            c.vocab_size,
+            c.dim,
+            c.max_positions,
+            c.type_vocab_size,
+            c.dropout,
+            c.layer_norm_eps,
+            c.pad_token_id,
+        )
+
     def summed(
         self, ids: Tensor, segment_ids: Tensor | None = None, positions: Tensor | None = None
     ) -> Tensor:
