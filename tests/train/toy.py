@@ -107,6 +107,7 @@ def main() -> None:
     run(args.out, args.max_steps, args.resume, args.batch_size, args.grad_accum, args.objectives or None,
         args.save_every, args.dropout, args.delay)  # fmt: skip
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # as train.distributed.cleanup: no rank tears gloo down under another
         torch.distributed.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print("DONE", flush=True)

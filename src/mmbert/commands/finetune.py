@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     from mmbert.tasks.base import TaskModel, collate, open_features, save_task_model, write_json
     from mmbert.train import NonFiniteLossError, train
     from mmbert.train.checkpoint import list_checkpoints
-    from mmbert.train.distributed import init_distributed
+    from mmbert.train.distributed import cleanup, init_distributed
 
     move_settings(args, "train", "val")
     if not args.train:
@@ -241,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
                        resume=args.resume, run_info=run_info, env=env)  # fmt: skip
     except NonFiniteLossError as e:
         print(f"mmbert finetune: stopped: {e}")
+        cleanup(env)
         return 1
     summary: dict[str, Any] = {"out": str(out), "step": result.step, "train": result.metrics}
     if env.is_main:
@@ -251,4 +252,5 @@ def run(args: argparse.Namespace) -> int:
             task.write_predictions(predictions, out / "final" / f"{args.val_split}_{task.prediction_file}")
             summary["val"] = metrics
         print(json.dumps(summary))
+    cleanup(env)  # after rank 0's final evaluation: every rank waits, then the group goes
     return 0

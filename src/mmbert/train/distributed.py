@@ -52,7 +52,11 @@ def init_distributed(device: str | None = None) -> DistEnv:
 
 
 def cleanup(env: DistEnv) -> None:
+    """Wait for every process, then tear the group down. Without the barrier a rank that finishes first
+    (rank 0 still writing its checkpoint) can destroy gloo under the other's feet: the process aborts
+    ("terminate called without an active exception") after its work is done."""
     if env.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
