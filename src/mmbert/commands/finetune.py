@@ -174,8 +174,8 @@ class FinetuneObjective(nn.Module):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from mmbert.atomic import atomic_write_json
     from mmbert.data.tokenizer import Tokenizer
-    from mmbert.models.base import atomic_write
     from mmbert.tasks.base import TaskModel, collate, open_features, save_task_model, write_json
     from mmbert.train import NonFiniteLossError, train
     from mmbert.train.checkpoint import list_checkpoints
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
             "skipped": {"train": train_set.report.counts, "val": val_set.report.counts if val_set else {}},
         }
         if not args.resume:
-            atomic_write(out / "run.json", lambda f: Path(f).write_text(json.dumps(record, indent=2) + "\n"))
+            atomic_write_json(out / "run.json", record)
     collate_fn = functools.partial(collate, pad_token_id=encoder.config.pad_token_id)
     try:
         result = train(objective, train_set, collate_fn, train_config, out, eval_dataset=val_set,

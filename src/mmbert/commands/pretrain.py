@@ -268,9 +268,9 @@ def run(args: argparse.Namespace) -> int:
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not args.resume:
-            from mmbert.models.base import atomic_write
+            from mmbert.atomic import atomic_write_json
 
-            atomic_write(run_file, lambda f: Path(f).write_text(json.dumps(record, indent=2) + "\n"))
+            atomic_write_json(run_file, record)
     try:
         result = train(task, train_data, train_data.collate, settings.train, out, eval_dataset=eval_set,
                        resume=args.resume, run_info=run_info, env=env)  # fmt: skip

@@ -9,13 +9,13 @@ task head, not a pre-training head: ``load_question_answering`` reads it (with t
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
 
+from mmbert.atomic import atomic_write, atomic_write_json
 from mmbert.config import ModelConfig
 from mmbert.convert.common import (
     CheckpointError,
@@ -31,7 +31,6 @@ from mmbert.convert.common import (
     read_weights,
 )
 from mmbert.convert.hf_bert import common_fields_from_hf, hf_text_embeddings
-from mmbert.models.base import atomic_write
 from mmbert.models.lxmert import Lxmert, LxmertConfig
 from mmbert.nn import MLPClassifier
 
@@ -234,5 +233,5 @@ def export_question_answering(encoder: Lxmert, answer_head: MLPClassifier, path:
     config.update(num_qa_labels=num_labels, task_qa=True)
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
-    atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write_json(path / "config.json", config)
     return path

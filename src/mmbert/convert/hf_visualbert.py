@@ -10,13 +10,13 @@ so the match head's rows are swapped on the way in and out.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
 
+from mmbert.atomic import atomic_write, atomic_write_json
 from mmbert.config import ModelConfig
 from mmbert.convert import common
 from mmbert.convert.common import (
@@ -30,7 +30,6 @@ from mmbert.convert.common import (
     read_weights,
 )
 from mmbert.convert.hf_bert import common_fields_from_hf, common_fields_to_hf, hf_text_embeddings
-from mmbert.models.base import atomic_write
 from mmbert.models.visualbert import VisualBert, VisualBertConfig, VisualBertTaskHead
 
 HF_MODEL_TYPE = "visual_bert"
@@ -168,5 +167,5 @@ def export_task_head(encoder: VisualBert, head: VisualBertTaskHead, path: str | 
     config["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
-    atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write_json(path / "config.json", config)
     return path

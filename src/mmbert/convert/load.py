@@ -3,17 +3,16 @@ detected from config.json, converted through tested key maps, never left half-ra
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from types import ModuleType
 
 from safetensors.torch import save_file
 
+from mmbert.atomic import atomic_write, atomic_write_json
 from mmbert.convert import common, hf_bert, hf_lxmert, hf_visualbert
 from mmbert.convert.common import CheckpointError, load_state_strict, read_config, read_weights
 from mmbert.models import EncoderModel, PretrainingModel, config_from_dict, model_class
-from mmbert.models.base import atomic_write
 
 # Hugging Face model_type -> converter module (config_from_hf, encoder_prefix, encoder_rules,
 # head_rules, ignorable, to_hf_config).
@@ -118,5 +117,5 @@ def export_hf(model: EncoderModel | PretrainingModel, path: str | os.PathLike) -
     path.mkdir(parents=True, exist_ok=True)
     config = conv.to_hf_config(encoder.config, with_heads)
     atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
-    atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write_json(path / "config.json", config)
     return path

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -13,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from mmbert.atomic import atomic_write, atomic_write_json
 from mmbert.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -143,21 +142,5 @@ def save_module(module: nn.Module, config: ModelConfig, path: Path, extra_config
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     config_dict = {"mmbert_version": 1, **config.to_dict(), **(extra_config or {})}
     atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
-    atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config_dict, indent=2) + "\n"))
+    atomic_write_json(path / "config.json", config_dict)
     return path
-
-
-def atomic_write(target: Path, write) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename over the target:
-    a crash leaves either the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

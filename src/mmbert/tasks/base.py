@@ -450,10 +450,9 @@ def require_fields(record: Mapping, names: Sequence[str], where: str) -> None:
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=None if isinstance(obj, list) else 2) + "\n", encoding="utf-8")
-    return path
+    from mmbert.atomic import atomic_write_json
+
+    return atomic_write_json(path, obj, indent=None if isinstance(obj, list) else 2)
 
 
 # --- fine-tuned checkpoints ------------------------------------------------------------------------
@@ -464,14 +463,15 @@ TASK_FILE = "task.json"
 def save_task_model(model: TaskModel, task: Task, path: str | os.PathLike, tokenizer: Any = None) -> Path:
     """A fine-tuned model directory: config.json + model.safetensors (``encoder.*``, ``head.*``), task.json
     (task name and options, e.g. the answer vocabulary) and the tokenizer when given."""
-    from mmbert.models.base import atomic_write, save_module
+    from mmbert.atomic import atomic_write_json
+    from mmbert.models.base import save_module
 
     path = Path(path)
     save_module(
         model, model.encoder.config, path, extra_config={"mmbert_heads": "task", "mmbert_task": task.name}
     )
     record = {"task": task.name, "options": task.state()}
-    atomic_write(path / TASK_FILE, lambda f: Path(f).write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write_json(path / TASK_FILE, record)
     if tokenizer is not None:
         tokenizer.save(path)
     return path
