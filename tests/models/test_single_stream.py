@@ -207,3 +207,25 @@ def test_inspect_prints_layer_plan_and_counts(name, capsys):
     out = capsys.readouterr().out
     assert "layers.11: Block(dim 768, heads 12, ffn 3072) over [text ; vision]" in out
     assert "embeddings" in out and "total" in out
+
+
+def test_captioning_mask_makes_text_causal_over_the_regions(model_and_inputs):
+    """With ``captioning_mask(caption_first=True)`` a text position depends on the regions and the earlier
+    tokens only: changing the last token leaves the others' outputs alone (it changes them without)."""
+    from mmbert.nn.masks import captioning_mask
+
+    model, x = model_and_inputs
+    text_mask = torch.ones_like(x["text_ids"], dtype=torch.bool)
+    x = dict(x, text_mask=text_mask)
+    with torch.no_grad():
+        vision_len = model(**x).vision.shape[1]
+        joint_vision = torch.ones(2, vision_len, dtype=torch.bool)
+        mask = captioning_mask(text_mask, joint_vision, caption_first=True)
+        changed = dict(x, text_ids=x["text_ids"].clone())
+        changed["text_ids"][:, -1] = (changed["text_ids"][:, -1] + 1) % model.config.vocab_size
+        a, b = model(**x, attention_mask=mask), model(**changed, attention_mask=mask)
+        torch.testing.assert_close(a.text[:, :-1], b.text[:, :-1], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(a.vision, b.vision, atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(model(**x).text[:, 0], model(**changed).text[:, 0])
+        with pytest.raises(ValueError, match="attention_mask has shape"):
+            model(**x, attention_mask=mask[:, 1:])

@@ -125,8 +125,12 @@ class SingleStreamModel(EncoderModel):
         region_boxes: Tensor | None = None,
         region_mask: Tensor | None = None,
         output_attentions: bool = False,
+        attention_mask: Tensor | None = None,
         **extra: Any,
     ) -> Encoded:
+        """``attention_mask`` (B, L, L) bool, optional: who sees whom in the joint sequence
+        ``[text ; vision]`` of length L = T + ``Encoded.vision`` length (``mmbert.nn.masks`` builds it,
+        e.g. ``captioning_mask(..., caption_first=True)``); padded positions stay hidden either way."""
         check_text_inputs(self.config, text_ids, text_mask, segment_ids)
         name = type(self).__name__
         if region_feats is None:
@@ -160,11 +164,20 @@ class SingleStreamModel(EncoderModel):
         x, mask = self.embed(
             text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask, **extra
         )
-        return self.encode(x, mask, t, output_attentions)
+        return self.encode(x, mask, t, output_attentions, attention_mask)
 
-    def encode(self, x: Tensor, mask: Tensor, text_len: int, output_attentions: bool = False) -> Encoded:
-        """The Block stack over the joint sequence x (B, T + R', D) with key mask (B, T + R'), split at T."""
-        bias = key_padding_bias(mask, x.dtype)
+    def encode(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        text_len: int,
+        output_attentions: bool = False,
+        attention_mask: Tensor | None = None,
+    ) -> Encoded:
+        """The Block stack over the joint sequence x (B, T + R', D) with key mask (B, T + R'), split at T;
+        ``attention_mask`` (B, T + R', T + R') further restricts who sees whom."""
+        visible = mask if attention_mask is None else joint_visibility(attention_mask, mask)
+        bias = key_padding_bias(visible, x.dtype)
         rows = None if bias is None else mask  # skip padded tokens and regions in the projections and FFNs
         maps: list[Tensor] = []
         for layer in self.layers:
@@ -219,6 +232,19 @@ class SingleStreamModel(EncoderModel):
                 f"BERT checkpoint has {num_bert_layers} layers, {type(self).__name__} has {self.config.num_layers}"
             )
         return [("embeddings.text", "embeddings"), ("layers", "layers"), ("pooler", "pooler")]
+
+
+def joint_visibility(attention_mask: Tensor, key_mask: Tensor) -> Tensor:
+    """A visibility mask (B, L, L) restricted to the real keys of ``key_mask`` (B, L), checked for shape."""
+    b, length = key_mask.shape
+    if attention_mask.shape != (b, length, length):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(b, length, length)} "
+            "(batch, joint length, joint length) for the joint sequence [text ; vision]"
+        )
+    if attention_mask.dtype != torch.bool:
+        raise TypeError(f"attention_mask must be boolean (True = visible), got dtype {attention_mask.dtype}")
+    return attention_mask & key_mask[:, None, :]
 
 
 def check_region_flags(name: str, flags: Tensor | None, region_feats: Tensor) -> None:

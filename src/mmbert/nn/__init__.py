@@ -5,6 +5,7 @@ from mmbert.nn.block import Block, CrossBlock
 from mmbert.nn.embeddings import TextEmbeddings
 from mmbert.nn.feedforward import FeedForward
 from mmbert.nn.heads import MLMHead, MLPClassifier, PairHead, Pooler, PredictionTransform, RegionHeads
+from mmbert.nn.masks import attention_mask, bidirectional_mask, captioning_mask, seq2seq_mask
 
 __all__ = [
     "Attention",
@@ -18,5 +19,9 @@ __all__ = [
     "PairHead",
     "Pooler",
     "TextEmbeddings",
+    "attention_mask",
+    "bidirectional_mask",
+    "captioning_mask",
     "key_padding_bias",
+    "seq2seq_mask",
 ]

@@ -10,21 +10,29 @@ from torch import Tensor, nn
 
 
 def key_padding_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """Turn a boolean key mask (B, S), True = attend, into the additive bias SDPA takes: (B, 1, 1, S).
+    """Turn a boolean attention mask, True = attend, into the additive bias SDPA takes.
 
-    This is the one place where masks change form. Masked keys get the dtype's minimum (as the Hugging
-    Face reference does), so a row with no real key gives a uniform distribution instead of NaN.
-    Returns None when every key is real, which lets SDPA pick its fastest kernel.
+    Two forms: a key mask (B, S) — every query sees the same keys — becomes (B, 1, 1, S); a visibility
+    mask (B, T, S) — query t may attend to key s (``mmbert.nn.masks`` builds them: seq2seq, captioning)
+    — becomes (B, 1, T, S). This is the one place where masks change form. Masked keys get the dtype's
+    minimum (as the Hugging Face reference does), so a row with no visible key gives a uniform
+    distribution instead of NaN. Returns None when everything is visible, which lets SDPA pick its
+    fastest kernel.
     """
     if mask is None:
         return None
     if mask.dtype != torch.bool:
         raise TypeError(f"attention masks must be boolean (True = real), got dtype {mask.dtype}")
+    if mask.dim() not in (2, 3):
+        raise ValueError(
+            "attention masks are (batch, keys) key masks or (batch, queries, keys) visibility masks, "
+            f"got shape {tuple(mask.shape)}"
+        )
     if bool(mask.all()):
         return None
     bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     bias.masked_fill_(~mask, torch.finfo(dtype).min)
-    return bias[:, None, None, :]
+    return bias[:, None, None, :] if mask.dim() == 2 else bias[:, None]
 
 
 class Attention(nn.Module):
@@ -70,7 +78,8 @@ class Attention(nn.Module):
         need_weights: bool = False,
         rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, D), context (B, S, Dc) for cross-attention, bias (B, 1, 1, S) from ``key_padding_bias``.
+        """x (B, T, D), context (B, S, Dc) for cross-attention, bias (B, 1, 1, S) or (B, 1, T, S) from
+        ``key_padding_bias``.
 
         Returns the output (B, T, D) and, only when ``need_weights``, the probabilities (B, H, T, S).
         With ``rows`` (bool (B, T), the real positions), x and the output are packed (N, D): the

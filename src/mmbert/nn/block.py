@@ -31,7 +31,8 @@ class Block(nn.Module):
     def forward(
         self, x: Tensor, bias: Tensor | None = None, need_weights: bool = False, rows: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, D); bias (B, 1, 1, T). Returns the new x and, if asked, attention probs (B, H, T, T).
+        """x (B, T, D); bias (B, 1, 1, T) or, from a visibility mask, (B, 1, T, T).
+        Returns the new x and, if asked, attention probs (B, H, T, T).
 
         ``rows`` (bool (B, T), the real positions; ``bias`` must mask the others) skips the padding in
         every projection and in the FFN: real positions get the same values, padded ones zeros.
@@ -82,7 +83,7 @@ class CrossBlock(nn.Module):
         need_weights: bool = False,
         rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, D) queries; context (B, S, Dc); bias (B, 1, 1, S) over the context's keys.
+        """x (B, T, D) queries; context (B, S, Dc); bias (B, 1, 1, S) or (B, 1, T, S) over the context's keys.
         ``rows`` (bool (B, T), the real queries) skips the padded queries, as in ``Block``."""
         if rows is not None and not need_weights:
             return unpack_rows(self._sublayers(x[rows], context, bias, False, rows)[0], rows), None
