@@ -2,6 +2,7 @@
 
 from mmbert.config import ModelConfig
 from mmbert.convert import CheckpointError, export_hf, load_model, load_pretraining
+from mmbert.convert.init_text import build_model
 from mmbert.data.tokenizer import Tokenizer
 from mmbert.models import (
     MODELS,
@@ -9,7 +10,6 @@ from mmbert.models import (
     EncoderModel,
     PretrainingModel,
     PretrainingOutput,
-    build_model,
     list_models,
 )
 

@@ -7,10 +7,12 @@ or the new one, never half of one — and the rename itself survives a power los
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write",
     "atomic_write_bytes",
+    "atomic_write_csv",
     "atomic_write_json",
     "atomic_write_text",
     "fsync_dir",
@@ -73,6 +76,13 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(target: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     """JSON with a trailing newline, the way every mmbert config, record and result file is written."""
     return atomic_write_text(target, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_write_csv(target: str | os.PathLike, rows: Iterable[Sequence[Any]]) -> Path:
+    """CSV rows with ``\\n`` line ends (the official submission files of NLVR2 and VCR)."""
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return atomic_write_text(target, out.getvalue())
 
 
 def atomic_torch_save(obj: Any, target: str | os.PathLike) -> Path:

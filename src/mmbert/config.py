@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 C = TypeVar("C", bound="ModelConfig")
+
+# Where a V&L model puts the whole-image region (mean of the real regions, box [0, 0, 1, 1]) among its
+# vision elements. Every V&L config has a ``global_region`` field of this type; text-only BERT has none.
+GlobalRegion = Literal["first", "last", "none"]
+GLOBAL_REGION_CHOICES: tuple[str, ...] = ("first", "last", "none")
+
+
+def check_global_region(config: ModelConfig, allowed: tuple[str, ...] = GLOBAL_REGION_CHOICES) -> None:
+    """Refuse a ``global_region`` outside ``allowed`` (a model whose architecture fixes it allows one)."""
+    where = config.global_region  # type: ignore[attr-defined]
+    if where not in allowed:
+        raise ValueError(f"{type(config).__name__}.global_region must be one of {allowed}, got {where!r}")
 
 
 @dataclass

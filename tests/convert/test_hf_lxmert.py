@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import mmbert
 from mmbert.convert import CheckpointError
-from mmbert.convert.hf_lxmert import export_question_answering, load_question_answering
+from mmbert.convert.hf_tasks import export_question_answering, load_question_answering
 from mmbert.models.lxmert import Lxmert
 
 SHAPES = [

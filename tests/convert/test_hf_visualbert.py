@@ -12,7 +12,7 @@ import transformers
 import mmbert
 from mmbert.cli import main
 from mmbert.convert import CheckpointError
-from mmbert.convert.hf_visualbert import export_task_head, load_task_head
+from mmbert.convert.hf_tasks import export_task_head, load_task_head
 
 SHAPES = [
     dict(

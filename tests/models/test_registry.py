@@ -119,3 +119,30 @@ def test_save_and_load_roundtrip(name, tmp_path):
     with torch.no_grad():
         o1, o2 = pt(**inputs), pt2(**inputs)
     assert torch.equal(o1.mlm_logits, o2.mlm_logits)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_vision_language_model_declares_its_global_region(name):
+    """``global_region`` is an explicit, validated config field of every V&L model (BERT has no regions)."""
+    config = MODELS[name]()
+    if not hasattr(config, "region_feat_dim"):
+        assert not hasattr(config, "global_region")
+        return
+    assert config.global_region in ("first", "last", "none")
+    with pytest.raises(ValueError, match="global_region"):
+        config.replace(global_region="middle")
+
+
+@pytest.mark.parametrize(("name", "fixed"), [("vilbert_tiny", "first"), ("lxmert_tiny", "none")])
+def test_dual_stream_models_refuse_another_global_region(name, fixed):
+    assert MODELS[name]().global_region == fixed
+    for other in {"first", "last", "none"} - {fixed}:
+        with pytest.raises(ValueError, match=f"global_region must be one of \\('{fixed}',\\)"):
+            MODELS[name]().replace(global_region=other)
+
+
+def test_models_build_model_leaves_checkpoints_to_convert(tmp_path):
+    from mmbert.models import build_model
+
+    with pytest.raises(TypeError, match="mmbert.build_model"):
+        build_model("bert_tiny", init_text_from=tmp_path)

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmbert.atomic import atomic_write, atomic_write_json, atomic_write_text
+
 DEFAULT_MODEL = "visualbert_tiny"
 
 
@@ -278,7 +280,7 @@ def plot_curves(out: Path, pre_curve: dict, vqa_curves: dict[str, list[dict]]) -
     axes[1].set_xlabel("step")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "pretrain_curves.png", dpi=110)
+    atomic_write(out / "pretrain_curves.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     written.append("pretrain_curves.png")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -296,7 +298,7 @@ def plot_curves(out: Path, pre_curve: dict, vqa_curves: dict[str, list[dict]]) -
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "vqa_curves.png", dpi=110)
+    atomic_write(out / "vqa_curves.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     written.append("vqa_curves.png")
     return written
@@ -347,7 +349,7 @@ def attention_picture(out: Path, world: Path, tok, model: nn.Module, max_questio
             pos = enc_text.tokens.index(word)
             layers = [m[0, :, pos].mean(0) for m in maps]  # each (R') over the vision positions
             if layers[0].shape[0] == r + 1:  # a whole-image region: leave it out
-                first = getattr(model.encoder.config, "global_region", "first") == "first"
+                first = model.encoder.config.global_region == "first"
                 layers = [a[1:] if first else a[:-1] for a in layers]
             scene = scenes[q["image_id"]]
             shows = [o >= 0 and scene["objects"][o]["shape"] == word for o in scene["region_object"]]
@@ -460,7 +462,7 @@ def write_report(out: Path, results: dict) -> str:
                   f"random region would in {a['grounding_chance']:.0f} %).",
                   "", "![attention](attention.png)", ""]  # fmt: skip
     text = "\n".join(lines)
-    (out / "report.md").write_text(text, encoding="utf-8")
+    atomic_write_text(out / "report.md", text)
     return "\n".join([*table, "", *ret])
 
 
@@ -587,7 +589,7 @@ def run(args: argparse.Namespace) -> int:
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }  # fmt: skip
     results["acceptance"] = acceptance(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out / "results.json", results)
     table = write_report(out, results)
     print()
     print(table)

@@ -152,10 +152,11 @@ def resolve_settings(args: argparse.Namespace) -> Resolved:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmbert.convert.init_text import build_model
     from mmbert.data import features as features_api
     from mmbert.data.datasets import CaptionDataset
     from mmbert.data.tokenizer import Tokenizer
-    from mmbert.models import MODELS, PretrainingModel, build_model
+    from mmbert.models import MODELS, PretrainingModel
     from mmbert.objectives import Pretraining, recipe_for
     from mmbert.train import NonFiniteLossError, train
     from mmbert.train.checkpoint import list_checkpoints
@@ -253,10 +254,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.manual_seed(settings.train.seed)
-    overrides = dict(settings.model_overrides)
-    if args.init_text_from:
-        overrides["init_text_from"] = args.init_text_from
-    model = PretrainingModel(build_model(args.model, **overrides))
+    model = PretrainingModel(
+        build_model(args.model, init_text_from=args.init_text_from or None, **settings.model_overrides)
+    )
     task = Pretraining(model, objectives, settings.weights)
     run_info = {"model": args.model, "model_config": config.to_dict(), "objectives": list(task.objective_names),
                 "weights": task.weights}  # fmt: skip

@@ -3,36 +3,25 @@
 
 ``load_model`` / ``load_pretraining`` / ``export_hf`` use the module-level functions (the converter
 protocol of ``convert/load.py``). The question-answering head of ``LxmertForQuestionAnswering`` is a
-task head, not a pre-training head: ``load_question_answering`` reads it (with the encoder) and
-``export_question_answering`` writes both back.
+task head, not a pre-training head: ``mmbert.convert.hf_tasks.load_question_answering`` reads it (with
+the encoder) and ``export_question_answering`` writes both back.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
-from mmbert.atomic import atomic_write, atomic_write_json
 from mmbert.config import ModelConfig
 from mmbert.convert.common import (
     CheckpointError,
     Rule,
-    export_state,
     fused,
     hf_mlm_head,
     hf_self_attention_block,
-    import_state,
     linear,
-    load_state_strict,
-    read_config,
-    read_weights,
 )
 from mmbert.convert.hf_bert import common_fields_from_hf, hf_text_embeddings
-from mmbert.models.lxmert import Lxmert, LxmertConfig
-from mmbert.nn import MLPClassifier
+from mmbert.models.lxmert import LxmertConfig
 
 HF_MODEL_TYPE = "lxmert"
 # Keys under these prefixes belong to heads, which load_model skips.
@@ -196,42 +185,3 @@ def head_rules(config: LxmertConfig) -> list[Rule]:
 def ignorable(key: str) -> bool:
     """Buffers and the tied MLM decoder copy."""
     return key.endswith(("position_ids", "token_type_ids")) or key.startswith("cls.predictions.decoder.")
-
-
-def load_question_answering(path: str | os.PathLike) -> tuple[Lxmert, MLPClassifier]:
-    """Encoder + answer head from a Hugging Face ``LxmertForQuestionAnswering`` (or
-    ``LxmertForPreTraining``) directory; the head maps ``Encoded.pooled`` to answer logits."""
-    from mmbert.convert.load import load_model
-
-    path = Path(path)
-    raw = read_config(path)
-    if raw.get("model_type") != HF_MODEL_TYPE or "mmbert_version" in raw:
-        raise CheckpointError(f"{path / 'config.json'}: not a Hugging Face LXMERT checkpoint")
-    encoder = load_model(path)
-    state, weights_file = read_weights(path)
-    ours, _ = import_state(answer_head_rules(), state, weights_file)
-    head_state = {k.removeprefix("answer."): v for k, v in ours.items()}
-    num_labels = head_state["fc2.weight"].shape[0]
-    head = encoder.build_answer_head(num_labels)
-    load_state_strict(head, head_state, weights_file)
-    return encoder, head.eval()
-
-
-def export_question_answering(encoder: Lxmert, answer_head: MLPClassifier, path: str | os.PathLike) -> Path:
-    """Write a Hugging Face ``LxmertForQuestionAnswering`` directory (config.json + model.safetensors)."""
-    if not isinstance(encoder, Lxmert):
-        raise CheckpointError(
-            f"export_question_answering needs an Lxmert encoder, got {type(encoder).__name__}"
-        )
-    path = Path(path)
-    num_labels = answer_head.fc2.out_features
-    state = export_state(encoder_rules(encoder.config, "lxmert."), encoder.state_dict())
-    state.update(
-        export_state(answer_head_rules(), {f"answer.{k}": v for k, v in answer_head.state_dict().items()})
-    )
-    config = to_hf_config(encoder.config, with_heads=True, architecture="LxmertForQuestionAnswering")
-    config.update(num_qa_labels=num_labels, task_qa=True)
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
-    atomic_write_json(path / "config.json", config)
-    return path

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from mmbert import models
 from mmbert.convert.common import CheckpointError
+from mmbert.convert.load import load_model
 from mmbert.models.base import EncoderModel
+from mmbert.models.bert import Bert
 
 
 @dataclass
@@ -27,12 +31,19 @@ class InitReport:
         )
 
 
+def build_model(name: str, init_text_from: str | os.PathLike | None = None, **overrides: Any) -> EncoderModel:
+    """``mmbert.build_model``: the preset ``name`` with config ``overrides``
+    (:func:`mmbert.models.build_model`), its text side then copied from the BERT checkpoint
+    ``init_text_from`` when given (the report lands on ``model.init_report``)."""
+    model = models.build_model(name, **overrides)
+    if init_text_from is not None:
+        init_text_from_bert(model, init_text_from)
+    return model
+
+
 def init_text_from_bert(model: EncoderModel, path: str | os.PathLike) -> InitReport:
     """Copy BERT's embeddings and layers into ``model`` where ``model.text_init_map`` says, shape-checked.
     The report is stored on ``model.init_report`` and returned."""
-    from mmbert.convert.load import load_model
-    from mmbert.models.bert import Bert
-
     bert = load_model(path)
     if not isinstance(bert, Bert):
         raise CheckpointError(f"{path}: init_text_from needs a BERT checkpoint, got {type(bert).__name__}")

@@ -20,6 +20,8 @@ from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 from torch import Tensor
 
+from mmbert.atomic import atomic_write, atomic_write_text
+
 SPECIAL_TOKENS = {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]", "mask": "[MASK]"}
 
 
@@ -119,9 +121,9 @@ class Tokenizer:
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(path / "tokenizer.json"))
+        atomic_write(path / "tokenizer.json", lambda tmp: self.backend.save(tmp))
         vocab = sorted(self.backend.get_vocab().items(), key=lambda kv: kv[1])
-        (path / "vocab.txt").write_text("".join(tok + "\n" for tok, _ in vocab), encoding="utf-8")
+        atomic_write_text(path / "vocab.txt", "".join(tok + "\n" for tok, _ in vocab))
         return path
 
     # encoding ---------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ from typing import Any
 
 from mmbert.config import ModelConfig
 from mmbert.models import bert, lxmert, unicoder_vl, uniter, vilbert, visualbert, vl_bert
-from mmbert.models.base import Encoded, EncoderModel
-from mmbert.models.pretraining import PretrainingHeads, PretrainingModel, PretrainingOutput
+from mmbert.models.base import EncoderModel
+from mmbert.models.heads import PretrainingHeads
+from mmbert.models.outputs import Encoded, PretrainingOutput
+from mmbert.models.pretraining import PretrainingModel
 
 MODELS: dict[str, Callable[[], ModelConfig]] = {
     "bert_base": bert.bert_base,
@@ -50,17 +52,18 @@ def model_class(config: ModelConfig) -> type[EncoderModel]:
 
 
 def build_model(name: str, **overrides: Any) -> EncoderModel:
-    """Build a preset by name, with any config field overridden (``build_model("bert_base", num_layers=6)``)."""
+    """Build a preset by name, with any config field overridden (``build_model("bert_base", num_layers=6)``).
+    Starting the text side from a BERT checkpoint is ``mmbert.build_model(..., init_text_from=DIR)``
+    (:func:`mmbert.convert.init_text.build_model`): checkpoints are convert's business, not the registry's."""
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-    init_text_from = overrides.pop("init_text_from", None)
+    if "init_text_from" in overrides:
+        raise TypeError(
+            "init_text_from is taken by mmbert.build_model (mmbert.convert.init_text.build_model), "
+            "not by mmbert.models.build_model"
+        )
     config = MODELS[name]().replace(**overrides)
-    model = model_class(config)(config)
-    if init_text_from is not None:
-        from mmbert.convert.init_text import init_text_from_bert
-
-        init_text_from_bert(model, init_text_from)
-    return model
+    return model_class(config)(config)
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config.json") -> ModelConfig:

@@ -1,11 +1,10 @@
-"""What every mmbert model shares: its output type, weight init, parameter counts and saving."""
+"""What every mmbert model shares: input checks, weight init, parameter counts and saving."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from safetensors.torch import save_file
@@ -13,10 +12,8 @@ from torch import Tensor, nn
 
 from mmbert.atomic import atomic_write, atomic_write_json
 from mmbert.config import ModelConfig
-
-if TYPE_CHECKING:
-    from mmbert.models.pretraining import PretrainingHeads
-
+from mmbert.models.heads import PretrainingHeads
+from mmbert.models.outputs import Encoded as Encoded  # re-exported: models and tasks import it from here
 
 # The text-side sizes every ``*_tiny`` preset shares (tests, quick experiments): DESIGN.md section 8.
 TINY_SIZES: dict[str, int] = dict(
@@ -24,20 +21,6 @@ TINY_SIZES: dict[str, int] = dict(
 )
 # ... and the region side of the V&L ones (5 regions of 16-d features in the test inputs).
 TINY_REGION_FEAT_DIM = 16
-
-
-@dataclass
-class Encoded:
-    """What every model returns: text (B, T, D), vision (B, R, Dv) or None for text-only BERT, pooled (B, P).
-
-    ``attentions`` (only when asked) maps a direction — ``text_text``, ``text_vision``, ``vision_text``,
-    ``vision_vision`` — to one probability tensor per layer, shaped (B, H, queries, keys).
-    """
-
-    text: Tensor
-    vision: Tensor | None
-    pooled: Tensor
-    attentions: dict[str, list[Tensor]] | None = field(default=None)
 
 
 def check_text_inputs(

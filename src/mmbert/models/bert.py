@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.models.base import TINY_SIZES, Encoded, EncoderModel, check_text_inputs, init_heads
-from mmbert.models.pretraining import PretrainingHeads
+from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import Block, MLMHead, PairHead, Pooler, TextEmbeddings, key_padding_bias
 
 

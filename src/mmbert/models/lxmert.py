@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbert.config import ModelConfig
+from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import check_region_inputs, clear_padded_regions, location_features
 from mmbert.models.base import (
     TINY_REGION_FEAT_DIM,
@@ -36,7 +36,7 @@ from mmbert.models.base import (
     check_text_inputs,
     init_heads,
 )
-from mmbert.models.pretraining import PretrainingHeads
+from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import (
     Block,
     CrossBlock,
@@ -62,9 +62,11 @@ class LxmertConfig(ModelConfig):
     num_object_labels: int = 1600  # masked object classification; 0 = none
     num_attr_labels: int = 400  # masked attribute classification; 0 = none
     predict_region_feats: bool = True  # masked feature regression (region_feat_dim outputs)
+    global_region: GlobalRegion = "none"  # LXMERT adds no whole-image region: its vision is the R regions
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_global_region(self, allowed=("none",))
         for name in (
             "num_vision_layers",
             "num_cross_layers",

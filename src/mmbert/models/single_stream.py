@@ -13,26 +13,17 @@ through ``vision_mask``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mmbert.config import ModelConfig
+from mmbert.config import GLOBAL_REGION_CHOICES as GLOBAL_REGION_CHOICES
+from mmbert.config import GlobalRegion as GlobalRegion
+from mmbert.config import ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
 from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
 from mmbert.nn import Block, Pooler, key_padding_bias
-
-GlobalRegion = Literal["first", "last", "none"]
-GLOBAL_REGION_CHOICES = ("first", "last", "none")
-
-
-def check_global_region(config: ModelConfig) -> None:
-    where = getattr(config, "global_region", "none")
-    if where not in GLOBAL_REGION_CHOICES:
-        raise ValueError(
-            f"{type(config).__name__}.global_region must be one of {GLOBAL_REGION_CHOICES}, got {where!r}"
-        )
 
 
 def split_attention(maps: list[Tensor], text_len: int) -> dict[str, list[Tensor]]:
@@ -93,12 +84,12 @@ class SingleStreamModel(EncoderModel):
         """Add the whole-image region where ``config.global_region`` says (no-op for "none")."""
         if boxes is None:
             boxes = feats.new_zeros(*feats.shape[:2], 4)
-        return add_global_region(feats, boxes, mask, getattr(self.config, "global_region", "none"))
+        return add_global_region(feats, boxes, mask, self.config.global_region)
 
     def align_to_global(self, per_region: Tensor | None, fill: bool | int) -> Tensor | None:
         """Insert ``fill`` where the whole-image region goes, so a per-region input (B, R, ...) stays
         aligned with the regions after ``with_global_region``."""
-        where = getattr(self.config, "global_region", "none")
+        where = self.config.global_region
         if per_region is None or where == "none":
             return per_region
         filler = per_region.new_full((per_region.shape[0], 1, *per_region.shape[2:]), fill)
@@ -202,7 +193,7 @@ class SingleStreamModel(EncoderModel):
             mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
         b = mask.shape[0]
         no = torch.zeros(b, 1, dtype=torch.bool, device=mask.device)
-        where = getattr(self.config, "global_region", "none")
+        where = self.config.global_region
         if where == "first":
             mask = torch.cat([no, mask], 1)
         elif where == "last":

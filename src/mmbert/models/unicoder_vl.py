@@ -22,15 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbert.config import ModelConfig
+from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import location_features
 from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, init_heads
-from mmbert.models.pretraining import PretrainingHeads
-from mmbert.models.single_stream import (
-    GlobalRegion,
-    SingleStreamModel,
-    check_global_region,
-)
+from mmbert.models.heads import PretrainingHeads
+from mmbert.models.single_stream import SingleStreamModel
 from mmbert.nn import MLMHead, PairHead, RegionHeads, TextEmbeddings
 
 

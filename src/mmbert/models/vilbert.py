@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbert.config import ModelConfig
+from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions, location_features
 from mmbert.models.base import (
     TINY_REGION_FEAT_DIM,
@@ -41,7 +41,7 @@ from mmbert.models.base import (
     check_text_inputs,
     init_heads,
 )
-from mmbert.models.pretraining import PretrainingHeads
+from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import (
     Block,
     CrossBlock,
@@ -73,9 +73,12 @@ class ViLBertConfig(ModelConfig):
     text_co_ids: tuple[int, ...] = (6, 7, 8, 9, 10, 11)
     pooled_dim: int = 1024  # pooler_size = v_pooler_size
     num_region_classes: int = 1601  # v_target_size: detector classes incl. background
+    # The architecture fixes it: the vision pooler reads the whole-image region in front.
+    global_region: GlobalRegion = "first"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_global_region(self, allowed=("first",))
         name = type(self).__name__
         for field, heads in (("vision_dim", self.vision_heads), ("co_dim", self.co_heads)):
             if getattr(self, field) % heads:
@@ -215,7 +218,7 @@ class ViLBert(EncoderModel):
             raise ValueError("ViLBERT needs region_feats (B, R, F) and region_boxes (B, R, 4)")
         check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_ids.shape[0])
         region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
-        feats, boxes, vision_real = add_global_region(region_feats, region_boxes, region_mask, "first")
+        feats, boxes, vision_real = add_global_region(region_feats, region_boxes, region_mask, c.global_region)
 
         text = self.embeddings(text_ids, segment_ids)  # (B, T, D)
         vision = self.region_embeddings(feats, boxes)  # (B, R+1, Dv)

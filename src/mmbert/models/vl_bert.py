@@ -32,15 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbert.config import ModelConfig
+from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, sinusoidal_box_embedding
 from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, init_heads
-from mmbert.models.pretraining import PretrainingHeads
-from mmbert.models.single_stream import (
-    GlobalRegion,
-    SingleStreamModel,
-    check_global_region,
-)
+from mmbert.models.heads import PretrainingHeads
+from mmbert.models.single_stream import SingleStreamModel
 from mmbert.nn import MLMHead, RegionHeads, TextEmbeddings
 
 IMAGE_SEGMENT = 2

@@ -272,9 +272,7 @@ class Pretraining(nn.Module):
         r = targets.shape[1]
         if pred.shape[1] == r:
             return pred
-        # single-stream models say where their global region sits; ViLBERT always prepends it
-        where = getattr(self.model.config, "global_region", "first")
-        start = 1 if where == "first" else 0
+        start = 1 if self.model.config.global_region == "first" else 0
         if pred.shape[1] >= start + r:
             return pred[:, start : start + r]
         raise ValueError(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from mmbert.data import features as features_api
 from mmbert.data.batch import Batch, RegionFeatures
 from mmbert.data.boxes import normalise_boxes
 from mmbert.models.base import Encoded, EncoderModel
@@ -100,20 +101,12 @@ class TaskDataset(Dataset):
 
 
 def open_features(source: Any, trust_pickle: bool = False) -> Mapping[str, RegionFeatures]:
-    """A feature store from a path (through ``mmbert.features.open``) or an object that already maps
+    """A feature store from a path (through ``mmbert.data.features.open``) or an object that already maps
     image ids to ``RegionFeatures`` (a store, or a dict in tests)."""
     is_path = isinstance(source, (str, os.PathLike))
     if not is_path and hasattr(source, "__getitem__") and hasattr(source, "__contains__"):
         return source
-    try:
-        from mmbert import features as features_api  # type: ignore[attr-defined]
-    except ImportError:  # the store package itself
-        import mmbert.data.features as features_api
-    opener = getattr(features_api, "open", None) or features_api.open_store
-    try:
-        return opener(source, trust_pickle=trust_pickle)
-    except TypeError:  # a format whose opener takes no trust flag
-        return opener(source)
+    return features_api.open(source, trust_pickle=trust_pickle)
 
 
 def region_lookup(
@@ -324,7 +317,6 @@ class Task(ABC):
     files: ClassVar[dict[str, str]] = {}  # file name -> what it is (for --help and error messages)
     prediction_file: ClassVar[str] = "predictions.json"
     main_metric: ClassVar[str] = ""
-    higher_is_better: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         self.options = dict(options)

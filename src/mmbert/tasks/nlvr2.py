@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmbert.atomic import atomic_write_csv
 from mmbert.data.batch import Batch
 from mmbert.models.base import Encoded, EncoderModel
 from mmbert.nn.heads import MLPClassifier
@@ -151,13 +152,8 @@ class NLVR2Task(Task):
         return nlvr2_scores({p["identifier"]: p["prediction"] for p in predictions}, dataset.info["labels"])
 
     def write_predictions(self, predictions: list[dict], path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            for p in predictions:
-                writer.writerow([p["identifier"], "True" if p["prediction"] else "False"])
-        return path
+        rows = [[p["identifier"], "True" if p["prediction"] else "False"] for p in predictions]
+        return atomic_write_csv(path, rows)
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, bool]:

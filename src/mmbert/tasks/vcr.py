@@ -17,7 +17,6 @@ probabilities and QA->R probabilities scored with each of the 4 answers (``condi
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmbert.atomic import atomic_write_csv
 from mmbert.data.batch import Batch
 from mmbert.models.base import Encoded, EncoderModel
 from mmbert.objectives.base import LossOutput
@@ -260,17 +260,15 @@ def write_leaderboard_csv(q2a: Sequence[dict], qa2r_all: Sequence[dict], path: s
         *[f"answer_{i}" for i in range(NUM_CHOICES)],
         *[f"rationale_conditioned_on_a{i}_{j}" for i in range(NUM_CHOICES) for j in range(NUM_CHOICES)],
     ]
+    rows = [header]
+    for p in q2a:
+        cond = rationale.get(p["annot_id"], {})
+        if sorted(cond) != list(range(NUM_CHOICES)):
+            raise ValueError(
+                f"{p['annot_id']}: rationale probabilities missing for answers "
+                f"{sorted(set(range(NUM_CHOICES)) - set(cond))}"
+            )
+        rows.append([p["annot_id"], *p["probs"], *[x for i in range(NUM_CHOICES) for x in cond[i]]])
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        for p in q2a:
-            cond = rationale.get(p["annot_id"], {})
-            if sorted(cond) != list(range(NUM_CHOICES)):
-                raise ValueError(
-                    f"{p['annot_id']}: rationale probabilities missing for answers "
-                    f"{sorted(set(range(NUM_CHOICES)) - set(cond))}"
-                )
-            w.writerow([p["annot_id"], *p["probs"], *[x for i in range(NUM_CHOICES) for x in cond[i]]])
+    atomic_write_csv(path, rows)
     return path

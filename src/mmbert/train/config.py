@@ -55,10 +55,6 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train config: device must be auto, cpu or cuda, got {self.device!r}")
 
-    @property
-    def global_batch_per_process(self) -> int:
-        return self.batch_size * self.grad_accum
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from mmbert.atomic import atomic_write_text
 from mmbert.data.batch import Batch
 from mmbert.objectives.base import LossOutput
 from mmbert.train import checkpoint as ckpt
@@ -362,7 +363,7 @@ class _MetricLog:
         self.path = run_dir / "metrics.jsonl"
         if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if _record_step(line) <= start_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.file = self.path.open("a")
         self.tb = None
         try:

@@ -60,7 +60,7 @@ def read_pretraining_questions(
     as LXMERT prunes its labels). Two formats: LXMERT's JSON list of ``{img_id, sent, label: {answer:
     score}}`` (``annotations`` None), or the official VQA questions + ``annotations`` files, scored with
     the official leave-one-out formula on the normalised human answers."""
-    from mmbert.tasks.metrics import normalize_answer, vqa_soft_scores
+    from mmbert.data.answers import normalize_answer, vqa_soft_scores
 
     index = {a: i for i, a in enumerate(answers)}
     path = Path(questions)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from mmbert.atomic import atomic_write_text
 from mmbert.data import features as feature_stores
 from mmbert.data.synthetic.detector import ATTRIBUTES, DETECTOR_CLASSES, Detections, Detector
 from mmbert.data.synthetic.language import (
@@ -128,13 +129,11 @@ def vocabulary(config: WorldConfig | None = None) -> list[str]:
 
 
 def _dump(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=None, separators=(",", ":")) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(obj, indent=None, separators=(",", ":")) + "\n")
 
 
 def _dump_jsonl(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
 
 
 def _write_store(path: Path, records: list) -> None:
@@ -170,7 +169,7 @@ def generate(
     total = num_images + 2 * n_pairs
     out.mkdir(parents=True, exist_ok=True)
     vocab = vocabulary(cfg)
-    (out / "vocab.txt").write_text("".join(w + "\n" for w in vocab), encoding="utf-8")
+    atomic_write_text(out / "vocab.txt", "".join(w + "\n" for w in vocab))
 
     records, scenes_out = [], []
     coco = {s: {"images": [], "annotations": []} for s in SPLITS}
