@@ -1,5 +1,5 @@
-"""Retrieval evaluation speed: N captions x M images, full forward per pair vs the dual-stream split
-(each caption and each image through its own stream once, only the cross-modal layers per pair).
+"""Retrieval evaluation speed: N captions x M images, full forward per pair vs the dual-stream stages
+(``encode_text`` / ``encode_vision`` once per caption / image, only ``fuse`` per pair).
 
 Random weights and inputs (speed does not depend on them); both paths score the same pool and the
 largest score difference is reported. Eval mode, no_grad, fp32. The two paths alternate ``--repeats``
@@ -22,9 +22,9 @@ import torch
 
 import mmbert
 from mmbert.data.batch import RegionFeatures
+from mmbert.models.dual_stream import DualStreamModel
 from mmbert.tasks.base import TaskModel, View
 from mmbert.tasks.retrieval import MatchHead, pool_scores
-from mmbert.tasks.streams import split_encoder
 
 
 def main() -> None:
@@ -44,8 +44,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     encoder = mmbert.build_model(args.model).eval()
-    if split_encoder(encoder) is None:
-        raise SystemExit(f"{args.model} is not a dual-stream model: there is no split to measure")
+    if not isinstance(encoder, DualStreamModel):
+        raise SystemExit(f"{args.model} is not a dual-stream model: it has no stages to run apart")
     pooled_dim = getattr(encoder.config, "pooled_dim", encoder.config.dim)
     model = TaskModel(encoder, MatchHead(pooled_dim)).to(args.device).eval()
     rng = np.random.default_rng(0)

@@ -28,14 +28,8 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import check_region_inputs, clear_padded_regions, location_features
-from mmbert.models.base import (
-    TINY_REGION_FEAT_DIM,
-    TINY_SIZES,
-    Encoded,
-    EncoderModel,
-    check_text_inputs,
-    init_heads,
-)
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, check_text_inputs, init_heads
+from mmbert.models.dual_stream import DualStreamModel, StreamStates, joined_maps, new_maps
 from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import (
     Block,
@@ -46,7 +40,6 @@ from mmbert.nn import (
     Pooler,
     RegionHeads,
     TextEmbeddings,
-    key_padding_bias,
 )
 
 
@@ -142,8 +135,9 @@ class CrossModalityLayer(nn.Module):
         return text, vision, maps
 
 
-class Lxmert(EncoderModel):
+class Lxmert(DualStreamModel):
     config_class = LxmertConfig
+    display_name = "LXMERT"
     config: LxmertConfig
 
     def __init__(self, config: LxmertConfig) -> None:
@@ -163,54 +157,59 @@ class Lxmert(EncoderModel):
         self.pooler = Pooler(c.dim)
         self.init_weights()
 
-    def forward(
+    def encode_text(
         self,
         text_ids: Tensor,
         text_mask: Tensor | None = None,
         segment_ids: Tensor | None = None,
-        region_feats: Tensor | None = None,
-        region_boxes: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> StreamStates:
+        """Embeddings + the language encoder: (B, T, D)."""
+        check_text_inputs(self.config, text_ids, text_mask, segment_ids)
+        text = StreamStates(self.embeddings(text_ids, segment_ids), text_mask, new_maps(output_attentions))
+        bias, rows = text.bias_and_rows()
+        for layer in self.text_layers:
+            text.states, probs = layer(text.states, bias, output_attentions, rows)
+            if text.attentions is not None:
+                text.attentions["text_text"].append(probs)
+        return text
+
+    def encode_vision(
+        self,
+        region_feats: Tensor,
+        region_boxes: Tensor,
         region_mask: Tensor | None = None,
         output_attentions: bool = False,
-    ) -> Encoded:
-        """text (B, T, D), vision (B, R, D), pooled (B, D). With ``output_attentions``: ``text_text`` holds the
-        language layers' maps then the cross-modality layers' text self-attention; ``vision_vision`` the
-        object-relationship layers' then the cross-modality layers'; ``text_vision`` (B, H, T, R) and
-        ``vision_text`` (B, H, R, T) one per cross-modality layer."""
-        c = self.config
-        check_text_inputs(c, text_ids, text_mask, segment_ids)
-        if region_feats is None or region_boxes is None:
-            raise ValueError("LXMERT needs region_feats (B, R, F) and region_boxes (B, R, 4)")
-        check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_ids.shape[0])
+        text_batch: int | None = None,
+    ) -> StreamStates:
+        """The visual feature encoder + the object-relationship encoder: (B, R, D)."""
+        check_region_inputs(region_feats, region_boxes, region_mask, self.config.region_feat_dim, text_batch)
         region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
+        vision = StreamStates(
+            self.region_embeddings(region_feats, region_boxes), region_mask, new_maps(output_attentions)
+        )
+        bias, rows = vision.bias_and_rows()
+        for layer in self.vision_layers:
+            vision.states, probs = layer(vision.states, bias, output_attentions, rows)
+            if vision.attentions is not None:
+                vision.attentions["vision_vision"].append(probs)
+        return vision
 
-        text = self.embeddings(text_ids, segment_ids)  # (B, T, D)
-        vision = self.region_embeddings(region_feats, region_boxes)  # (B, R, D)
-        text_bias = key_padding_bias(text_mask, text.dtype)
-        vision_bias = key_padding_bias(region_mask, vision.dtype)
-        # Skip padded tokens / regions in the projections and FFNs (the masks, where there is padding).
-        text_rows = None if text_bias is None else text_mask
-        vision_rows = None if vision_bias is None else region_mask
-
-        maps: dict[str, list[Tensor]] | None = None
-        if output_attentions:
-            maps = {"text_text": [], "vision_vision": [], "text_vision": [], "vision_text": []}
-        for layer in self.text_layers:  # language encoder
-            text, probs = layer(text, text_bias, output_attentions, text_rows)
-            if maps is not None:
-                maps["text_text"].append(probs)
-        for layer in self.vision_layers:  # object-relationship encoder
-            vision, probs = layer(vision, vision_bias, output_attentions, vision_rows)
-            if maps is not None:
-                maps["vision_vision"].append(probs)
-        for layer in self.cross_layers:  # cross-modality encoder
-            text, vision, layer_maps = layer(
-                text, vision, text_bias, vision_bias, output_attentions, text_rows, vision_rows
-            )
+    def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
+        """The cross-modality encoder and the pooler: text (B, T, D), vision (B, R, D), pooled (B, D). With
+        ``output_attentions``: ``text_text`` holds the language layers' maps then the cross-modality layers'
+        text self-attention; ``vision_vision`` the object-relationship layers' then the cross-modality
+        layers'; ``text_vision`` (B, H, T, R) and ``vision_text`` (B, H, R, T) one per cross-modality layer."""
+        (text_bias, text_rows), (vision_bias, vision_rows) = text.bias_and_rows(), vision.bias_and_rows()
+        t, v = text.states, vision.states
+        maps = new_maps(output_attentions)
+        for layer in self.cross_layers:
+            t, v, layer_maps = layer(t, v, text_bias, vision_bias, output_attentions, text_rows, vision_rows)
             if maps is not None:
                 for key, probs in layer_maps.items():
                     maps[key].append(probs)
-        return Encoded(text=text, vision=vision, pooled=self.pooler(text), attentions=maps)
+        attentions = joined_maps(text.attentions, vision.attentions, maps) if output_attentions else None
+        return Encoded(text=t, vision=v, pooled=self.pooler(t), attentions=attentions)
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         c = self.config

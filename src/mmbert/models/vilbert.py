@@ -33,14 +33,8 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions, location_features
-from mmbert.models.base import (
-    TINY_REGION_FEAT_DIM,
-    TINY_SIZES,
-    Encoded,
-    EncoderModel,
-    check_text_inputs,
-    init_heads,
-)
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, check_text_inputs, init_heads
+from mmbert.models.dual_stream import DualStreamModel, StreamStates, joined_maps, new_maps
 from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import (
     Block,
@@ -50,7 +44,6 @@ from mmbert.nn import (
     Pooler,
     RegionHeads,
     TextEmbeddings,
-    key_padding_bias,
 )
 
 Step = tuple[str, int]  # ("text", i) | ("vision", j) | ("co", k)
@@ -166,8 +159,9 @@ class CoAttentionLayer(nn.Module):
         return new_text, new_vision, text_vision, vision_text
 
 
-class ViLBert(EncoderModel):
+class ViLBert(DualStreamModel):
     config_class = ViLBertConfig
+    display_name = "ViLBERT"
     config: ViLBertConfig
 
     def __init__(self, config: ViLBertConfig) -> None:
@@ -187,6 +181,10 @@ class ViLBert(EncoderModel):
         self.text_pooler = Pooler(c.dim, c.pooled_dim, activation="relu")
         self.vision_pooler = Pooler(c.vision_dim, c.pooled_dim, activation="relu")
         self.plan = interleave(c.num_layers, c.num_vision_layers, c.text_co_ids, c.vision_co_ids)
+        # Before the first co-attention each stream runs alone (encode_text / encode_vision); from it on
+        # the streams meet (fuse).
+        first_co = next((k for k, (kind, _) in enumerate(self.plan) if kind == "co"), len(self.plan))
+        self.single_modality_steps, self.cross_modal_steps = self.plan[:first_co], self.plan[first_co:]
         self.init_weights()
 
     def vision_mask(self, inputs: dict[str, Tensor]) -> Tensor:
@@ -198,57 +196,74 @@ class ViLBert(EncoderModel):
             mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
         return torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1)
 
-    def forward(
+    def encode_text(
         self,
         text_ids: Tensor,
         text_mask: Tensor | None = None,
         segment_ids: Tensor | None = None,
-        region_feats: Tensor | None = None,
-        region_boxes: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> StreamStates:
+        """Embeddings + the text layers that run before the first co-attention: (B, T, D)."""
+        check_text_inputs(self.config, text_ids, text_mask, segment_ids)
+        text = StreamStates(self.embeddings(text_ids, segment_ids), text_mask, new_maps(output_attentions))
+        bias, rows = text.bias_and_rows()
+        for kind, i in self.single_modality_steps:
+            if kind == "text":
+                text.states, probs = self.text_layers[i](text.states, bias, output_attentions, rows)
+                if text.attentions is not None:
+                    text.attentions["text_text"].append(probs)
+        return text
+
+    def encode_vision(
+        self,
+        region_feats: Tensor,
+        region_boxes: Tensor,
         region_mask: Tensor | None = None,
         output_attentions: bool = False,
-    ) -> Encoded:
-        """text (B, T, D), vision (B, R+1, Dv) with the global region first, pooled (B, pooled_dim). With
-        ``output_attentions``: one map per text layer (``text_text``), per vision layer (``vision_vision``)
-        and per co-attention layer (``text_vision`` (B, H, T, R+1), ``vision_text`` (B, H, R+1, T)), each
-        list in run order."""
+        text_batch: int | None = None,
+    ) -> StreamStates:
+        """The whole-image region in front, region embeddings + the vision layers that run before the
+        first co-attention: (B, R+1, Dv)."""
         c = self.config
-        check_text_inputs(c, text_ids, text_mask, segment_ids)
-        if region_feats is None or region_boxes is None:
-            raise ValueError("ViLBERT needs region_feats (B, R, F) and region_boxes (B, R, 4)")
-        check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_ids.shape[0])
+        check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_batch)
         region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
-        feats, boxes, vision_real = add_global_region(region_feats, region_boxes, region_mask, c.global_region)
+        feats, boxes, real = add_global_region(region_feats, region_boxes, region_mask, c.global_region)
+        vision = StreamStates(self.region_embeddings(feats, boxes), real, new_maps(output_attentions))
+        bias, rows = vision.bias_and_rows()
+        for kind, i in self.single_modality_steps:
+            if kind == "vision":
+                vision.states, probs = self.vision_layers[i](vision.states, bias, output_attentions, rows)
+                if vision.attentions is not None:
+                    vision.attentions["vision_vision"].append(probs)
+        return vision
 
-        text = self.embeddings(text_ids, segment_ids)  # (B, T, D)
-        vision = self.region_embeddings(feats, boxes)  # (B, R+1, Dv)
-        text_bias = key_padding_bias(text_mask, text.dtype)
-        vision_bias = key_padding_bias(vision_real, vision.dtype)
-        # Skip padded tokens / regions in the projections and FFNs (the masks, where there is padding).
-        text_rows = None if text_bias is None else text_mask
-        vision_rows = None if vision_bias is None else vision_real
-
-        maps: dict[str, list[Tensor]] | None = None
-        if output_attentions:
-            maps = {"text_text": [], "vision_vision": [], "text_vision": [], "vision_text": []}
-        for kind, i in self.plan:
+    def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
+        """The run plan from the first co-attention on, then the fused poolers: text (B, T, D), vision
+        (B, R+1, Dv) with the global region first, pooled (B, pooled_dim). With ``output_attentions``: one
+        map per text layer (``text_text``), per vision layer (``vision_vision``) and per co-attention layer
+        (``text_vision`` (B, H, T, R+1), ``vision_text`` (B, H, R+1, T)), each list in run order."""
+        (text_bias, text_rows), (vision_bias, vision_rows) = text.bias_and_rows(), vision.bias_and_rows()
+        t, v = text.states, vision.states
+        maps = new_maps(output_attentions)
+        for kind, i in self.cross_modal_steps:
             if kind == "text":
-                text, probs = self.text_layers[i](text, text_bias, output_attentions, text_rows)
+                t, probs = self.text_layers[i](t, text_bias, output_attentions, text_rows)
                 if maps is not None:
                     maps["text_text"].append(probs)
             elif kind == "vision":
-                vision, probs = self.vision_layers[i](vision, vision_bias, output_attentions, vision_rows)
+                v, probs = self.vision_layers[i](v, vision_bias, output_attentions, vision_rows)
                 if maps is not None:
                     maps["vision_vision"].append(probs)
             else:
-                text, vision, tv, vt = self.co_layers[i](
-                    text, vision, text_bias, vision_bias, output_attentions, text_rows, vision_rows
+                t, v, tv, vt = self.co_layers[i](
+                    t, v, text_bias, vision_bias, output_attentions, text_rows, vision_rows
                 )
                 if maps is not None:
                     maps["text_vision"].append(tv)
                     maps["vision_text"].append(vt)
-        pooled = self.text_pooler(text) * self.vision_pooler(vision)  # (B, pooled_dim)
-        return Encoded(text=text, vision=vision, pooled=pooled, attentions=maps)
+        pooled = self.text_pooler(t) * self.vision_pooler(v)  # (B, pooled_dim)
+        attentions = joined_maps(text.attentions, vision.attentions, maps) if output_attentions else None
+        return Encoded(text=t, vision=v, pooled=pooled, attentions=attentions)
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         """MLM, alignment on the fused pooled vector, and the 1601-class distribution per region

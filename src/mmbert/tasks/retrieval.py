@@ -11,15 +11,15 @@ other images of the batch (random in-batch negatives, or the hardest ones under 
 cross-entropy over the group (VOLTA's retrieval loss, there with 3 negatives).
 
 Evaluation scores every caption against every image of the pool (N x M pairs) in batches with a
-progress bar. Dual-stream encoders (ViLBERT, LXMERT; ``tasks/streams.py``) run their single-modality
-layers once per caption and once per image and only the cross layers per pair. Metrics: text->image
-and image->text R@1/5/10 (``metrics.recall_at_k``, pessimistic ties).
+progress bar. Dual-stream encoders (ViLBERT, LXMERT) run their own single-modality stages
+(``encode_text`` / ``encode_vision``) once per caption and once per image and only ``fuse`` per pair.
+Metrics: text->image and image->text R@1/5/10 (``metrics.recall_at_k``, pessimistic ties).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from mmbert.data.batch import Batch, RegionFeatures
 from mmbert.data.boxes import normalise_boxes
 from mmbert.models.base import Encoded, EncoderModel
+from mmbert.models.dual_stream import DualStreamModel, StreamStates
 from mmbert.nn.heads import PairHead
 from mmbert.objectives.base import LossOutput
 from mmbert.tasks.base import (
@@ -50,7 +51,6 @@ from mmbert.tasks.base import (
     write_json,
 )
 from mmbert.tasks.metrics import recall_at_k
-from mmbert.tasks.streams import encode_batched, split_encoder
 
 
 class MatchHead(nn.Module):
@@ -322,6 +322,14 @@ def _pad_images(images: list[RegionFeatures]) -> tuple[Tensor, Tensor, Tensor]:
     return feats, boxes, mask
 
 
+@torch.no_grad()
+def encode_in_batches(encode: Callable[[Tensor], StreamStates], count: int, batch_size: int) -> StreamStates:
+    """``encode(indices)`` over 0..count-1 in batches of ``batch_size``, concatenated (masks are all
+    tensors here: the pool is padded)."""
+    parts = [encode(torch.arange(s, min(s + batch_size, count))) for s in range(0, count, batch_size)]
+    return StreamStates(torch.cat([p.states for p in parts]), torch.cat([p.mask for p in parts]))
+
+
 def pool_scores(
     model: TaskModel,
     texts: list[View],
@@ -332,9 +340,10 @@ def pool_scores(
     fast: bool = True,
 ) -> Tensor:
     """Score every text against every image: (N, M), in batches of ``batch_size`` pairs. With ``fast``
-    and a dual-stream encoder (``streams.split_encoder``), each text and each image goes through its
-    own stream once and only the cross-modal layers run per pair (the cached single-stream states take
-    N x T x D + M x R x Dv memory); otherwise every pair runs the full encoder."""
+    and a dual-stream encoder (``DualStreamModel``: its ``encode_text`` / ``encode_vision`` / ``fuse``),
+    each text and each image goes through its own stream once and only ``fuse`` runs per pair (the
+    cached single-modality states take N x T x D + M x R x Dv memory); otherwise every pair runs the
+    full encoder."""
     from tqdm import tqdm
 
     if not images:
@@ -342,27 +351,24 @@ def pool_scores(
     ids, segs, tmask = (x.to(device) for x in _pad_texts(texts, model.config.pad_token_id))
     feats, boxes, rmask = (x.to(device) for x in _pad_images(images))
     n, m = ids.shape[0], feats.shape[0]
-    split = split_encoder(model.encoder) if fast else None
+    encoder = model.encoder
+    stages = fast and isinstance(encoder, DualStreamModel)
     scores = torch.empty(n, m)
     pairs = torch.cartesian_prod(torch.arange(n), torch.arange(m))  # row-major: text, image
     bar = tqdm(total=len(pairs), desc="retrieval pairs", unit="pair", disable=not progress)
-    if split is not None:  # each text once, each image once through its own stream
-        dev = ids.device
-        text_states = encode_batched(lambda j: split.text(ids[j.to(dev)], tmask[j.to(dev)], segs[j.to(dev)]), n,
-                                     batch_size)  # fmt: skip
-        vision_states = encode_batched(
-            lambda j: split.vision(feats[j.to(dev)], boxes[j.to(dev)], rmask[j.to(dev)]), m, batch_size
+    if stages:  # each text once, each image once through its own stream
+        text_states = encode_in_batches(lambda j: encoder.encode_text(ids[j], tmask[j], segs[j]), n, batch_size)
+        vision_states = encode_in_batches(
+            lambda j: encoder.encode_vision(feats[j], boxes[j], rmask[j]), m, batch_size
         )
     for s in range(0, len(pairs), batch_size):
         chunk = pairs[s : s + batch_size]
         t, i = chunk[:, 0].to(device), chunk[:, 1].to(device)
-        if split is not None:
-            enc = split.cross(
-                {k: v[t] for k, v in text_states.items()}, {k: v[i] for k, v in vision_states.items()}
-            )
+        if stages:
+            enc = encoder.fuse(text_states.select(t), vision_states.select(i))
         else:
-            enc = model.encoder(ids[t], text_mask=tmask[t], segment_ids=segs[t], region_feats=feats[i],
-                                region_boxes=boxes[i], region_mask=rmask[i])  # fmt: skip
+            enc = encoder(ids[t], text_mask=tmask[t], segment_ids=segs[t], region_feats=feats[i],
+                          region_boxes=boxes[i], region_mask=rmask[i])  # fmt: skip
         scores[chunk[:, 0], chunk[:, 1]] = match_score(model.head(enc, None)).float().cpu()
         bar.update(len(chunk))
     bar.close()

@@ -1,0 +1,106 @@
+"""The dual-stream assembly shared by ViLBERT and LXMERT: three stages, and ``forward`` built from them.
+
+``encode_text`` runs the text stream as far as it goes without the image, ``encode_vision`` the vision
+stream as far as it goes without the text, ``fuse`` the cross-modal layers on the pair and pools. The
+single-modality stages do not depend on the other modality, so retrieval over N captions x M images runs
+each of them once per caption / image and only ``fuse`` per pair (``tasks/retrieval.py``); ``forward``
+is exactly ``fuse(encode_text(...), encode_vision(...))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from mmbert.models.base import EncoderModel
+from mmbert.models.outputs import Encoded
+from mmbert.nn import key_padding_bias
+
+
+@dataclass
+class StreamStates:
+    """One modality after its own stream: hidden states (B, L, D), key mask (B, L) (True = real; None =
+    all real), and, when asked, its attention maps so far (direction -> one tensor per layer)."""
+
+    states: Tensor
+    mask: Tensor | None
+    attentions: dict[str, list[Tensor]] | None = field(default=None)
+
+    def select(self, index: Tensor) -> StreamStates:
+        """The rows ``index`` (pairs of retrieval: the same caption or image repeated)."""
+        return StreamStates(self.states[index], None if self.mask is None else self.mask[index])
+
+    def bias_and_rows(self) -> tuple[Tensor | None, Tensor | None]:
+        """The attention bias of the mask, and the rows the sublayers may skip (None without padding)."""
+        bias = key_padding_bias(self.mask, self.states.dtype)
+        return bias, None if bias is None else self.mask
+
+
+def new_maps(output_attentions: bool) -> dict[str, list[Tensor]] | None:
+    """Empty per-direction lists of attention maps (None when they are not asked for)."""
+    if not output_attentions:
+        return None
+    return {"text_text": [], "vision_vision": [], "text_vision": [], "vision_text": []}
+
+
+def joined_maps(*parts: dict[str, list[Tensor]] | None) -> dict[str, list[Tensor]] | None:
+    """The stages' maps concatenated per direction, in run order (None when no stage kept any)."""
+    kept = [p for p in parts if p is not None]
+    if not kept:
+        return None
+    out = new_maps(True)
+    for part in kept:
+        for key, maps in part.items():
+            out[key].extend(maps)  # type: ignore[index]
+    return out
+
+
+class DualStreamModel(EncoderModel):
+    """Base of ViLBERT and LXMERT: subclasses implement the three stages; ``forward`` chains them."""
+
+    display_name: str = ""  # for error messages ("ViLBERT needs region_feats ...")
+
+    def encode_text(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> StreamStates:
+        """Text embeddings and the text-only layers: (B, T, D) states."""
+        raise NotImplementedError
+
+    def encode_vision(
+        self,
+        region_feats: Tensor,
+        region_boxes: Tensor,
+        region_mask: Tensor | None = None,
+        output_attentions: bool = False,
+        text_batch: int | None = None,
+    ) -> StreamStates:
+        """Region embeddings and the vision-only layers: (B, R', Dv) states. ``text_batch``: the text's
+        batch size, checked against the regions' when known."""
+        raise NotImplementedError
+
+    def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
+        """The cross-modal layers over a (text, image) pair and the pooled output."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        region_feats: Tensor | None = None,
+        region_boxes: Tensor | None = None,
+        region_mask: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> Encoded:
+        text = self.encode_text(text_ids, text_mask, segment_ids, output_attentions)
+        if region_feats is None or region_boxes is None:
+            raise ValueError(f"{self.display_name} needs region_feats (B, R, F) and region_boxes (B, R, 4)")
+        vision = self.encode_vision(
+            region_feats, region_boxes, region_mask, output_attentions, text_batch=text_ids.shape[0]
+        )
+        return self.fuse(text, vision, output_attentions)
