@@ -11,17 +11,24 @@ import torch
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show a model's layer plan, shapes and parameter counts")
-    p.add_argument("model", help="a preset name (see `mmbert models`) or a checkpoint directory")
+    p.add_argument(
+        "model",
+        help="a preset name (see `mmbert models`), a checkpoint directory or an authors' checkpoint file",
+    )
     p.add_argument("--shapes", action="store_true", help="also list every parameter tensor with its shape")
+    from mmbert.commands.convert import add_source_arguments
+
+    add_source_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmbert.commands.convert import source_options
     from mmbert.convert import load_model
     from mmbert.models import MODELS, build_model
 
-    if Path(args.model).is_dir():
-        model = load_model(args.model)
+    if Path(args.model).exists():
+        model = load_model(args.model, **source_options(args))
     elif args.model in MODELS:
         with torch.device("meta"):
             model = build_model(args.model)
@@ -29,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model!r} is neither a directory nor a preset; presets: {', '.join(MODELS)}")
     config = model.config
     print(f"{args.model}: {type(model).__name__} ({config.model_type})")
+    if hasattr(model, "source"):
+        origin = getattr(model, "converted_from", None)
+        print(f"detected source: {model.source}" + (f" (converted from {origin})" if origin else ""))
+    report = getattr(model, "source_report", None)
+    if report is not None:
+        print("\n".join(f"  {line}" for line in report.summary().splitlines()))
     print("config: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k != "model_type"))
     print("layer plan:")
     for line in model.layer_plan():

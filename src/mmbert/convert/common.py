@@ -25,6 +25,7 @@ class Rule:
     ours: str
     theirs: tuple[str, ...]
     flip_rows: bool = False
+    row: int | None = None  # take this one row of the (single) foreign tensor (UNITER's mask_embedding[1])
 
 
 def linear(ours: str, theirs: str, flip_rows: bool = False) -> list[Rule]:
@@ -81,6 +82,8 @@ def import_state(
     for r in rules:
         parts = [source[t] for t in r.theirs]
         value = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        if r.row is not None:
+            value = value[r.row]
         state[r.ours] = value.flip(0) if r.flip_rows else value
     return state, {t for r in rules for t in r.theirs}
 
@@ -89,6 +92,8 @@ def export_state(rules: list[Rule], ours: dict[str, Tensor]) -> dict[str, Tensor
     """Run rules backwards: split fused tensors, swap flipped rows back."""
     out: dict[str, Tensor] = {}
     for r in rules:
+        if r.row is not None:
+            raise ValueError(f"rule for {r.ours} takes one row of {r.theirs[0]} and cannot run backwards")
         value = ours[r.ours]
         if r.flip_rows:
             value = value.flip(0)

@@ -1,5 +1,6 @@
-"""``load_model`` / ``load_pretraining`` / ``export_hf``: mmbert directories and Hugging Face ones,
-detected from config.json, converted through tested key maps, never left half-random."""
+"""``load_model`` / ``load_pretraining`` / ``export_hf``: mmbert directories, Hugging Face ones (detected
+from config.json) and the authors' own checkpoint files (detected from their container and key names,
+see ``convert/authors.py``), converted through tested key maps, never left half-random."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from types import ModuleType
 from safetensors.torch import save_file
 
 from mmbert.atomic import atomic_write, atomic_write_json
-from mmbert.convert import common, hf_bert, hf_lxmert, hf_visualbert
+from mmbert.convert import authors, common, hf_bert, hf_lxmert, hf_visualbert
 from mmbert.convert.common import CheckpointError, load_state_strict, read_config, read_weights
 from mmbert.models import EncoderModel, PretrainingModel, config_from_dict, model_class
+
+SOURCE_CHOICES = ("auto", "hf", "mmbert", *authors.SOURCE_NAMES)
 
 # Hugging Face model_type -> converter module (config_from_hf, encoder_prefix, encoder_rules,
 # head_rules, ignorable, to_hf_config).
@@ -39,10 +42,34 @@ def _our_config(raw: dict, path: Path):
     return config_from_dict({k: v for k, v in raw.items() if not k.startswith("mmbert_")}, str(path / "config.json"))
 
 
-def load_model(path: str | os.PathLike) -> EncoderModel:
-    """An encoder from an mmbert directory or a Hugging Face BERT / VisualBERT / LXMERT directory.
-    Heads in the checkpoint are ignored; every encoder weight must be there."""
+def _is_authors(path: Path, source: str) -> bool:
+    if source in ("hf", "mmbert"):
+        return False
+    if source != "auto":
+        return True
+    return authors.is_authors_checkpoint(path)
+
+
+def _mark(model, report: authors.SourceReport):
+    model.source = report.source
+    model.source_report = report
+    model.match_order = report.match_order
+    return model
+
+
+def load_model(
+    path: str | os.PathLike, config=None, source: str = "auto", **options
+) -> EncoderModel:
+    """An encoder from an mmbert directory, a Hugging Face BERT / VisualBERT / LXMERT directory, or an
+    authors' checkpoint (a file, or a directory holding one): ViLBERT, UNITER, VL-BERT, LXMERT,
+    VisualBERT, VOLTA. ``config``: the authors' model config file (or dict) where the checkpoint
+    carries none; ``source`` forces a layout (``--from``); ``options`` are source settings (see the
+    source modules). Heads in the checkpoint are ignored; every encoder weight must be there.
+    ``model.source`` names the detected source."""
     path = Path(path)
+    if _is_authors(path, source):
+        encoder, _, _, report = authors.load_authors(path, config, source, **options)
+        return _mark(encoder, report)
     raw = read_config(path)
     conv = _converter_for(raw, path)
     state, weights_file = read_weights(path)
@@ -52,6 +79,8 @@ def load_model(path: str | os.PathLike) -> EncoderModel:
         if any(k.startswith("encoder.") for k in state):  # a saved PretrainingModel: take its encoder
             state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
         load_state_strict(model, state, weights_file)
+        model.source = "mmbert"
+        model.converted_from = raw.get("mmbert_converted_from")
         return model.eval()
     config = conv.config_from_hf(raw, str(path / "config.json"))
     model = model_class(config)(config)
@@ -65,18 +94,30 @@ def load_model(path: str | os.PathLike) -> EncoderModel:
             f"{weights_file}: unexpected encoder keys {leftover} (does config.json match the weights?)"
         )
     load_state_strict(model, ours, weights_file)
+    model.source = f"hf:{raw.get('model_type')}"
     return model.eval()
 
 
-def load_pretraining(path: str | os.PathLike, allow_new_heads: bool = False) -> PretrainingModel:
-    """Encoder + its pre-training heads. A checkpoint without (some of) the heads is refused unless
+def load_pretraining(
+    path: str | os.PathLike,
+    config=None,
+    allow_new_heads: bool = False,
+    source: str = "auto",
+    **options,
+) -> PretrainingModel:
+    """Encoder + its pre-training heads (and, for authors' files, their task heads in
+    ``model.task_heads``). A checkpoint without (some of) the heads is refused unless
     ``allow_new_heads``, in which case the missing heads keep their fresh initialisation and are listed
-    in ``model.new_heads``."""
+    in ``model.new_heads``. ``config`` / ``source`` / ``options``: as in ``load_model``."""
     path = Path(path)
+    if _is_authors(path, source):
+        return _load_authors_pretraining(path, config, allow_new_heads, source, options)
     raw = read_config(path)
     conv = _converter_for(raw, path)
     encoder = load_model(path).train()
     model = PretrainingModel(encoder)
+    for name in raw.get("mmbert_absent_heads", []) if conv is None else []:
+        setattr(model.heads, name, None)  # saved without it (a fine-tuned authors' file had none)
     state, weights_file = read_weights(path)
     if conv is None:
         heads_state = {k[len("heads.") :]: v for k, v in state.items() if k.startswith("heads.")}
@@ -95,7 +136,45 @@ def load_pretraining(path: str | os.PathLike, allow_new_heads: bool = False) -> 
         )
     heads_state = {**{k: v for k, v in expected.items() if k in absent}, **heads_state}
     load_state_strict(model.heads, heads_state, weights_file)
+    if conv is None:
+        authors.restore_task_heads(model, raw.get("mmbert_task_heads", {}), state, weights_file)
+    model.source = getattr(encoder, "source", "mmbert")
+    model.converted_from = getattr(encoder, "converted_from", None)
     return model.eval()
+
+
+def _load_authors_pretraining(
+    path: Path, config, allow_new_heads: bool, source: str, options: dict
+) -> PretrainingModel:
+    encoder, heads, task_heads, report = authors.load_authors(path, config, source, **options)
+    fresh = encoder.build_pretraining_heads()
+    absent = [
+        name for name in ("mlm", "pair", "region", "answer")
+        if getattr(fresh, name) is not None and getattr(heads, name) is None
+    ]
+    if absent and not allow_new_heads and task_heads:
+        # a fine-tuned file: its task heads, and only the pre-training heads it really has
+        model = PretrainingModel(encoder, heads)
+        model.new_heads = []
+        for name, head in task_heads.items():
+            model.task_heads[name] = head
+        _mark(encoder, report)
+        return _mark(model, report).eval()
+    if absent and not allow_new_heads:
+        raise CheckpointError(
+            f"{report.file}: no pre-training head weights for {absent} (the file has "
+            f"{report.heads or 'none'}{'; task heads ' + str(report.task_heads) if report.task_heads else ''}); "
+            "use load_model for the encoder, or load_pretraining(..., allow_new_heads=True) to start those "
+            "heads from scratch"
+        )
+    for name in absent:
+        setattr(heads, name, getattr(fresh, name))
+    model = PretrainingModel(encoder, heads)
+    model.new_heads = absent
+    for name, head in task_heads.items():
+        model.task_heads[name] = head
+    _mark(encoder, report)
+    return _mark(model, report).eval()
 
 
 def export_hf(model: EncoderModel | PretrainingModel, path: str | os.PathLike) -> Path:

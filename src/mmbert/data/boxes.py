@@ -114,9 +114,15 @@ def sinusoidal_box_embedding(boxes: Tensor, dim: int = 256, wave_length: float =
 
 
 def add_global_region(
-    feats: Tensor, boxes: Tensor, mask: Tensor | None, where: GlobalRegion
+    feats: Tensor,
+    boxes: Tensor,
+    mask: Tensor | None,
+    where: GlobalRegion,
+    global_feats: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Add the whole-image region: the mean of the real regions' features, box [0, 0, 1, 1], always real.
+    ``global_feats`` (B, F), when given, is its feature instead of the mean (ViLBERT's and VOLTA's
+    pre-training loaders average only over regions that overlap no masked one).
 
     Returns feats (B, R', F), boxes (B, R', 4), mask (B, R') with R' = R + 1 unless ``where == "none"``.
     """
@@ -127,6 +133,12 @@ def add_global_region(
         return feats, boxes, mask
     weights = mask.to(feats.dtype)[..., None]
     mean = (feats * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1.0)
+    if global_feats is not None:
+        if global_feats.shape != (b, feats.shape[-1]):
+            raise ValueError(
+                f"global_feats has shape {tuple(global_feats.shape)}, expected {(b, feats.shape[-1])}"
+            )
+        mean = global_feats[:, None].to(feats.dtype)
     whole = boxes.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(b, 1, 4)
     real = torch.ones(b, 1, dtype=torch.bool, device=feats.device)
     if where == "first":

@@ -124,6 +124,10 @@ def save_module(module: nn.Module, config: ModelConfig, path: Path, extra_config
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     config_dict = {"mmbert_version": 1, **config.to_dict(), **(extra_config or {})}
+    # where the weights came from, when a loader converted them (``load_model`` sets ``source``)
+    origin = getattr(module, "converted_from", None) or getattr(module, "source", None)
+    if origin and origin != "mmbert":
+        config_dict["mmbert_converted_from"] = origin
     atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
     atomic_write_json(path / "config.json", config_dict)
     return path

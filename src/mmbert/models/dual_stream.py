@@ -96,11 +96,13 @@ class DualStreamModel(EncoderModel):
         region_boxes: Tensor | None = None,
         region_mask: Tensor | None = None,
         output_attentions: bool = False,
+        **vision_inputs: Tensor,
     ) -> Encoded:
+        """``vision_inputs``: model-specific inputs of ``encode_vision`` (ViLBERT's ``global_feats``)."""
         text = self.encode_text(text_ids, text_mask, segment_ids, output_attentions)
         if region_feats is None or region_boxes is None:
             raise ValueError(f"{self.display_name} needs region_feats (B, R, F) and region_boxes (B, R, 4)")
         vision = self.encode_vision(
-            region_feats, region_boxes, region_mask, output_attentions, text_batch=text_ids.shape[0]
+            region_feats, region_boxes, region_mask, output_attentions, text_batch=text_ids.shape[0], **vision_inputs
         )
         return self.fuse(text, vision, output_attentions)

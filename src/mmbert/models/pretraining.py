@@ -16,12 +16,16 @@ __all__ = ["PretrainingHeads", "PretrainingModel", "PretrainingOutput"]
 
 class PretrainingModel(nn.Module):
     """``encoder`` + ``heads``. Same inputs as the encoder, plus ``mlm_positions`` (bool (B, T)): when
-    given, MLM logits are computed only there (training does this; the plain call scores every token)."""
+    given, MLM logits are computed only there (training does this; the plain call scores every token).
+
+    ``task_heads`` holds fine-tuned task heads that came with a checkpoint (e.g. the multi-task
+    ViLBERT's VQA classifier), by task name; each maps ``(Encoded, Batch)`` to that task's logits."""
 
     def __init__(self, encoder: EncoderModel, heads: PretrainingHeads | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.heads = heads if heads is not None else encoder.build_pretraining_heads()
+        self.task_heads = nn.ModuleDict()
 
     @property
     def config(self):
@@ -52,7 +56,13 @@ class PretrainingModel(nn.Module):
         return self.heads(enc, mlm_positions)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Encoder and heads in one directory (``encoder.*`` and ``heads.*`` keys)."""
-        return save_module(
-            self, self.encoder.config, Path(path), extra_config={"mmbert_heads": "pretraining"}
-        )
+        """Encoder and heads in one directory (``encoder.*``, ``heads.*`` and ``task_heads.*`` keys)."""
+        extra: dict = {"mmbert_heads": "pretraining"}
+        absent = [n for n in ("mlm", "pair", "region", "answer") if getattr(self.heads, n) is None]
+        if absent:
+            extra["mmbert_absent_heads"] = absent
+        if len(self.task_heads):
+            from mmbert.convert.authors import task_head_spec  # only when there are task heads to describe
+
+            extra["mmbert_task_heads"] = {name: task_head_spec(h) for name, h in self.task_heads.items()}
+        return save_module(self, self.encoder.config, Path(path), extra_config=extra)

@@ -221,13 +221,18 @@ class ViLBert(DualStreamModel):
         region_mask: Tensor | None = None,
         output_attentions: bool = False,
         text_batch: int | None = None,
+        global_feats: Tensor | None = None,
     ) -> StreamStates:
         """The whole-image region in front, region embeddings + the vision layers that run before the
-        first co-attention: (B, R+1, Dv)."""
+        first co-attention: (B, R+1, Dv). ``global_feats`` (B, F): the whole-image region's feature where
+        the data loader computes it (default: the mean of the real regions, as the authors' fine-tuning
+        readers do; their pre-training loaders average only regions overlapping no masked one)."""
         c = self.config
         check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_batch)
         region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
-        feats, boxes, real = add_global_region(region_feats, region_boxes, region_mask, c.global_region)
+        feats, boxes, real = add_global_region(
+            region_feats, region_boxes, region_mask, c.global_region, global_feats
+        )
         vision = StreamStates(self.region_embeddings(feats, boxes), real, new_maps(output_attentions))
         bias, rows = vision.bias_and_rows()
         for kind, i in self.single_modality_steps:
