@@ -21,6 +21,8 @@ from torch import Tensor
 
 import mmbert
 from mmbert.data.batch import Batch
+from mmbert.tasks.checkpoint_heads import heads_from_checkpoint
+from mmbert.tasks.retrieval import match_score
 
 ROOT = (Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "authors").resolve()
 TOLERANCE = 1e-5
@@ -139,10 +141,9 @@ def _dual_stream(fx: Fixture, model) -> Computed:
             res[name] = (value, theirs)
     if "vil_prediction" in o:
         batch = batch_of(src)
-        res["vil_prediction"] = (model.task_heads["vqa"](enc, batch), o["vil_prediction"])
-        from mmbert.tasks.retrieval import match_score
-
-        res["vil_logit"] = (match_score(model.task_heads["retrieval"](enc, batch))[:, None], o["vil_logit"])
+        heads = heads_from_checkpoint(model)
+        res["vil_prediction"] = (heads["vqa"](enc, batch), o["vil_prediction"])
+        res["vil_logit"] = (match_score(heads["retrieval"](enc, batch))[:, None], o["vil_logit"])
     if "label_mlm_logits" in o:
         lab = plain_inputs(x, "label_")
         lab["region_feats"] = x["label_region_feats"]
@@ -194,7 +195,7 @@ def _uniter(fx: Fixture, model) -> Computed:
         if name in o:
             res[name] = (ours, masked(o[name], mask))
     if "answer_scores" in o:
-        res["answer_scores"] = (model.task_heads["vqa"](enc, batch_of(src)), o["answer_scores"])
+        res["answer_scores"] = (heads_from_checkpoint(model)["vqa"](enc, batch_of(src)), o["answer_scores"])
     if "label_mlm_scores" in o:
         lab = dict(src, text_ids=x["label_text_ids"])
         positions = x["label_mlm_labels"] != -100

@@ -11,7 +11,9 @@ small protocol:
   None), sizes it lacks inferred from the weight shapes;
 * ``encoder_rules(config)``, ``head_rules(config)`` (``Rule``s onto ``PretrainingHeads``) and
   ``task_heads(config, state) -> {name: (module, its state, the file's keys used)}`` (the fine-tuning
-  heads the file has, as mmbert task heads);
+  heads the file has, as the modules mmbert's task heads hold: the VQA / GQA / NLVR2 ``MLPClassifier``,
+  the retrieval ``PairHead``, the referring-expression region ``Linear``; ``mmbert.tasks.
+  heads_from_checkpoint`` wraps them into the tasks' heads);
 * ``ignored(key) -> str | None``: why a key is deliberately not loaded (tied copy, dead weight, image
   backbone), so that it is reported by name, never dropped silently.
 
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.convert.common import CheckpointError, Rule, import_state, load_state_strict, normalise_key
+from mmbert.nn import MLPClassifier, PairHead
 
 # Container keys under which the authors' training scripts put the weights.
 STATE_KEYS = ("state_dict", "model_state_dict", "model")
@@ -278,6 +281,7 @@ def load_authors(
     task_heads: dict[str, nn.Module] = {}
     for tname, (module, tstate, tkeys) in mod.task_heads(cfg, state).items():
         load_state_strict(module, tstate, name)
+        module.saved_form = task_head_spec(module)  # what PretrainingModel.save writes to config.json
         task_heads[tname] = module.eval()
         used |= set(tkeys)
 
@@ -304,96 +308,35 @@ def load_authors(
     return encoder.eval(), heads.eval(), task_heads, report
 
 
-def module_state(
-    rules: list[Rule], state: Mapping[str, Tensor], file: str
-) -> tuple[dict[str, Tensor], set[str]]:
-    """A task head's state from ``rules`` whose mmbert names start with ``<head>.``: that prefix removed,
-    plus the file's keys used (for ``task_heads``)."""
-    ours, used = import_state(rules, state, file)
-    return {k.split(".", 1)[1]: v for k, v in ours.items()}, used
-
-
-def require(
-    raw: Mapping[str, Any] | None, keys: tuple[str, ...], source: str, what: str
-) -> Mapping[str, Any]:
-    """The authors' config, refusing one that lacks the keys this source cannot infer from the weights."""
-    if raw is None:
-        raise CheckpointError(
-            f"{source}: {what} checkpoints carry no config; pass config=<the authors' config file>"
-        )
-    missing = [k for k in keys if k not in raw]
-    if missing:
-        raise CheckpointError(f"{source}: the config lacks {missing} (is it a {what} config?)")
-    return raw
-
-
-def bert_fields(raw: Mapping[str, Any], eps: float = 1e-12) -> dict[str, Any]:
-    """The BERT sizes every authors' config spells the same way (Google's bert_config.json names)."""
-    act = raw.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise CheckpointError(f"hidden_act {act!r} is not supported (every released checkpoint uses 'gelu')")
-    return dict(
-        dim=raw["hidden_size"],
-        num_heads=raw["num_attention_heads"],
-        num_layers=raw.get("num_hidden_layers", 12),
-        ffn_dim=raw["intermediate_size"],
-        dropout=raw.get("hidden_dropout_prob", 0.1),
-        attn_dropout=raw.get("attention_probs_dropout_prob", 0.1),
-        vocab_size=raw["vocab_size"],
-        max_positions=raw.get("max_position_embeddings", 512),
-        type_vocab_size=raw.get("type_vocab_size", 2),
-        init_std=raw.get("initializer_range", 0.02),
-        layer_norm_eps=eps,
-    )
-
-
 SOURCE_NAMES = ("vilbert", "uniter", "vl-bert", "volta", "lxmert", "visualbert")
 
 
 def task_head_spec(head: nn.Module) -> dict[str, Any]:
-    """How to rebuild a task head (saved in config.json as ``mmbert_task_heads``)."""
-    from mmbert.tasks.nlvr2 import NLVR2Head
-    from mmbert.tasks.refexp import RegionScoreHead
-    from mmbert.tasks.retrieval import MatchHead
-    from mmbert.tasks.vqa import VQAHead
-
-    if isinstance(head, VQAHead):
+    """How to rebuild a task head's module (saved in config.json as ``mmbert_task_heads``)."""
+    if isinstance(head, MLPClassifier):
         return {
-            "kind": "vqa",
-            "pooled_dim": head.classifier.fc1.in_features,
-            "num_answers": head.classifier.fc2.out_features,
+            "kind": "mlp",
+            "in_dim": head.fc1.in_features,
+            "hidden_dim": head.fc1.out_features,
+            "num_labels": head.fc2.out_features,
+            "eps": head.norm.eps,
         }
-    if isinstance(head, NLVR2Head):
-        return {"kind": "nlvr2", "pooled_dim": head.classifier.fc1.in_features // 2}
-    if isinstance(head, MatchHead):
-        return {"kind": "match", "pooled_dim": head.pair.proj.in_features}
-    if isinstance(head, RegionScoreHead):
-        return {
-            "kind": "region_score",
-            "vision_dim": head.score.in_features,
-            "region_offset": head.region_offset,
-        }
+    if isinstance(head, PairHead):
+        return {"kind": "pair", "dim": head.proj.in_features}
+    if isinstance(head, nn.Linear):
+        return {"kind": "linear", "in_dim": head.in_features, "out_dim": head.out_features}
     raise TypeError(f"no saved form for task head {type(head).__name__}")
 
 
 def build_task_head(spec: Mapping[str, Any], where: str) -> nn.Module:
-    from mmbert.tasks.nlvr2 import NLVR2Head
-    from mmbert.tasks.refexp import RegionScoreHead
-    from mmbert.tasks.retrieval import MatchHead
-    from mmbert.tasks.vqa import VQAHead
-
     kind = spec.get("kind")
-    if kind == "vqa":
-        return VQAHead(spec["pooled_dim"], spec["num_answers"])
-    if kind == "nlvr2":
-        return NLVR2Head(spec["pooled_dim"])
-    if kind == "match":
-        return MatchHead(spec["pooled_dim"])
-    if kind == "region_score":
-        return RegionScoreHead(spec["vision_dim"], spec["region_offset"])
-    raise CheckpointError(
-        f"{where}: unknown task head kind {kind!r} (known: vqa, nlvr2, match, region_score)"
-    )
+    if kind == "mlp":
+        return MLPClassifier(spec["in_dim"], spec["hidden_dim"], spec["num_labels"], spec["eps"])
+    if kind == "pair":
+        return PairHead(spec["dim"])
+    if kind == "linear":
+        return nn.Linear(spec["in_dim"], spec["out_dim"])
+    raise CheckpointError(f"{where}: unknown task head kind {kind!r} (known: mlp, pair, linear)")
 
 
 def restore_task_heads(
@@ -404,6 +347,7 @@ def restore_task_heads(
         head = build_task_head(spec, file)
         prefix = f"task_heads.{name}."
         load_state_strict(head, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, file)
+        head.saved_form = dict(spec)
         model.task_heads[name] = head.eval()
     stray = sorted({k.split(".")[1] for k in state if k.startswith("task_heads.")} - set(specs))
     if stray:

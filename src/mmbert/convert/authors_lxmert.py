@@ -18,9 +18,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from mmbert.convert import hf_lxmert
-from mmbert.convert.authors import bert_fields, module_state, require
+from mmbert.convert.authors_common import bert_fields, module_state, require
 from mmbert.convert.common import CheckpointError, Rule, linear
 from mmbert.models.lxmert import LxmertConfig
+from mmbert.nn import MLPClassifier
 
 NAME = "lxmert"
 TITLE = "LXMERT (airsplay/lxmert)"
@@ -104,20 +105,13 @@ def head_rules(c: LxmertConfig) -> list[Rule]:
 def task_heads(c: LxmertConfig, state: Mapping[str, Tensor]) -> dict[str, tuple[nn.Module, dict, set[str]]]:
     """The fine-tuned ``logit_fc`` (Linear, GeLU, LayerNorm, Linear): NLVR2's over two pooled outputs
     (2 answers), otherwise the VQA / GQA answer classifier."""
-    from mmbert.tasks.nlvr2 import NLVR2Head
-    from mmbert.tasks.vqa import VQAHead
-
     if "logit_fc.3.weight" not in state:
         return {}
-    rules = [
-        *linear("x.classifier.fc1", "logit_fc.0"),
-        *linear("x.classifier.norm", "logit_fc.2"),
-        *linear("x.classifier.fc2", "logit_fc.3"),
-    ]
+    rules = [*linear("x.fc1", "logit_fc.0"), *linear("x.norm", "logit_fc.2"), *linear("x.fc2", "logit_fc.3")]
     out, inp = state["logit_fc.3.weight"].shape[0], state["logit_fc.0.weight"].shape[1]
-    if inp == 2 * c.dim and out == 2:
-        return {"nlvr2": (NLVR2Head(c.dim), *module_state(rules, state, "logit_fc"))}
-    return {"vqa": (VQAHead(c.dim, out), *module_state(rules, state, "logit_fc"))}
+    head = MLPClassifier(inp, 2 * c.dim, out, c.layer_norm_eps)
+    name = "nlvr2" if inp == 2 * c.dim and out == 2 else "vqa"
+    return {name: (head, *module_state(rules, state, "logit_fc"))}
 
 
 def ignored(key: str) -> str | None:

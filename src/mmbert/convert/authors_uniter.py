@@ -19,10 +19,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mmbert.convert.authors import bert_fields, module_state, require
+from mmbert.convert.authors_common import bert_fields, module_state, require
 from mmbert.convert.common import CheckpointError, Rule, hf_mlm_head, hf_self_attention_block, linear
 from mmbert.convert.hf_bert import hf_text_embeddings
 from mmbert.models.uniter import UniterConfig
+from mmbert.nn import MLPClassifier
 
 NAME = "uniter"
 TITLE = "UNITER (ChenRocks/UNITER)"
@@ -98,16 +99,15 @@ def head_rules(c: UniterConfig) -> list[Rule]:
 
 
 def task_heads(c: UniterConfig, state: Mapping[str, Tensor]) -> dict[str, tuple[nn.Module, dict, set[str]]]:
-    from mmbert.tasks.vqa import VQAHead
-
+    """UNITER's ``vqa_output`` (Linear, GELU, LayerNorm, Linear) on the pooled output: the VQA classifier."""
     if "vqa_output.3.weight" not in state:
         return {}
     rules = [
-        *linear("x.classifier.fc1", "vqa_output.0"),
-        *linear("x.classifier.norm", "vqa_output.2"),
-        *linear("x.classifier.fc2", "vqa_output.3"),
+        *linear("x.fc1", "vqa_output.0"),
+        *linear("x.norm", "vqa_output.2"),
+        *linear("x.fc2", "vqa_output.3"),
     ]
-    head = VQAHead(c.dim, state["vqa_output.3.weight"].shape[0])
+    head = MLPClassifier(c.dim, 2 * c.dim, state["vqa_output.3.weight"].shape[0], c.layer_norm_eps)
     return {"vqa": (head, *module_state(rules, state, "vqa_output"))}
 
 

@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmbert.convert.authors import bert_fields, module_state, require
+from mmbert.convert.authors_common import bert_fields, module_state, require
 from mmbert.convert.common import CheckpointError, Rule, fused, hf_mlm_head, hf_self_attention_block, linear
 from mmbert.convert.hf_bert import hf_text_embeddings
 from mmbert.models.vilbert import ViLBertConfig
+from mmbert.nn import MLPClassifier, PairHead
 
 NAME = "vilbert"
 TITLE = "ViLBERT (vilbert-multi-task / vilbert_beta)"
@@ -152,40 +153,35 @@ def _classifier(ours: str, theirs: str) -> list[Rule]:
 
 
 def score_as_match_head(weight: Tensor, bias: Tensor) -> dict[str, Tensor]:
-    """A single matching logit s = w.x + b as a 2-way head whose ``match_score`` (logit 1 - logit 0) is s."""
+    """A single matching logit s = w.x + b as a 2-way head whose match score (logit 1 - logit 0) is s."""
     return {
-        "pair.proj.weight": torch.cat([torch.zeros_like(weight), weight]),
-        "pair.proj.bias": torch.cat([torch.zeros_like(bias), bias]),
+        "proj.weight": torch.cat([torch.zeros_like(weight), weight]),
+        "proj.bias": torch.cat([torch.zeros_like(bias), bias]),
     }
 
 
 def task_heads(c: ViLBertConfig, state: Mapping[str, Tensor]) -> dict[str, tuple[nn.Module, dict, set[str]]]:
-    from mmbert.tasks.nlvr2 import NLVR2Head
-    from mmbert.tasks.refexp import RegionScoreHead
-    from mmbert.tasks.retrieval import MatchHead
-    from mmbert.tasks.vqa import VQAHead
-
     heads: dict[str, tuple[nn.Module, dict, set[str]]] = {}
-    for name, theirs in (("vqa", "vil_prediction"), ("gqa", "vil_prediction_gqa")):
+    for name, theirs, width in (
+        ("vqa", "vil_prediction", c.pooled_dim),
+        ("gqa", "vil_prediction_gqa", c.pooled_dim),
+        ("nlvr2", "vil_binary_prediction", 2 * c.pooled_dim),  # over the two images' pooled outputs
+    ):
         if f"{theirs}.logit_fc.3.weight" in state:
-            head = VQAHead(c.pooled_dim, state[f"{theirs}.logit_fc.3.weight"].shape[0])
-            heads[name] = (head, *module_state(_classifier("x.classifier", theirs), state, name))
-    if "vil_binary_prediction.logit_fc.3.weight" in state:
-        heads["nlvr2"] = (
-            NLVR2Head(c.pooled_dim),
-            *module_state(_classifier("x.classifier", "vil_binary_prediction"), state, "nlvr2"),
-        )
+            head = MLPClassifier(width, 2 * c.pooled_dim, state[f"{theirs}.logit_fc.3.weight"].shape[0])
+            heads[name] = (head, *module_state(_classifier("x", theirs), state, name))
     if "vil_logit.weight" in state:
+        weight, bias = state["vil_logit.weight"], state["vil_logit.bias"]
         heads["retrieval"] = (
-            MatchHead(c.pooled_dim),
-            score_as_match_head(state["vil_logit.weight"], state["vil_logit.bias"]),
+            PairHead(c.pooled_dim),
+            score_as_match_head(weight, bias),
             {"vil_logit.weight", "vil_logit.bias"},
         )
     if "vision_logit.weight" in state:
-        # one logit per vision element; ours skips the global region in front (region_offset 1)
+        # one logit per vision element (the referring-expression head, RegionScoreHead.score)
         heads["refexp"] = (
-            RegionScoreHead(c.vision_dim, region_offset=1),
-            *module_state(linear("x.score", "vision_logit"), state, "refexp"),
+            nn.Linear(c.vision_dim, 1),
+            *module_state(linear("x", "vision_logit"), state, "refexp"),
         )
     return heads
 

@@ -62,7 +62,9 @@ class PretrainingModel(nn.Module):
         if absent:
             extra["mmbert_absent_heads"] = absent
         if len(self.task_heads):
-            from mmbert.convert.authors import task_head_spec  # only when there are task heads to describe
-
-            extra["mmbert_task_heads"] = {name: task_head_spec(h) for name, h in self.task_heads.items()}
+            # each task head carries how to rebuild it (``saved_form``, set by the loader that made it)
+            undescribed = [n for n, h in self.task_heads.items() if not hasattr(h, "saved_form")]
+            if undescribed:
+                raise ValueError(f"task heads {undescribed} have no saved_form: cannot describe them in config.json")
+            extra["mmbert_task_heads"] = {n: dict(h.saved_form) for n, h in self.task_heads.items()}
         return save_module(self, self.encoder.config, Path(path), extra_config=extra)
