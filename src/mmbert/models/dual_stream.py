@@ -103,6 +103,11 @@ class DualStreamModel(EncoderModel):
         if region_feats is None or region_boxes is None:
             raise ValueError(f"{self.display_name} needs region_feats (B, R, F) and region_boxes (B, R, 4)")
         vision = self.encode_vision(
-            region_feats, region_boxes, region_mask, output_attentions, text_batch=text_ids.shape[0], **vision_inputs
+            region_feats,
+            region_boxes,
+            region_mask,
+            output_attentions,
+            text_batch=text_ids.shape[0],
+            **vision_inputs,
         )
         return self.fuse(text, vision, output_attentions)
