@@ -302,30 +302,25 @@ def _check_store(record, config, objectives: list[str], path: str) -> None:
             f"{path}: features are {width}-d but the model's region_feat_dim is {config.region_feat_dim}; "
             f"pass model.region_feat_dim={width}"
         )
-    classes = getattr(config, "num_region_classes", None)
-    needs = {
-        "mrc_kl": ("cls_prob", classes), "mvrc_soft": ("cls_prob", classes),
-        "moc": ("cls_prob|obj_id", classes), "mvrc": ("cls_prob|obj_id", classes),
-        "obj": ("obj_id", getattr(config, "num_object_labels", None)),
-        "attr": ("attr_id", getattr(config, "num_attr_labels", None)),
-    }  # fmt: skip
+    from mmbert.objectives import OBJECTIVES
+
     for objective in objectives:
-        if objective not in needs:
+        need = OBJECTIVES[objective]().detector  # what the objective declares it reads from the store
+        if need is None:
             continue
-        names, size = needs[objective]
-        present = [n for n in names.split("|") if getattr(record, n) is not None]
+        present = [n for n in need.fields if getattr(record, n) is not None]
         if not present:
-            raise ValueError(f"{path}: objective {objective!r} needs the detector's {names.replace('|', ' or ')}, "
+            raise ValueError(f"{path}: objective {objective!r} needs the detector's {' or '.join(need.fields)}, "
                              "which this store lacks")  # fmt: skip
         field = present[0]
         value = getattr(record, field)
+        # a distribution has exactly the head's classes; ids must fall inside them
         top = int(value.shape[1]) if field == "cls_prob" else int(value.max()) + 1
-        key = "num_region_classes" if "cls_prob" in names else ("num_object_labels" if field == "obj_id" else
-                                                                 "num_attr_labels")  # fmt: skip
+        size = getattr(config, need.size_key, None)
         if size is not None and (top != size if field == "cls_prob" else top > size):
             raise ValueError(
-                f"{path}: the detector's {field} has {top} classes but the model's {key} is {size}; "
-                f"pass model.{key}={top if field == 'cls_prob' else max(top, size)}"
+                f"{path}: the detector's {field} has {top} classes but the model's {need.size_key} is {size}; "
+                f"pass model.{need.size_key}={top if field == 'cls_prob' else max(top, size)}"
             )
 
 

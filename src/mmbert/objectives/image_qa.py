@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmbert.objectives.base import LossOutput
+from mmbert.objectives.base import LossOutput, Objective, ScoringInputs
 
 IGNORE = -100
 
 
-class ImageQA(nn.Module):
+class ImageQA(Objective):
     """logits (B, A); targets soft scores (B, A) (all zero = no answer) or labels (B,) (-100 = none)."""
 
     name = "qa"
+    output = "answer_logits"
+    batch_fields = ("answer_targets", "pair_labels")
+
+    def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
+        return self(pred, inputs.need("answer_targets", self.name), inputs.batch.pair_labels)
 
     def forward(self, logits: Tensor, targets: Tensor, pair_labels: Tensor | None = None) -> LossOutput:
         if targets.dim() == 2:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmbert.objectives.base import LossOutput
+from mmbert.objectives.base import LossOutput, Objective, ScoringInputs
 
 IGNORE = -100
 
 
-class MaskedLM(nn.Module):
+class MaskedLM(Objective):
     """MLM loss and accuracy. Accepts logits over every position (B, T, V) or, the fast path, only over
     the labelled positions (N, V) as produced with ``mlm_positions = labels != -100``.
 
@@ -19,6 +19,12 @@ class MaskedLM(nn.Module):
     """
 
     name = "mlm"
+    output = "mlm_logits"
+    batch_fields = ("mlm_labels",)
+
+    def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
+        labels = inputs.mlm_labels if inputs.mlm_labels is not None else inputs.need("mlm_labels", self.name)
+        return self(pred, labels)
 
     def forward(self, logits: Tensor, labels: Tensor) -> LossOutput:
         if logits.dim() == 3:

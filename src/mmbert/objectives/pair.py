@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmbert.objectives.base import LossOutput
+from mmbert.objectives.base import LossOutput, Objective, ScoringInputs
 
 IGNORE = -100
 
 
-class PairMatch(nn.Module):
+class PairMatch(Objective):
     """Two-way cross-entropy over ``pair_logits`` (B, 2); ``name`` is "nsp" or "itm" in the metrics."""
+
+    output = "pair_logits"
+    batch_fields = ("pair_labels",)
 
     def __init__(self, name: str = "itm") -> None:
         super().__init__()
         self.name = name
+
+    def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
+        return self(pred, inputs.need("pair_labels", self.name))
 
     def forward(self, logits: Tensor, labels: Tensor) -> LossOutput:
         if logits.shape != (labels.shape[0], 2):

@@ -5,15 +5,18 @@ with, how its regions are masked (see ``mmbert.data.masking``) and whether its M
 also taken on mismatched image-text pairs. Any of it can be overridden by name:
 ``Pretraining(model, objectives=["mlm", "itm"], weights={"itm": 0.5})``.
 
-Objective names: ``mlm``; ``nsp``; ``itm`` (image-text match); ``moc`` / ``mvrc`` (region class, hard
-detector label); ``mvrc_soft`` (soft CE to the detector distribution, VL-BERT's original code);
-``mrc_kl`` (KL to the detector distribution); ``mrfr`` (feature regression, L2); ``mrfr_smooth_l1``;
-``obj`` / ``attr`` / ``feat`` (LXMERT, confidence-weighted, x 6.67); ``qa`` (LXMERT image QA).
+The objectives themselves (``mmbert.objectives.registry.OBJECTIVES``) say which model output and batch
+fields they read and score themselves; ``Pretraining`` runs the model once, applies the recipe's
+mismatched-pair rule and sums their weighted losses. Objective names: ``mlm``; ``nsp``; ``itm``
+(image-text match); ``moc`` / ``mvrc`` (region class, hard detector label); ``mvrc_soft`` (soft CE to
+the detector distribution, VL-BERT's original code); ``mrc_kl`` (KL to the detector distribution);
+``mrfr`` (feature regression, L2); ``mrfr_smooth_l1``; ``obj`` / ``attr`` / ``feat`` (LXMERT,
+confidence-weighted, x 6.67); ``qa`` (LXMERT image QA).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,16 +25,9 @@ from torch import Tensor, nn
 
 from mmbert.data.batch import Batch
 from mmbert.models.pretraining import PretrainingModel, PretrainingOutput
-from mmbert.objectives.base import LossOutput
-from mmbert.objectives.image_qa import ImageQA
-from mmbert.objectives.mlm import IGNORE, MaskedLM
-from mmbert.objectives.pair import PairMatch
-from mmbert.objectives.regions import (
-    FeatureRegression,
-    LxmertRegionLoss,
-    RegionClassification,
-    RegionDistribution,
-)
+from mmbert.objectives.base import LossOutput, Objective, ScoringInputs
+from mmbert.objectives.mlm import IGNORE
+from mmbert.objectives.registry import OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -60,49 +56,13 @@ RECIPES: dict[str, Recipe] = {
     "lxmert": Recipe(("mlm", "obj", "attr", "feat", "itm", "qa"), "lxmert", True),
 }
 
-# objective name -> the PretrainingOutput field it reads (used to tell which heads a run leaves unused)
-HEAD_OUTPUT = {
-    "mlm": "mlm_logits", "nsp": "pair_logits", "itm": "pair_logits", "moc": "region_class_logits",
-    "mvrc": "region_class_logits", "mvrc_soft": "region_class_logits", "mrc_kl": "region_class_logits",
-    "obj": "region_class_logits", "attr": "region_attr_logits", "mrfr": "region_feat_pred",
-    "mrfr_smooth_l1": "region_feat_pred", "feat": "region_feat_pred", "qa": "answer_logits",
-}
-OBJECTIVE_NAMES = tuple(HEAD_OUTPUT)
+OBJECTIVE_NAMES = tuple(OBJECTIVES)
 
 
 def recipe_for(model_type: str) -> Recipe:
     if model_type not in RECIPES:
         raise KeyError(f"no pre-training recipe for model_type {model_type!r}; known: {sorted(RECIPES)}")
     return RECIPES[model_type]
-
-
-def _build(name: str) -> nn.Module:
-    if name == "mlm":
-        return MaskedLM()
-    if name in ("nsp", "itm"):
-        return PairMatch(name)
-    if name in ("moc", "mvrc"):
-        return RegionClassification(name)
-    if name == "mvrc_soft":
-        return RegionDistribution(name, kind="soft_ce")
-    if name == "mrc_kl":
-        return RegionDistribution(name, kind="kl")
-    if name == "mrfr":
-        return FeatureRegression(name, kind="l2")
-    if name == "mrfr_smooth_l1":
-        return FeatureRegression(name, kind="smooth_l1")
-    if name in ("obj", "attr", "feat"):
-        return LxmertRegionLoss(name)
-    if name == "qa":
-        return ImageQA()
-    raise KeyError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVE_NAMES)}")
-
-
-def _need(batch: Batch, field: str, objective: str) -> Tensor:
-    value = getattr(batch, field)
-    if value is None:
-        raise ValueError(f"objective {objective!r} needs batch.{field}, which this batch does not have")
-    return value
 
 
 def _need_out(out: PretrainingOutput, field: str, objective: str) -> Tensor:
@@ -135,7 +95,7 @@ class Pretraining(nn.Module):
         objectives = tuple(objectives)
         if not objectives:
             raise ValueError("at least one objective is needed")
-        unknown = [o for o in objectives if o not in HEAD_OUTPUT]
+        unknown = [o for o in objectives if o not in OBJECTIVES]
         if unknown:
             raise KeyError(f"unknown objectives {unknown}; known: {', '.join(OBJECTIVE_NAMES)}")
         weights = dict(weights or {})
@@ -148,14 +108,15 @@ class Pretraining(nn.Module):
         # during these forwards the input lookup's gradient can be sparse: added in place instead of
         # costing a zero-filled (V, D) matrix and a dense add per step. Scoped to this objective's forward
         # (the model stays dense elsewhere), and not under DDP, whose reducer would expect a sparse grad.
-        self.sparse_lookup = "mlm" in objectives and not (dist.is_available() and dist.is_initialized())
         self.weights = {name: float(weights.get(name, 1.0)) for name in objectives}
-        self.objectives = nn.ModuleDict({name: _build(name) for name in objectives})
+        self.objectives: Mapping[str, Objective] = nn.ModuleDict({name: OBJECTIVES[name]() for name in objectives})
+        self.scores_tokens = any(o.output == "mlm_logits" for o in self.objectives.values())
+        self.sparse_lookup = self.scores_tokens and not (dist.is_available() and dist.is_initialized())
         self.score_mismatched = (
             score_mismatched if score_mismatched is not None else (recipe.score_mismatched if recipe else True)
         )
         produced = self._produced_outputs()
-        missing = [o for o in objectives if produced is not None and HEAD_OUTPUT[o] not in produced]
+        missing = [n for n, o in self.objectives.items() if produced is not None and o.output not in produced]
         if missing:
             raise ValueError(
                 f"objectives {missing} need heads that {type(model.encoder).__name__} does not have "
@@ -184,7 +145,7 @@ class Pretraining(nn.Module):
     def uses_every_head(self) -> bool:
         """False when some head (or the pooler) gets no gradient: DDP then needs find_unused_parameters."""
         produced = self._produced_outputs()
-        used = {HEAD_OUTPUT[o] for o in self.objective_names}
+        used = {o.output for o in self.objectives.values()}
         pooled_used = bool(used & {"pair_logits", "answer_logits"})
         return produced is not None and produced <= used and pooled_used
 
@@ -196,8 +157,10 @@ class Pretraining(nn.Module):
                 mlm_labels = mlm_labels.masked_fill(mismatched[:, None], IGNORE)
             if region_targets is not None:
                 region_targets = region_targets & ~mismatched[:, None]
-        if "mlm" in self.objectives:
-            _need(batch, "mlm_labels", "mlm")
+        if self.scores_tokens:
+            if mlm_labels is None:
+                name = next(n for n, o in self.objectives.items() if o.output == "mlm_logits")
+                raise ValueError(f"objective {name!r} needs batch.mlm_labels, which this batch does not have")
             positions = mlm_labels != IGNORE
         else:  # nothing to score: gather no token rather than project all of them onto the vocabulary
             positions = torch.zeros_like(batch.text_mask)
@@ -212,69 +175,16 @@ class Pretraining(nn.Module):
             out = self.model(**inputs, mlm_positions=positions)
         finally:
             lookup.sparse = dense
+        # Text-only BERT has no regions, hence no global_region; its objectives never align regions.
+        where = getattr(self.model.config, "global_region", "none")
+        scoring = ScoringInputs(batch, mlm_labels, region_targets, where)
         total: Tensor | None = None
         metrics: dict[str, float] = {}
         for name, objective in self.objectives.items():
-            result = self._score(name, objective, out, batch, mlm_labels, region_targets)
+            result = objective.score(_need_out(out, objective.output, name), scoring)
             weighted = result.loss * self.weights[name]
             total = weighted if total is None else total + weighted
             metrics.update(result.metrics)
         assert total is not None
         metrics["loss"] = float(total.detach())
         return LossOutput(total, metrics)
-
-    def _score(
-        self,
-        name: str,
-        objective: Callable[..., LossOutput],
-        out: PretrainingOutput,
-        batch: Batch,
-        mlm_labels: Tensor | None,
-        region_targets: Tensor | None,
-    ) -> LossOutput:
-        pred = _need_out(out, HEAD_OUTPUT[name], name)
-        if name == "mlm":
-            return objective(pred, mlm_labels)
-        if name in ("nsp", "itm"):
-            return objective(pred, _need(batch, "pair_labels", name))
-        if name == "qa":
-            return objective(pred, _need(batch, "answer_targets", name), batch.pair_labels)
-        targets = region_targets if region_targets is not None else _need(batch, "region_target_mask", name)
-        pred = self._align_regions(pred, targets)
-        if name in ("moc", "mvrc"):
-            return objective(pred, self._hard_labels(pred, batch, name), targets)
-        if name in ("mrc_kl", "mvrc_soft"):
-            return objective(pred, _need(batch, "region_cls_prob", name), targets)
-        if name in ("mrfr", "mrfr_smooth_l1"):
-            return objective(pred, _need(batch, "region_targets", name), targets)
-        if name == "obj":
-            labels = _need(batch, "region_labels", name)
-            return objective(pred, labels, targets, batch.region_obj_conf, batch.region_mask)
-        if name == "attr":
-            labels = _need(batch, "region_attr_labels", name)
-            return objective(pred, labels, targets, batch.region_attr_conf, batch.region_mask)
-        if name == "feat":
-            return objective(pred, _need(batch, "region_targets", name), targets, None, batch.region_mask)
-        raise KeyError(name)
-
-    @staticmethod
-    def _hard_labels(pred: Tensor, batch: Batch, name: str) -> Tensor:
-        """The detector's hard label: argmax of its class distribution when that has as many classes as
-        the head (VOLTA's target 6, 1601 classes with background), else the stored object ids."""
-        probs = batch.region_cls_prob
-        if probs is not None and probs.shape[-1] == pred.shape[-1]:
-            return probs.argmax(-1)
-        return _need(batch, "region_labels", name)
-
-    def _align_regions(self, pred: Tensor, targets: Tensor) -> Tensor:
-        """Region predictions (B, R', .) -> the batch's R regions. Models add vision elements: a global
-        image region first (ViLBERT; ``config.global_region`` "first") or last, VL-BERT's trailing [END]."""
-        r = targets.shape[1]
-        if pred.shape[1] == r:
-            return pred
-        start = 1 if self.model.config.global_region == "first" else 0
-        if pred.shape[1] >= start + r:
-            return pred[:, start : start + r]
-        raise ValueError(
-            f"the model gives {pred.shape[1]} region predictions per image but the batch has {r} regions"
-        )

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmbert.objectives.base import LossOutput
+from mmbert.objectives.base import DetectorNeed, LossOutput, Objective, ScoringInputs
 
 LXMERT_VISUAL_LOSS_NORMALIZER = 6.67
 
@@ -42,12 +42,28 @@ def _empty(name: str, pred: Tensor) -> LossOutput:
     return LossOutput(pred.sum() * 0.0, {f"{name}_loss": 0.0, f"{name}_count": 0})
 
 
-class RegionClassification(nn.Module):
-    """Hard-label CE on target regions: logits (B, R, C), labels (B, R) long, targets bool (B, R)."""
+class RegionClassification(Objective):
+    """Hard-label CE on target regions: logits (B, R, C), labels (B, R) long, targets bool (B, R).
+
+    The hard label is the argmax of the detector's class distribution when that has as many classes as
+    the head (VOLTA's target 6, 1601 classes with background), else the stored object ids."""
+
+    output = "region_class_logits"
+    batch_fields = ("region_target_mask", "region_cls_prob", "region_labels")
+    detector = DetectorNeed(("cls_prob", "obj_id"), "num_region_classes")
 
     def __init__(self, name: str = "moc") -> None:
         super().__init__()
         self.name = name
+
+    def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
+        pred, targets = inputs.regions(pred, self.name)
+        probs = inputs.batch.region_cls_prob
+        if probs is not None and probs.shape[-1] == pred.shape[-1]:
+            labels = probs.argmax(-1)
+        else:
+            labels = inputs.need("region_labels", self.name)
+        return self(pred, labels, targets)
 
     def forward(self, logits: Tensor, labels: Tensor, targets: Tensor) -> LossOutput:
         _check(self.name, logits, targets)
@@ -67,15 +83,23 @@ class RegionClassification(nn.Module):
                                  f"{self.name}_count": n})
 
 
-class RegionDistribution(nn.Module):
+class RegionDistribution(Objective):
     """Match the detector distribution on target regions: logits (B, R, C), probs (B, R, C), targets
     (B, R). ``kind="kl"``: sum_c p log(p / q) (0 log 0 = 0); ``kind="soft_ce"``: -sum_c p log q."""
+
+    output = "region_class_logits"
+    batch_fields = ("region_target_mask", "region_cls_prob")
+    detector = DetectorNeed(("cls_prob",), "num_region_classes")
 
     def __init__(self, name: str = "mrc_kl", kind: str = "kl") -> None:
         super().__init__()
         if kind not in ("kl", "soft_ce"):
             raise ValueError(f"kind must be 'kl' or 'soft_ce', got {kind!r}")
         self.name, self.kind = name, kind
+
+    def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
+        pred, targets = inputs.regions(pred, self.name)
+        return self(pred, inputs.need("region_cls_prob", self.name), targets)
 
     def forward(self, logits: Tensor, probs: Tensor, targets: Tensor) -> LossOutput:
         _check(self.name, logits, targets)
@@ -96,15 +120,22 @@ class RegionDistribution(nn.Module):
                                  f"{self.name}_count": n})
 
 
-class FeatureRegression(nn.Module):
+class FeatureRegression(Objective):
     """Regress original features of target regions: pred (B, R, F), feats (B, R, F), targets (B, R).
     Per region the error is averaged over the F dimensions, then averaged over target regions."""
+
+    output = "region_feat_pred"
+    batch_fields = ("region_target_mask", "region_targets")
 
     def __init__(self, name: str = "mrfr", kind: str = "l2") -> None:
         super().__init__()
         if kind not in ("l2", "smooth_l1"):
             raise ValueError(f"kind must be 'l2' or 'smooth_l1', got {kind!r}")
         self.name, self.kind = name, kind
+
+    def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
+        pred, targets = inputs.regions(pred, self.name)
+        return self(pred, inputs.need("region_targets", self.name), targets)
 
     def forward(self, pred: Tensor, feats: Tensor, targets: Tensor) -> LossOutput:
         _check(self.name, pred, targets)
@@ -119,7 +150,16 @@ class FeatureRegression(nn.Module):
         return LossOutput(loss, {f"{self.name}_loss": float(loss.detach()), f"{self.name}_count": n})
 
 
-class LxmertRegionLoss(nn.Module):
+# LXMERT's three visual losses: kind -> (model output, target field, confidence field, detector need).
+_LXMERT_KINDS: dict[str, tuple[str, str, str | None, DetectorNeed | None]] = {
+    "obj": ("region_class_logits", "region_labels", "region_obj_conf", DetectorNeed(("obj_id",), "num_object_labels")),
+    "attr": ("region_attr_logits", "region_attr_labels", "region_attr_conf",
+             DetectorNeed(("attr_id",), "num_attr_labels")),
+    "feat": ("region_feat_pred", "region_targets", None, None),
+}  # fmt: skip
+
+
+class LxmertRegionLoss(Objective):
     """One of LXMERT's three visual losses (``kind`` "obj", "attr" or "feat").
 
     obj/attr: ``pred`` logits (B, R, C), ``target`` labels (B, R), ``weight`` detector confidence (B, R);
@@ -129,9 +169,18 @@ class LxmertRegionLoss(nn.Module):
 
     def __init__(self, kind: str, factor: float = LXMERT_VISUAL_LOSS_NORMALIZER) -> None:
         super().__init__()
-        if kind not in ("obj", "attr", "feat"):
+        if kind not in _LXMERT_KINDS:
             raise ValueError(f"kind must be 'obj', 'attr' or 'feat', got {kind!r}")
         self.name, self.kind, self.factor = kind, kind, factor
+        self.output, self._target, self._confidence, self.detector = _LXMERT_KINDS[kind]
+        self.batch_fields = ("region_target_mask", self._target, *([self._confidence] if self._confidence else []),
+                             "region_mask")  # fmt: skip
+
+    def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
+        pred, targets = inputs.regions(pred, self.name)
+        target = inputs.need(self._target, self.name)
+        weight = getattr(inputs.batch, self._confidence) if self._confidence else None
+        return self(pred, target, targets, weight, inputs.batch.region_mask)
 
     def forward(
         self, pred: Tensor, target: Tensor, targets: Tensor, weight: Tensor | None = None, real: Tensor | None = None
