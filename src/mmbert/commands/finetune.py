@@ -102,7 +102,8 @@ def build_task(name: str, options: dict[str, Any]):
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune on a downstream task (VQA, NLVR2, retrieval, RefCOCO, VCR)",
                        description=__doc__.split("\n\n")[0])  # fmt: skip
-    p.add_argument("--task", required=True, help="vqa, nlvr2, retrieval, refexp or vcr")
+    p.add_argument("--task", required=True, help="vqa, nlvr2, retrieval, refexp, vcr, caption, gqa, snli-ve or "
+                   "flickr30k-entities")
     p.add_argument("--init", required=True, help="checkpoint directory, or a preset name for fresh weights")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument(
@@ -141,11 +142,13 @@ def load_init(init: str, task_name: str, model_overrides: dict[str, Any]):
         if model_overrides:
             raise ValueError("model.<field> settings apply to presets only, not to a checkpoint")
         has_tok = any((path / n).exists() for n in ("vocab.txt", "tokenizer.json"))
-        if task_name == "retrieval":
+        # tasks whose head starts from a pre-trained one: retrieval (the match head), caption (the MLM head)
+        start_head = {"retrieval": "pair", "caption": "mlm"}.get(task_name)
+        if start_head is not None:
             pt = load_pretraining(path, allow_new_heads=True)
             return (
                 pt.encoder,
-                (pt if "pair" not in getattr(pt, "new_heads", []) else None),
+                (pt if start_head not in getattr(pt, "new_heads", []) else None),
                 path if has_tok else None,
             )
         return load_model(path), None, path if has_tok else None

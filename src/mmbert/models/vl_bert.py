@@ -150,6 +150,9 @@ class VLBert(SingleStreamModel):
     config: VLBertConfig
     masked_region_input = True
     num_trailing_elements = 1  # [END]
+    # regions sit at position n after n real tokens: a task that grows the text step by step (captioning)
+    # keeps the text at a fixed length so the regions' embeddings do not move between steps
+    region_position_follows_text = True
 
     def __init__(self, config: VLBertConfig) -> None:
         super().__init__(config)

@@ -7,9 +7,12 @@ file plus one line here.
 from __future__ import annotations
 
 from mmbert.tasks.base import Example, LoadReport, Task, TaskDataError, TaskDataset, TaskModel, View, collate
+from mmbert.tasks.caption import CaptionTask
+from mmbert.tasks.gqa import GQATask
 from mmbert.tasks.nlvr2 import NLVR2Task
 from mmbert.tasks.refexp import RefExpTask
 from mmbert.tasks.retrieval import RetrievalTask
+from mmbert.tasks.snli_ve import SNLIVETask
 from mmbert.tasks.vcr import VCRTask
 from mmbert.tasks.vqa import VQATask
 
@@ -19,10 +22,16 @@ TASKS: dict[str, type[Task]] = {
     "retrieval": RetrievalTask,
     "refexp": RefExpTask,
     "vcr": VCRTask,
+    "caption": CaptionTask,
+    "gqa": GQATask,
+    "snli-ve": SNLIVETask,
 }
 
 __all__ = [
     "TASKS",
+    "CaptionTask",
+    "GQATask",
+    "SNLIVETask",
     "Example",
     "LoadReport",
     "NLVR2Task",

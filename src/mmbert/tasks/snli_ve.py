@@ -1,0 +1,157 @@
+"""SNLI-VE: visual entailment — does the image entail, contradict, or leave open a hypothesis sentence?
+
+Reads the official jsonl (``snli_ve_{train,dev,test}.jsonl``, necla-ml/SNLI-VE): one object per line with
+``Flickr30K_ID`` (the premise image), ``sentence2`` (the hypothesis), ``gold_label`` (entailment /
+neutral / contradiction) and ``pairID``. The premise caption (``sentence1``) is not an input: the image is
+the premise. A line with another label (SNLI's "-" for no annotator consensus) is an error naming the
+line, unless ``skip_unlabelled`` (then counted in the load report).
+
+Head: ``MLPClassifier(P, 2P, 3)`` on the pooled output (UNITER's VE head is the VQA classifier with 3
+outputs). Loss: cross-entropy. Metric: accuracy overall and per gold class (percent). Predictions:
+``[{"pairID", "prediction"}]`` with the label names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmbert.data.batch import Batch
+from mmbert.models.base import EncoderModel
+from mmbert.objectives.base import LossOutput
+from mmbert.tasks.base import (
+    Example,
+    LoadReport,
+    Task,
+    TaskDataError,
+    TaskDataset,
+    View,
+    check_images,
+    encode_text,
+    open_features,
+    probe_encoder,
+    read_json,
+    read_jsonl,
+    region_lookup,
+    require_fields,
+    write_json,
+)
+from mmbert.tasks.vqa import VQAHead
+
+LABELS = ("entailment", "neutral", "contradiction")
+
+
+def read_snli_ve(
+    path: str | os.PathLike, skip_unlabelled: bool = False, report: LoadReport | None = None
+) -> list[dict]:
+    """The official jsonl -> records {pair_id, image, hypothesis, label (index into LABELS)}."""
+    path = Path(path)
+    records = []
+    for line, d in read_jsonl(path):
+        where = f"{path}:{line}"
+        require_fields(d, ("Flickr30K_ID", "sentence2", "gold_label"), where)
+        if d["gold_label"] not in LABELS:
+            if skip_unlabelled and report is not None:
+                report.add(f"pairs without a gold label in {LABELS}", where)
+                continue
+            raise TaskDataError(f"{where}: gold_label {d['gold_label']!r} is not one of {LABELS}")
+        records.append({"pair_id": str(d.get("pairID", f"{path.name}:{line}")), "image": str(d["Flickr30K_ID"]),
+                        "hypothesis": str(d["sentence2"]), "label": LABELS.index(d["gold_label"])})  # fmt: skip
+    if not records:
+        raise TaskDataError(f"{path}: no labelled pairs")
+    return records
+
+
+def entailment_accuracy(predictions: Mapping[str, str], labels: Mapping[str, int]) -> dict[str, Any]:
+    """Percent accuracy overall and per gold class; every pair needs a prediction."""
+    missing = [p for p in labels if p not in predictions]
+    if missing:
+        raise TaskDataError(f"{len(missing)} of {len(labels)} pairs have no prediction, e.g. {missing[:5]}")
+    unknown = [p for p in predictions if p not in labels]
+    if unknown:
+        raise TaskDataError(f"{len(unknown)} predictions for pairs not in the data, e.g. {unknown[:5]}")
+    per: dict[str, list[bool]] = {name: [] for name in LABELS}
+    for pair, gold in labels.items():
+        per[LABELS[gold]].append(predictions[pair] == LABELS[gold])
+    every = [x for xs in per.values() for x in xs]
+    out: dict[str, Any] = {"accuracy": 100.0 * sum(every) / len(every)}
+    out["per_class"] = {k: (100.0 * sum(v) / len(v) if v else None) for k, v in per.items()}
+    out["counts"] = {k: len(v) for k, v in per.items()}
+    return out
+
+
+class SNLIVETask(Task):
+    name = "snli-ve"
+    files = {"jsonl": "official SNLI-VE jsonl (snli_ve_train.jsonl / snli_ve_dev.jsonl / snli_ve_test.jsonl)"}
+    prediction_file = "snli_ve_predictions.json"
+    main_metric = "accuracy"
+
+    def __init__(
+        self,
+        max_text_len: int = 40,
+        max_regions: int | None = 36,
+        dropout: float = 0.1,
+        skip_unlabelled: bool = False,
+        trust_pickle: bool = False,
+    ) -> None:
+        super().__init__(max_text_len=max_text_len, max_regions=max_regions, dropout=dropout,
+                         skip_unlabelled=skip_unlabelled, trust_pickle=trust_pickle)  # fmt: skip
+
+    def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
+        path = self.require_files(files, "jsonl")["jsonl"]
+        report = LoadReport()
+        records = read_snli_ve(path, self.options["skip_unlabelled"], report)
+        store = open_features(features, self.options["trust_pickle"]) if features is not None else None
+        missing = check_images([r["image"] for r in records], store, report, "snli-ve")
+        records = [r for r in records if r["image"] not in missing]
+        max_len, max_regions = self.options["max_text_len"], self.options["max_regions"]
+
+        def build(r: dict) -> Example:
+            ids, segs = encode_text(tokenizer, r["hypothesis"], max_length=max_len)
+            regions = region_lookup(store, r["image"], max_regions) if store is not None else None
+            return Example([View(ids, segs, regions)], torch.tensor(r["label"]), {"pair_id": r["pair_id"]})
+
+        labels = {r["pair_id"]: r["label"] for r in records}
+        return TaskDataset(records, build, report, {"labelled": True, "labels": labels})
+
+    def build_head(self, encoder: EncoderModel) -> nn.Module:
+        return VQAHead(probe_encoder(encoder).pooled, len(LABELS), self.options["dropout"])
+
+    def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
+        loss = F.cross_entropy(logits.float(), batch.labels)
+        with torch.no_grad():
+            acc = (logits.argmax(1) == batch.labels).float().mean()
+        return LossOutput(loss, {"ve_loss": float(loss.detach()), "ve_acc": float(acc)})
+
+    def predict(self, logits: Tensor, batch: Batch) -> list[dict]:
+        return [{"pairID": m["pair_id"], "prediction": LABELS[i]}
+                for m, i in zip(batch.meta["items"], logits.argmax(1).tolist())]  # fmt: skip
+
+    def score(self, predictions: list[dict], dataset: TaskDataset) -> dict[str, Any]:
+        return entailment_accuracy(
+            {p["pairID"]: p["prediction"] for p in predictions}, dataset.info["labels"]
+        )
+
+    def write_predictions(self, predictions: list[dict], path: str | os.PathLike) -> Path:
+        return write_json(predictions, path)
+
+
+def score_prediction_file(predictions: str | os.PathLike, data: str | os.PathLike) -> dict[str, Any]:
+    """``mmbert score --task snli-ve``: ``[{"pairID", "prediction"}]`` against the official jsonl."""
+    raw = read_json(Path(predictions))
+    if not isinstance(raw, list):
+        raise TaskDataError(f"{predictions}: SNLI-VE predictions are a JSON list of {{pairID, prediction}}")
+    preds: dict[str, str] = {}
+    for i, r in enumerate(raw):
+        require_fields(r, ("pairID", "prediction"), f"{predictions}[{i}]")
+        if r["prediction"] not in LABELS:
+            raise TaskDataError(f"{predictions}[{i}]: prediction {r['prediction']!r} is not one of {LABELS}")
+        preds[str(r["pairID"])] = r["prediction"]
+    labels = {r["pair_id"]: r["label"] for r in read_snli_ve(data)}
+    return entailment_accuracy(preds, labels)
