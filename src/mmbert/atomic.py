@@ -8,9 +8,11 @@ or the new one, never half of one — and the rename itself survives a power los
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -41,12 +43,14 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(target: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(target: str | os.PathLike, write: Callable[[str], None], *, fsync: bool = True) -> Path:
     """Call ``write(tmp_path)`` on a fresh temporary file beside ``target``, then swap it in.
 
     ``write`` receives a path (so libraries that only take file names, like safetensors, work). The
     temporary name is unique per call, so concurrent writers never collide on it; on any error the
-    temporary file is removed and the old target stays as it was.
+    temporary file is removed and the old target stays as it was. ``fsync=False`` skips the two fsyncs
+    (still safe against a kill, not against a power loss) for writers of many small files that fsync
+    their directory once at the end (the npz feature store).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -54,15 +58,40 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], None]) -> Pat
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        disk = None if isinstance(e, OSError) else _disk_error(e, target)
+        if disk is not None:  # a library's own wrapper around a failed write: report it as what it is
+            raise disk from e
         raise
-    fsync_dir(target.parent)
+    if fsync:
+        fsync_dir(target.parent)
     return target
+
+
+_OS_ERROR_TEXTS = {
+    "No space left on device": errno.ENOSPC,
+    "File too large": errno.EFBIG,
+    "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES,
+    "Disk quota exceeded": errno.EDQUOT,
+}
+
+
+def _disk_error(e: BaseException, target: Path) -> OSError | None:
+    """safetensors, torch.save and h5py wrap a failed write in their own exception types (``os error 27``,
+    ``PytorchStreamWriter failed writing file``); find the OS error inside so it is reported with the file."""
+    text = str(e)
+    match = re.search(r"os error (\d+)", text)
+    code = int(match.group(1)) if match else next((c for t, c in _OS_ERROR_TEXTS.items() if t in text), None)
+    if code is None:
+        return None
+    return OSError(code, os.strerror(code), str(target))
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:

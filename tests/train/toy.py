@@ -28,12 +28,14 @@ class ToyPairs(Dataset):
     """Sentence pairs over a 100-token vocabulary: label 1 when the second half repeats the first
     (shifted by one), else random. Masked per example from (seed, epoch, index)."""
 
-    def __init__(self, n: int = 64, length: int = 6, seed: int = 0, delay: float = 0.0) -> None:
+    def __init__(self, n: int = 64, length: int = 6, seed: int = 0, delay: float = 0.0,
+                 stop_after: int = 0) -> None:  # fmt: skip
         g = torch.Generator().manual_seed(1234)
         self.a = torch.randint(10, VOCAB - 1, (n, length), generator=g)
         self.labels = torch.randint(0, 2, (n,), generator=g)
         self.b = torch.where(self.labels[:, None] == 1, self.a + 1, torch.randint(10, VOCAB, (n, length), generator=g))
         self.seed, self.epoch, self.delay = seed, 0, delay
+        self.stop_after, self.served = stop_after, 0  # > 0: SIGSTOP this process after serving that many
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -44,6 +46,12 @@ class ToyPairs(Dataset):
     def __getitem__(self, i: int) -> dict:
         if self.delay:
             time.sleep(self.delay)
+        self.served += 1
+        if self.stop_after and self.served > self.stop_after:
+            import signal
+
+            print(f"STOPPING {os.getpid()}", flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)  # a frozen rank: alive, holding its sockets, silent
         ids = torch.cat([torch.tensor([CLS]), self.a[i], torch.tensor([SEP]), self.b[i], torch.tensor([SEP])])
         segments = torch.cat([torch.zeros(self.a.shape[1] + 2), torch.ones(self.b.shape[1] + 1)]).long()
         maskable = (ids != CLS) & (ids != SEP)
@@ -64,16 +72,19 @@ def collate(items: list[dict]) -> Batch:
 
 def run(out: str | Path, max_steps: int = 12, resume: bool = False, batch_size: int = 8, grad_accum: int = 1,
         objectives: list[str] | None = None, save_every: int = 3, dropout: float = 0.1, delay: float = 0.0,
-        lr: float = 1e-3, precision: str = "fp32"):  # fmt: skip
+        lr: float = 1e-3, precision: str = "fp32", stop_rank_at: int = 0, dist_timeout: float = 5.0):  # fmt: skip
     torch.manual_seed(0)
     model = PretrainingModel(build_model("bert_tiny", dropout=dropout, attn_dropout=dropout))
     task = Pretraining(model, objectives)
     config = TrainConfig(
         max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=2,
         save_every=save_every, log_every=1, progress=False, keep_last=2, seed=0, device="cpu", precision=precision,
+        dist_timeout_minutes=dist_timeout,
     )  # fmt: skip
     info = {"model": "bert_tiny", "objectives": list(task.objective_names)}
-    return train(task, ToyPairs(delay=delay), collate, config, out, resume=resume, run_info=info)
+    stop_after = stop_rank_at * batch_size * grad_accum if os.environ.get("RANK") == "1" else 0
+    data = ToyPairs(delay=delay, stop_after=stop_after)
+    return train(task, data, collate, config, out, resume=resume, run_info=info)
 
 
 def main() -> None:
@@ -87,6 +98,8 @@ def main() -> None:
     p.add_argument("--save-every", type=int, default=3)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--stop-rank-at", type=int, default=0, help="rank 1 SIGSTOPs itself at this step")
+    p.add_argument("--dist-timeout", type=float, default=5.0, help="minutes a collective may wait")
     p.add_argument("--hang-on-save", type=int, default=0, help="freeze half-way through writing this step's checkpoint")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -105,7 +118,8 @@ def main() -> None:
 
         torch.save = half_then_hang
     run(args.out, args.max_steps, args.resume, args.batch_size, args.grad_accum, args.objectives or None,
-        args.save_every, args.dropout, args.delay)  # fmt: skip
+        args.save_every, args.dropout, args.delay, stop_rank_at=args.stop_rank_at,
+        dist_timeout=args.dist_timeout)  # fmt: skip
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # as train.distributed.cleanup: no rank tears gloo down under another
         torch.distributed.destroy_process_group()

@@ -13,9 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Pre-training heads are kept when SRC has them.",
     )
     p.add_argument("src", help="source checkpoint directory, or an authors' checkpoint file")
-    p.add_argument("dst", help="destination directory (created)")
+    p.add_argument("dst", help="destination directory (created; an existing non-empty one is refused unless it "
+                   "holds an earlier `mmbert convert` output of the same format, or --force)")
     p.add_argument("--to", choices=["hf", "mmbert"], default="mmbert", help="output format (default: mmbert)")
     p.add_argument("--encoder-only", action="store_true", help="drop pre-training heads")
+    p.add_argument("--force", action="store_true", help="write into a non-empty DST of another kind")
     add_source_arguments(p)
     p.set_defaults(func=run)
 
@@ -50,9 +52,38 @@ def source_options(args: argparse.Namespace) -> dict:
     return {"config": args.config, "source": args.source, **opts}
 
 
+MARKER = ".mmbert-convert.json"  # what `mmbert convert` leaves in DST: its output format
+
+
+def check_destination(src: str, dst: str, to: str, force: bool) -> None:
+    """Refuse SRC = DST, and a non-empty DST that is not an earlier ``mmbert convert`` output in the same
+    format (a fine-tuned model there would become a mix of files) unless ``force``."""
+    import json
+    from pathlib import Path
+
+    source, target = Path(src), Path(dst)
+    if target.exists() and source.exists() and source.resolve() == target.resolve():
+        raise ValueError(f"{dst}: the destination is the source directory; choose another DST")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{dst}: exists and is not a directory")
+    if force or not target.is_dir() or not any(target.iterdir()):
+        return
+    try:
+        previous = json.loads((target / MARKER).read_text(encoding="utf-8")).get("to")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous == to:
+        return
+    what = f"an `mmbert convert --to {previous}` output" if previous else "files not written by `mmbert convert`"
+    raise ValueError(f"{dst}: not empty ({what}); refusing to write {to} files into it: choose an empty DST, "
+                     "or pass --force")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
+    from mmbert.atomic import atomic_write_json
     from mmbert.convert import CheckpointError, export_hf, load_model, load_pretraining
 
+    check_destination(args.src, args.dst, args.to, args.force)
     model = None
     opts = source_options(args)
     if not args.encoder_only:
@@ -71,5 +102,6 @@ def run(args: argparse.Namespace) -> int:
         export_hf(model, args.dst)
     else:
         model.save(args.dst)
+    atomic_write_json(f"{args.dst}/{MARKER}", {"to": args.to, "src": str(args.src)})
     print(f"wrote {kind} ({type(model).__name__}) to {args.dst} in {args.to} format")
     return 0

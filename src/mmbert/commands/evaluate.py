@@ -78,7 +78,9 @@ def load_for_evaluation(args: argparse.Namespace, task_options: dict):
 def run(args: argparse.Namespace) -> int:
     from mmbert.data.tokenizer import Tokenizer
     from mmbert.tasks.base import open_features, write_json
+    from mmbert.train.distributed import resolve_device
 
+    args.device = resolve_device(args.device)  # refused up front when it is not here
     move_settings(args, "data")
     if not args.data:
         raise ValueError("--data needs at least one NAME=PATH file")

@@ -112,6 +112,10 @@ def run_check(args: argparse.Namespace) -> int:
     from mmbert.data.features.validate import check_store
 
     with features.open(args.path, trust_pickle=args.trust_pickle) as store:
+        total = len(store)
+        if total == 0:
+            print(f"{args.path}: {_no_records(store)}", file=sys.stderr)
+            return 1
         bad: set[str] = set()
         count = 0
         for problem in check_store(
@@ -120,12 +124,29 @@ def run_check(args: argparse.Namespace) -> int:
             print(problem)
             bad.add(problem.image_id)
             count += 1
-        total = len(store)
+        incomplete = store.incomplete
+    if incomplete:
+        print(f"{args.path}: {INCOMPLETE_MESSAGE}", file=sys.stderr)
     if bad:
         print(f"{args.path}: {len(bad)} of {total} records have problems ({count} problems)", file=sys.stderr)
+    if bad or incomplete:
         return 1
     print(f"{args.path}: all {total} records OK")
     return 0
+
+
+INCOMPLETE_MESSAGE = (
+    "incomplete: a conversion into this store started and did not finish (killed or failed); "
+    "run the same `mmbert features convert` again to resume it"
+)
+
+
+def _no_records(store) -> str:
+    if store.format == "npz" and not any(store.path.iterdir()):
+        return "empty directory: not a feature store (no <image_id>.npz files, no LMDB data.mdb)"
+    if store.format == "npz":
+        return "holds no <image_id>.npz files: not an npz feature store (or an empty one)"
+    return f"the {store.format} store holds no records"
 
 
 def store_info(store, sample: int = 1000) -> dict:
@@ -173,6 +194,7 @@ def store_info(store, sample: int = 1000) -> dict:
     return {
         "path": str(store.path),
         "format": store.format,
+        "complete": not store.incomplete,
         "images": len(store),
         "sampled": len(ids),
         "unreadable_in_sample": unreadable,
@@ -199,6 +221,8 @@ def run_info(args: argparse.Namespace) -> int:
         f"{info['path']}: {info['format']} store, {info['images']} images "
         f"(statistics over {info['sampled']}{unreadable})"
     )
+    if not info["complete"]:
+        print(f"  {INCOMPLETE_MESSAGE}")
     for key in (
         "feature_width",
         "boxes_per_image",

@@ -129,7 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "settings", nargs="*", metavar="key=value", help="e.g. warmup_steps=500 task.max_regions=36"
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, lock_out=True)  # mmbert.cli locks --out for the whole run
 
 
 def load_init(init: str, task_name: str, model_overrides: dict[str, Any]):
@@ -224,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
     objective = FinetuneObjective(task, model)
     run_info = {"task": task.name, "task_options": {k: v for k, v in task.state().items() if k != "trust_pickle"},
                 "init": str(args.init), "model_config": encoder.config.to_dict()}  # fmt: skip
-    env = init_distributed(None if train_config.device == "auto" else train_config.device)
+    env = init_distributed(None if train_config.device == "auto" else train_config.device,
+                           train_config.dist_timeout_minutes)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         record = {

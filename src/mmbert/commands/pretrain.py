@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objectives", nargs="+", help="override the paper's objective set, e.g. mlm itm")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("settings", nargs="*", metavar="key=value", help="any setting, e.g. warmup_steps=1000")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, lock_out=True)  # mmbert.cli locks --out for the whole run
 
 
 @dataclass
@@ -250,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
     eval_set = corrupt(eval_data, settings.train.seed + 1) if eval_data is not None else None
 
     # ---- build, record, train -----------------------------------------------------------------------
-    env = init_distributed(None if settings.train.device == "auto" else settings.train.device)
+    env = init_distributed(None if settings.train.device == "auto" else settings.train.device,
+                           settings.train.dist_timeout_minutes)
     import torch
 
     torch.manual_seed(settings.train.seed)

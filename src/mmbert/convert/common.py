@@ -138,28 +138,77 @@ def read_config(path: Path) -> dict:
             f"(found: {sorted(p.name for p in path.iterdir()) or 'nothing'})"
         )
     try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{config_file}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object of settings, got a {type(config).__name__}")
+    return config
+
+
+def _load_safetensors(file: Path) -> dict[str, Tensor]:
+    """One safetensors file; a truncated, empty or garbage one is named, not a traceback from the parser."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: listed by the checkpoint but missing") from None
+    except Exception as e:  # noqa: BLE001 - safetensors reports corruption through its own error types
+        raise CheckpointError(
+            f"{file}: not a readable safetensors file (truncated, empty or corrupt: {str(e).splitlines()[0][:200]})"
+        ) from None
+
+
+def _shard_files(index_file: Path) -> list[Path]:
+    """The shards a ``model.safetensors.index.json`` lists, each refused unless it lies inside the
+    checkpoint directory (an index could otherwise make us read any file on the machine)."""
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index_file}: not valid JSON ({e})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_file}: expected {{'weight_map': {{tensor name: shard file}}}}")
+    root = index_file.parent.resolve()
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        shard = (index_file.parent / name).resolve()
+        if shard.parent != root or Path(name).is_absolute():
+            raise CheckpointError(
+                f"{index_file}: shard {name!r} lies outside the checkpoint directory {root}; refused"
+            )
+        shards.append(shard)
+    return shards
 
 
 def read_weights(path: Path) -> tuple[dict[str, Tensor], str]:
     """All tensors of a checkpoint directory (safetensors, sharded safetensors, or pytorch_model.bin)."""
-    from safetensors.torch import load_file
+    import pickle
 
     path = Path(path)
     if (path / "model.safetensors").exists():
         f = path / "model.safetensors"
-        state = load_file(str(f))
+        state = _load_safetensors(f)
     elif (path / "model.safetensors.index.json").exists():
         f = path / "model.safetensors.index.json"
-        shards = sorted(set(json.loads(f.read_text())["weight_map"].values()))
         state = {}
-        for shard in shards:
-            state.update(load_file(str(path / shard)))
+        for shard in _shard_files(f):
+            state.update(_load_safetensors(shard))
     elif (path / "pytorch_model.bin").exists():
         f = path / "pytorch_model.bin"
-        state = torch.load(f, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0][:200]
+            raise CheckpointError(
+                f"{f}: refused: the pickle asks for objects beyond tensors and containers, which could run code "
+                f"(torch.load weights_only=True: {first}); convert it where you trust it, or use safetensors"
+            ) from None
+        except (RuntimeError, EOFError, ValueError) as e:
+            raise CheckpointError(f"{f}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise CheckpointError(f"{f}: expected a dict of tensors (a state dict)")
     else:
         raise CheckpointError(
             f"{path}: no weights; expected one of {', '.join(WEIGHT_FILES)} "

@@ -37,6 +37,7 @@ class TrainConfig:
     keep_last: int = 3  # step checkpoints kept, besides best.pt
     progress: bool = True  # tqdm progress bar on the main process
     find_unused_parameters: bool | None = None  # DDP: None = decide from the objectives' use of the heads
+    dist_timeout_minutes: float = 5.0  # DDP: a collective waiting longer than this ends the job (names the rank)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "keep_last", "log_every"):
@@ -46,6 +47,8 @@ class TrainConfig:
                      "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train config: {name} must be >= 0, got {getattr(self, name)}")
+        if self.dist_timeout_minutes <= 0:
+            raise ValueError(f"train config: dist_timeout_minutes must be positive, got {self.dist_timeout_minutes}")
         if self.lr <= 0:
             raise ValueError(f"train config: lr must be positive, got {self.lr}")
         if self.schedule not in SCHEDULES:

@@ -35,10 +35,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmbert.atomic import atomic_write_text
 from mmbert.data.batch import Batch
+from mmbert.lock import PathLock
 from mmbert.objectives.base import LossOutput
 from mmbert.train import checkpoint as ckpt
 from mmbert.train.config import TrainConfig
-from mmbert.train.distributed import DistEnv, all_gather_objects, all_reduce_mean, barrier, init_distributed
+from mmbert.train.distributed import (
+    DistEnv,
+    all_gather_objects,
+    all_reduce_mean,
+    barrier,
+    init_distributed,
+    is_communication_failure,
+    lost_peer_error,
+)
 from mmbert.train.optim import build_optimizer, build_scheduler
 from mmbert.train.sampler import StepSampler
 
@@ -79,11 +88,23 @@ def train(
     ``run_info`` (model name, model config, objectives ...) is stored in every checkpoint; ``resume``
     refuses a run directory whose checkpoints carry a different one.
     """
-    env = env or init_distributed(None if config.device == "auto" else config.device)
+    env = env or init_distributed(None if config.device == "auto" else config.device, config.dist_timeout_minutes)
     run_dir = Path(run_dir)
-    run_info = run_info or {}
+    lock = contextlib.nullcontext()
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = PathLock(run_dir, "run directory")  # re-entrant: the command may hold it already
+    with lock:
+        try:
+            return _train(task, dataset, collate_fn, config, run_dir, eval_dataset, resume, run_info or {}, env)
+        except Exception as e:
+            if env.distributed and is_communication_failure(e):
+                raise lost_peer_error(env, e, "during training") from e
+            raise
+
+
+def _train(task, dataset, collate_fn, config: TrainConfig, run_dir: Path, eval_dataset, resume: bool,
+           run_info: dict[str, Any], env: DistEnv) -> TrainResult:  # fmt: skip
     _seed_everything(config.seed + env.rank)
 
     task.to(env.device)
@@ -102,8 +123,14 @@ def train(
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}")
         state, last_path = loaded
         check_resumable(state, run_info, config, env, source=str(last_path))
-        if env.is_main:
-            ckpt.remove_stale_temp_files(run_dir)
+        if int(state["step"]) > config.max_steps:
+            raise ResumeError(
+                f"--resume: {last_path} is at step {state['step']}, beyond max_steps={config.max_steps}: there is "
+                f"nothing left to train; pass --max-steps above {state['step']} to continue"
+            )
+    if env.is_main:  # a fresh start too: temporary files of a killed earlier write are never read
+        ckpt.remove_stale_temp_files(run_dir)
+    if resume:
         task.load_state_dict(state["task"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

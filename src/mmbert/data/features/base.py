@@ -181,6 +181,11 @@ class StoreReader:
         except (ValueError, KeyError, TypeError, IndexError, OSError, EOFError, binascii.Error) as e:
             raise FeatureStoreError(f"{self.path}: image {image_id!r}: {type(e).__name__}: {e}") from e
 
+    @property
+    def incomplete(self) -> bool:
+        """True when a write into this store started and never finished (a killed conversion)."""
+        return is_incomplete(self.path)
+
     def missing(self, image_id: str) -> MissingImageError:
         return MissingImageError(f"{self.path}: image {image_id!r} is not in this {self.format} store")
 
@@ -188,15 +193,62 @@ class StoreReader:
         return f"{type(self).__name__}({str(self.path)!r})"
 
 
+INCOMPLETE_NAME = ".mmbert-incomplete"
+
+
+def incomplete_marker(path: str | os.PathLike, directory: bool) -> Path:
+    """The file that says "a write into this store started and has not finished": inside a directory
+    store, beside a file store. A writer creates it on open and removes it only on a clean close."""
+    path = Path(path)
+    return path / INCOMPLETE_NAME if directory else path.with_name(f".{path.name}.incomplete")
+
+
+def is_incomplete(path: str | os.PathLike) -> bool:
+    """Whether a conversion (or any writer) into ``path`` started and did not finish."""
+    path = Path(path)
+    return (path / INCOMPLETE_NAME).exists() if path.is_dir() else incomplete_marker(path, False).exists()
+
+
 class StoreWriter:
     """Base class of the writers. ``write(record)`` adds one image; ``image_id in writer`` tells whether
     it is already there (so that an interrupted conversion resumes). Writing an id twice replaces it
-    where the backend can (HDF5, LMDB, npz) and is refused where it cannot (TSV)."""
+    where the backend can (HDF5, LMDB, npz) and is refused where it cannot (TSV).
+
+    A writer holds an exclusive lock on its store (a second writer is refused, naming the holder's pid)
+    and marks the store incomplete until it is closed cleanly: leaving the ``with`` block through an
+    exception (or a kill) keeps the mark, so ``check`` reports the store as unfinished and the next
+    conversion resumes it. Subclasses implement ``_write``, ``_finish`` (make everything durable) and
+    optionally ``_abort`` (stop, keeping what is safely written)."""
 
     format = "?"
+    directory = False  # a directory store (npz, LMDB) or a single file (TSV, HDF5)
 
     def __init__(self, path: str | os.PathLike) -> None:
+        from mmbert.lock import PathLock
+
         self.path = Path(path)
+        self._lock = PathLock(self.path, f"{self.format} feature store", inside=self.directory)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.directory:
+            if self.path.exists() and not self.path.is_dir():
+                raise FeatureStoreError(f"{self.path}: exists and is not a directory")
+            self.path.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        self._closed = False
+        self.marker = incomplete_marker(self.path, self.directory)
+        self._marked_before = self.marker.exists()
+        try:
+            self.marker.touch()
+        except OSError:
+            self._lock.release()
+            raise
+
+    def _fail_open(self) -> None:
+        """A subclass could not open its store: undo the mark (if this writer made it) and the lock."""
+        self._closed = True
+        if not self._marked_before:
+            self.marker.unlink(missing_ok=True)
+        self._lock.release()
 
     def write(self, record: RegionFeatures) -> None:
         check_writable(record, self.path)
@@ -205,6 +257,13 @@ class StoreWriter:
     def _write(self, record: RegionFeatures) -> None:
         raise NotImplementedError
 
+    def _finish(self) -> None:
+        """Flush and close the backend so that every written record is durable."""
+
+    def _abort(self) -> None:
+        """Stop after an error: keep what is safely written (the store stays marked incomplete)."""
+        self._finish()
+
     def __contains__(self, image_id: object) -> bool:
         raise NotImplementedError
 
@@ -212,13 +271,37 @@ class StoreWriter:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        """Finish, then mark the store complete and release the lock."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._finish()
+            self.marker.unlink(missing_ok=True)
+            from mmbert.atomic import fsync_dir
+
+            fsync_dir(self.marker.parent)
+        finally:
+            self._lock.release()
+
+    def abort(self) -> None:
+        """Close without marking the store complete (what ``with`` does when its block raised)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._abort()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> StoreWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"

@@ -10,12 +10,16 @@ requested arrays are read; the file is never loaded whole.
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 from collections.abc import Collection
+from pathlib import Path
 
 import h5py
 import numpy as np
 from h5py import h5d, h5s, h5t
 
+from mmbert.atomic import fsync_dir
 from mmbert.data.batch import RegionFeatures
 from mmbert.data.features.base import (
     DTYPES,
@@ -29,6 +33,7 @@ from mmbert.data.features.base import (
 )
 
 _PARTIAL = "__partial__"  # a group being written; renamed to its image id once complete
+_METADATA_ROOM = 1 << 20  # bytes kept free for HDF5's metadata when a write is checked to fit
 
 
 # Memory types to read into: our canonical dtypes (HDF5 converts on read if a file stores another).
@@ -124,26 +129,66 @@ class HDF5Reader(StoreReader):
         return make_record(self.path, image_id, (size[0], size[1]), feats, boxes, arrays)
 
 
+def side_file(path: str | os.PathLike) -> Path:
+    """Where an unfinished write into the HDF5 store ``path`` lives until it is swapped in."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
 class HDF5Writer(StoreWriter):
     """Writes one group per image (uncompressed unless ``compression`` is given, e.g. "gzip").
 
-    Each image is written to a scratch group and renamed when complete, so a run killed mid-write never
-    leaves a half-written image behind; ``mode="a"`` adds to an existing file."""
+    HDF5 is not safe against a kill: a process killed while the library holds unflushed metadata leaves
+    a file that does not open. So nothing is written into the store itself. The writer works on a side
+    file (``.<name>.partial``: a copy of the existing store with ``mode="a"``, else a new file), flushed
+    every ``flush_every`` images, and swaps it over the store atomically on ``close()``. A kill at any
+    moment leaves the store exactly as it was; the next writer resumes from the side file when it opens
+    and every group in it is whole, and otherwise starts again from the store (with a warning). Inside
+    the side file each image is written to a scratch group and renamed when complete."""
 
     format = "hdf5"
 
-    def __init__(self, path: str | os.PathLike, mode: str = "w", compression: str | None = None) -> None:
-        super().__init__(path)
+    def __init__(
+        self, path: str | os.PathLike, mode: str = "w", compression: str | None = None, flush_every: int = 256
+    ) -> None:
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path)
+        self.side = side_file(self.path)
+        self.compression = compression
+        self.flush_every = flush_every
+        self._since_flush = 0
         try:
-            self._file = h5py.File(self.path, mode)
-        except OSError as e:
-            raise FeatureStoreError(f"{self.path}: cannot open as HDF5 for writing ({e})") from e
+            self._file = self._open_side(mode)
+        except BaseException:
+            self._fail_open()
+            raise
         if _PARTIAL in self._file:
             del self._file[_PARTIAL]
-        self.compression = compression
+
+    def _open_side(self, mode: str) -> h5py.File:
+        if mode == "w":
+            self.side.unlink(missing_ok=True)  # a new store: a killed earlier write is not resumed
+        if self.side.exists():
+            resumed = _reopen_whole(self.side)
+            if resumed is not None:
+                return resumed
+            warnings.warn(
+                f"{self.path}: the unfinished write in {self.side} is damaged (killed mid-flush); "
+                "starting again from the store",
+                stacklevel=3,
+            )
+            self.side.unlink()
+        if mode == "a" and self.path.exists() and self.path.stat().st_size:
+            try:  # refuse a non-HDF5 file before copying it
+                h5py.File(self.path, "r").close()
+            except OSError as e:
+                raise FeatureStoreError(f"{self.path}: cannot open as HDF5 for appending ({e})") from e
+            shutil.copyfile(self.path, self.side)
+        try:
+            return h5py.File(self.side, "a" if self.side.exists() else "w")
+        except OSError as e:
+            raise FeatureStoreError(f"{self.side}: cannot open as HDF5 for writing ({e})") from e
 
     def __contains__(self, image_id: object) -> bool:
         return isinstance(image_id, str) and "/" not in image_id and image_id in self._file
@@ -157,8 +202,10 @@ class HDF5Writer(StoreWriter):
             raise FeatureStoreError(
                 f"{self.path}: image id {image_id!r} cannot name an HDF5 group ('/' or '__')"
             )
+        arrays = record_arrays(record)
+        self._check_room(sum(a.nbytes for a in arrays.values()))
         group = self._file.create_group(_PARTIAL)
-        for name, value in record_arrays(record).items():
+        for name, value in arrays.items():
             group.create_dataset(
                 STORED_NAMES[name], data=value, compression=self.compression if value.size else None
             )
@@ -167,7 +214,54 @@ class HDF5Writer(StoreWriter):
         if image_id in self._file:
             del self._file[image_id]
         self._file.move(_PARTIAL, image_id)
+        self._since_flush += 1
+        if self._since_flush >= self.flush_every:
+            self._file.flush()
+            self._since_flush = 0
 
-    def close(self) -> None:
+    def _check_room(self, nbytes: int) -> None:
+        """Refuse a write that would not fit (disk space, ``ulimit -f``) before HDF5 attempts it: the
+        library does not survive a failed write (it segfaults flushing its metadata)."""
+        import errno
+        import resource
+
+        needed = self.side.stat().st_size + 2 * nbytes + _METADATA_ROOM
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and needed > limit:
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(self.side))
+        fs = os.statvfs(self.side.parent)
+        if fs.f_bavail * fs.f_frsize < 2 * nbytes + _METADATA_ROOM:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.side))
+
+    def _abort(self) -> None:
+        if self._file.id.valid:
+            self._file.close()  # the side file stays: the next writer resumes from it
+
+    def _finish(self) -> None:
         if self._file.id.valid:
             self._file.close()
+        with open(self.side, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.side, self.path)
+        fsync_dir(self.path.parent)
+
+
+def _reopen_whole(path: Path) -> h5py.File | None:
+    """The side file of a killed writer, opened for appending, if it opens and every group in it has
+    its four datasets readable; None when any of it is damaged."""
+    try:
+        f = h5py.File(path, "a")
+    except Exception:  # noqa: BLE001 - HDF5 reports a damaged file through several error types
+        return None
+    try:
+        for key in list(f.keys()):
+            if key == _PARTIAL:
+                continue
+            group = f[key]
+            for name in ("features", "boxes", "img_h", "img_w"):
+                if name not in group.attrs:
+                    _ = group[name].shape
+        return f
+    except Exception:  # noqa: BLE001
+        f.close()
+        return None

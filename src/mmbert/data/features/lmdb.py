@@ -131,25 +131,44 @@ def decode_record(
     return make_record(path, image_id, (h, w), feats, boxes, arrays)
 
 
+MIN_FILE_BYTES = 2 * 4096  # LMDB's two meta pages
+
+
+def _data_file(path: Path) -> Path:
+    return path / "data.mdb" if path.is_dir() else path
+
+
+def _check_not_truncated(env: lmdb.Environment, path: Path) -> None:
+    """Refuse a data file shorter than its last used page before anything maps it: LMDB reads records
+    through a memory map, and touching a page past the end of a truncated file kills the process with
+    SIGBUS (no Python exception, no message)."""
+    size = _data_file(path).stat().st_size
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    if size < needed:
+        env.close()
+        raise FeatureStoreError(
+            f"{_data_file(path)}: truncated LMDB file: {size} bytes, but its pages run to {needed} bytes "
+            "(an interrupted copy or download?); restore it or convert the store again"
+        )
+
+
 def _open_env(path: Path, readonly: bool, map_size: int = 1 << 30) -> lmdb.Environment:
     subdir = path.is_dir() or not path.exists()
+    data = _data_file(path)
+    existing = data.exists() and data.stat().st_size > 0
+    if existing and data.stat().st_size < MIN_FILE_BYTES:
+        raise FeatureStoreError(f"{data}: {data.stat().st_size} bytes, too short to be an LMDB file (truncated?)")
     try:
         if readonly:
-            return lmdb.open(
-                str(path),
-                subdir=subdir,
-                readonly=True,
-                lock=False,
-                readahead=False,
-                meminit=False,
-                max_readers=2048,
-                max_dbs=2,
-            )
-        return lmdb.open(
-            str(path), subdir=subdir, map_size=map_size, readahead=False, meminit=False, max_dbs=2
-        )
+            env = lmdb.open(str(path), subdir=subdir, readonly=True, lock=False, readahead=False, meminit=False,
+                            max_readers=2048, max_dbs=2)  # fmt: skip
+        else:
+            env = lmdb.open(str(path), subdir=subdir, map_size=map_size, readahead=False, meminit=False, max_dbs=2)
     except lmdb.Error as e:
         raise FeatureStoreError(f"{path}: cannot open as LMDB ({e})") from e
+    if existing:
+        _check_not_truncated(env, path)
+    return env
 
 
 def _encoding(env: lmdb.Environment) -> str | None:
@@ -182,7 +201,11 @@ class LMDBReader(StoreReader):
     def __init__(self, path: str | os.PathLike, trust_pickle: bool = False) -> None:
         super().__init__(path)
         self.trust_pickle = trust_pickle
-        self.encoding = _encoding(self.handle)
+        try:
+            self.encoding = _encoding(self.handle)
+        except (lmdb.Error, ValueError) as e:
+            self.close()
+            raise FeatureStoreError(f"{self.path}: corrupt LMDB store ({type(e).__name__}: {e})") from e
         if self.encoding is None:
             raise FeatureStoreError(f"{self.path}: empty LMDB store (no records, no keys entry)")
         if self.encoding == "unknown":
@@ -231,6 +254,14 @@ class LMDBReader(StoreReader):
         return state
 
     def _keys(self) -> list[str]:
+        try:
+            return self._list_keys()
+        except lmdb.Error as e:
+            raise FeatureStoreError(
+                f"{self.path}: corrupt LMDB store: cannot list its ids ({type(e).__name__}: {e})"
+            ) from e
+
+    def _list_keys(self) -> list[str]:
         ids_db = self._ids_db()
         with self.handle.begin() as txn:
             if self.encoding == "pickle":
@@ -240,6 +271,14 @@ class LMDBReader(StoreReader):
             return [k.decode("utf-8") for k in cursor.iternext(keys=True, values=False) if k not in RESERVED]
 
     def _has(self, image_id: str) -> bool:
+        try:
+            return self._has_key(image_id)
+        except lmdb.Error as e:
+            raise FeatureStoreError(
+                f"{self.path}: image {image_id!r}: corrupt LMDB store ({type(e).__name__}: {e})"
+            ) from e
+
+    def _has_key(self, image_id: str) -> bool:
         key = image_id.encode("utf-8")
         if key in RESERVED:
             return False
@@ -251,6 +290,14 @@ class LMDBReader(StoreReader):
                 return cursor.set_key(key)
 
     def _read(self, image_id: str, fields: Collection[str]) -> RegionFeatures:
+        try:
+            return self._read_record(image_id, fields)
+        except lmdb.Error as e:
+            raise FeatureStoreError(
+                f"{self.path}: image {image_id!r}: corrupt LMDB record ({type(e).__name__}: {e})"
+            ) from e
+
+    def _read_record(self, image_id: str, fields: Collection[str]) -> RegionFeatures:
         key = image_id.encode("utf-8")
         if key in RESERVED:
             raise self.missing(image_id)
@@ -333,14 +380,25 @@ class LMDBWriter(StoreWriter):
     grows (doubling) whenever LMDB reports it full, so no terabyte ``map_size`` is reserved up front."""
 
     format = "lmdb"
+    directory = True
 
     def __init__(
         self, path: str | os.PathLike, mode: str = "w", map_size: int = 1 << 30, commit_bytes: int = 64 << 20
     ) -> None:
-        super().__init__(path)
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.directory = not Path(path).is_file()  # an existing single-file LMDB (subdir=False) stays one
+        super().__init__(path)
+        try:
+            self._open(map_size)
+        except BaseException:
+            self._fail_open()
+            raise
+        self.commit_bytes = commit_bytes
+        self._pending: dict[bytes, bytes] = {}
+        self._pending_bytes = 0
+
+    def _open(self, map_size: int) -> None:
         self._env = _open_env(self.path, readonly=False, map_size=map_size)
         encoding = _encoding(self._env)
         if encoding == "pickle":
@@ -359,9 +417,6 @@ class LMDBWriter(StoreWriter):
             self._put([(META_KEY, json.dumps(META).encode())])
         else:
             self._backfill_ids()
-        self.commit_bytes = commit_bytes
-        self._pending: dict[bytes, bytes] = {}
-        self._pending_bytes = 0
 
     def _backfill_ids(self) -> None:
         """A store written before the ids sub-database existed: list its ids there once."""
@@ -419,7 +474,7 @@ class LMDBWriter(StoreWriter):
         if self._pending_bytes >= self.commit_bytes:
             self.flush()
 
-    def close(self) -> None:
+    def _finish(self) -> None:
         if self._env is None:
             return
         self.flush()

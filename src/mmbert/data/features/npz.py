@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
+from mmbert.atomic import atomic_write, fsync_dir
 from mmbert.data.batch import RegionFeatures
 from mmbert.data.features.base import (
     STORED_NAMES,
@@ -38,12 +39,17 @@ SUFFIX = ".npz"
 
 
 def file_name(image_id: str) -> str:
-    return quote(image_id, safe="") + SUFFIX
+    """A file name that is safe for any id and decodes back to it: percent-encoding (``/`` included),
+    and a leading ``.`` encoded too, so ``.hidden`` and ``..`` are neither hidden nor special."""
+    name = quote(image_id, safe="")
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    return name + SUFFIX
 
 
 def image_id_of(name: str) -> str | None:
     if not name.endswith(SUFFIX) or name.startswith("."):
-        return None
+        return None  # hidden names are temporary files, never records
     return unquote(name[: -len(SUFFIX)])
 
 
@@ -93,16 +99,56 @@ class NPZReader(StoreReader):
         return make_record(self.path, image_id, size, archive["features"], archive["boxes"], arrays)
 
 
+# numpy's own cap on a .npy header (``np.lib.format``'s max_header_size): a crafted file with a larger one
+# could make parsing it exhaust memory.
+MAX_HEADER_SIZE = 10000
+
+
 @functools.lru_cache(maxsize=256)
 def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
     """Parse a .npy header dict (a Python literal; never evaluated as code). Cached: stores repeat them."""
-    meta = ast.literal_eval(header.decode("latin1"))
+    if len(header) > MAX_HEADER_SIZE:
+        raise ValueError(f".npy header of {len(header)} bytes exceeds the {MAX_HEADER_SIZE}-byte limit")
+    try:
+        meta = ast.literal_eval(header.decode("latin1"))
+    except (RecursionError, MemoryError) as e:
+        raise ValueError(f"unparseable .npy header ({type(e).__name__})") from None
     if not isinstance(meta, dict) or not {"descr", "shape", "fortran_order"} <= set(meta):
         raise ValueError(f"not a .npy header: {header[:80]!r}")
     dtype = np.dtype(meta["descr"])
     if dtype.hasobject:
         raise ValueError("object arrays need pickle; refused")
-    return dtype, tuple(meta["shape"]), bool(meta["fortran_order"])
+    shape = meta["shape"]
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"bad .npy shape {shape!r}")
+    return dtype, shape, bool(meta["fortran_order"])
+
+
+def _header_bounds(buf: bytes | bytearray, start: int) -> tuple[int, int]:
+    """(header start, header length) of the .npy member beginning at ``start``; refuses oversized headers
+    before reading them."""
+    if buf[start : start + 6] != b"\x93NUMPY":
+        raise ValueError("not a .npy array")
+    if buf[start + 6] == 1:
+        (header_len,) = struct.unpack_from("<H", buf, start + 8)
+        header_start = start + 10
+    else:
+        (header_len,) = struct.unpack_from("<I", buf, start + 8)
+        header_start = start + 12
+    if header_len > MAX_HEADER_SIZE:
+        raise ValueError(f".npy header of {header_len} bytes exceeds the {MAX_HEADER_SIZE}-byte limit")
+    return header_start, header_len
+
+
+def _check_compressed_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Before ``np.load`` allocates a compressed member: its header is small and its declared size fits in
+    what the archive says it decompresses to (a crafted shape could otherwise ask for terabytes)."""
+    with zf.open(info) as f:
+        head = f.read(12 + MAX_HEADER_SIZE)
+    header_start, header_len = _header_bounds(head, 0)
+    dtype, shape, _ = _npy_header(bytes(head[header_start : header_start + header_len]))
+    if math.prod(shape) * dtype.itemsize > info.file_size:
+        raise ValueError(f"{info.filename}: declares {shape} {dtype} but holds {info.file_size} bytes")
 
 
 def read_npz_bytes(buf: bytes | bytearray) -> dict[str, np.ndarray]:
@@ -112,6 +158,9 @@ def read_npz_bytes(buf: bytes | bytearray) -> dict[str, np.ndarray]:
     zf = zipfile.ZipFile(io.BytesIO(buf))
     infos = zf.infolist()
     if any(info.compress_type != zipfile.ZIP_STORED for info in infos):
+        for info in infos:
+            if info.filename.endswith(".npy"):
+                _check_compressed_member(zf, info)
         with np.load(io.BytesIO(buf), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     out = {}
@@ -123,14 +172,10 @@ def read_npz_bytes(buf: bytes | bytearray) -> dict[str, np.ndarray]:
             raise zipfile.BadZipFile(f"bad local header for {info.filename}")
         name_len, extra_len = struct.unpack_from("<HH", buf, local + 26)
         start = local + 30 + name_len + extra_len
-        if buf[start : start + 6] != b"\x93NUMPY":
-            raise ValueError(f"{info.filename} is not a .npy array")
-        if buf[start + 6] == 1:
-            (header_len,) = struct.unpack_from("<H", buf, start + 8)
-            header_start = start + 10
-        else:
-            (header_len,) = struct.unpack_from("<I", buf, start + 8)
-            header_start = start + 12
+        try:
+            header_start, header_len = _header_bounds(buf, start)
+        except ValueError as e:
+            raise ValueError(f"{info.filename}: {e}") from None
         dtype, shape, fortran = _npy_header(bytes(buf[header_start : header_start + header_len]))
         data_start = header_start + header_len
         count = math.prod(shape)
@@ -142,21 +187,20 @@ def read_npz_bytes(buf: bytes | bytearray) -> dict[str, np.ndarray]:
 
 
 class NPZWriter(StoreWriter):
-    """Writes ``<dir>/<image_id>.npz`` (uncompressed: ``compress=True`` uses ``np.savez_compressed``)."""
+    """Writes ``<dir>/<image_id>.npz`` (uncompressed: ``compress=True`` uses ``np.savez_compressed``).
+    Each file goes through :func:`mmbert.atomic.atomic_write` (a unique hidden temporary name)."""
 
     format = "npz"
+    directory = True
 
     def __init__(self, path: str | os.PathLike, mode: str = "w", compress: bool = False) -> None:
-        super().__init__(path)
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
-        if self.path.exists() and not self.path.is_dir():
-            raise FeatureStoreError(f"{self.path}: exists and is not a directory")
-        self.path.mkdir(parents=True, exist_ok=True)
+        super().__init__(path)
         self.compress = compress
         with os.scandir(self.path) as it:
-            for e in it:  # leftovers of an interrupted run
-                if e.name.startswith(".tmp-") and e.name.endswith(SUFFIX):
+            for e in it:  # leftovers of an interrupted run (safe: this writer holds the store's lock)
+                if _is_temporary(e.name):
                     os.unlink(e.path)
 
     def __contains__(self, image_id: object) -> bool:
@@ -168,13 +212,28 @@ class NPZWriter(StoreWriter):
 
     def _write(self, record: RegionFeatures) -> None:
         name = file_name(record.image_id)
-        if len(name) > 255:
+        if len(name.encode("utf-8")) > 255:
             raise FeatureStoreError(
                 f"{self.path}: image id {record.image_id[:60]!r}... is too long for a file name"
             )
         arrays = {STORED_NAMES[k]: v for k, v in record_arrays(record).items()}
         arrays["img_h"] = np.int64(record.image_size[0])
         arrays["img_w"] = np.int64(record.image_size[1])
-        tmp = self.path / f".tmp-{os.getpid()}{SUFFIX}"
-        (np.savez_compressed if self.compress else np.savez)(tmp, **arrays)
-        os.replace(tmp, self.path / name)
+        save = np.savez_compressed if self.compress else np.savez
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a name
+                save(f, **arrays)
+
+        atomic_write(self.path / name, write, fsync=False)  # durability: one directory fsync on close
+
+    def _finish(self) -> None:
+        fsync_dir(self.path)
+
+
+def _is_temporary(name: str) -> bool:
+    """A temporary file of an interrupted write: ``atomic_write``'s ``.<id>.npz.XXXX.tmp``, or the
+    ``.tmp-<pid>.npz`` of older mmbert versions."""
+    return name.startswith(".") and (
+        (name.endswith(".tmp") and SUFFIX + "." in name) or (name.startswith(".tmp-") and name.endswith(SUFFIX))
+    )

@@ -13,8 +13,11 @@ Layouts, told apart by the number of tab-separated fields on each line:
 dtypes: ids int64, confidences float32, boxes float32 (N, 4) pixels x1 y1 x2 y2, features float32 (N, F).
 
 Random access without loading the file: the first open streams the file once and records the byte
-offset of every line; that index is cached beside the file (``<file>.idx``, keyed by the file's size and
-mtime) and reused by later opens. A read is one ``pread`` of one line. Lines are split on tabs directly,
+offset of every line; that index is cached beside the file (``<file>.idx``, keyed by the file's size,
+mtime and a content fingerprint: a hash of the start of up to 4096 indexed lines and of the file's head
+and tail, so a copy that keeps size and mtime, ``cp -p`` or ``rsync -a``, still invalidates it) and
+reused by later opens. A read is one ``pread`` of one line, and checks that the line holds the id asked
+for (a stale index is rebuilt, never trusted). Lines are split on tabs directly,
 so Python's ``csv.field_size_limit`` (which the csv-module readers must raise to ``sys.maxsize`` for
 these 400 kB fields) never comes into play.
 """
@@ -22,6 +25,7 @@ these 400 kB fields) never comes into play.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import json
 import os
 import warnings
@@ -31,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pybase64  # SIMD base64: ~35x faster than binascii, which alone capped TSV reads near 2000 records/s
 
+from mmbert.atomic import atomic_write
 from mmbert.data.batch import RegionFeatures
 from mmbert.data.features.base import (
     DTYPES,
@@ -102,7 +107,9 @@ PUBLISHED_NAMES = {
     ],
 }
 WRITE_LAYOUTS = {"bottomup": 6, "lxmert": 10, "lxmert+cls_prob": 11}
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+FINGERPRINT_LINES = 4096  # indexed lines whose first bytes enter the fingerprint
+MAX_ID_BYTES = 1024  # longer first fields mean the file is not a feature TSV
 
 
 def b64decode(data: bytes | memoryview, dtype: np.dtype) -> np.ndarray:
@@ -134,12 +141,13 @@ class TSVIndex:
         seen: set[str] = set()
         pos = 0
         with open(path, "rb", buffering=1 << 20) as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 start, pos = pos, pos + len(line)
                 if not line.strip():
                     continue
                 tab = line.find(b"\t")
-                image_id = _decode_id(line[: tab if tab >= 0 else len(line)].rstrip(b"\r\n"), path)
+                _check_shape(line, tab, number, path)
+                image_id = _decode_id(line[:tab], path)
                 if image_id in seen:
                     duplicates.append(image_id)
                     continue
@@ -151,26 +159,44 @@ class TSVIndex:
         # to its newline at read time only when the next offset is not its own end (rare).
         return cls(ids, offsets, duplicates)
 
-    def save(self, index_path: Path, size: int, mtime_ns: int) -> None:
+    def fingerprint(self, path: Path) -> str:
+        """A hash of the file's head and tail and of the first bytes of up to ``FINGERPRINT_LINES``
+        indexed lines (evenly spread): cheap, and it changes when lines move."""
+        digest = hashlib.blake2b(digest_size=16)
+        n = len(self.ids)
+        rows = range(n) if n <= FINGERPRINT_LINES else np.linspace(0, n - 1, FINGERPRINT_LINES).astype(int)
+        with open(path, "rb") as f:
+            fd = f.fileno()
+            size = os.fstat(fd).st_size
+            digest.update(os.pread(fd, 4096, 0))
+            digest.update(os.pread(fd, 4096, max(0, size - 4096)))
+            for row in rows:
+                digest.update(os.pread(fd, 80, int(self.offsets[row])))
+        return digest.hexdigest()
+
+    def save(self, index_path: Path, size: int, mtime_ns: int, fingerprint: str) -> None:
         header = {
             "format": "mmbert-tsv-index",
             "version": INDEX_VERSION,
             "size": size,
             "mtime_ns": mtime_ns,
+            "fingerprint": fingerprint,
             "count": len(self.ids),
             "duplicates": self.duplicates,
         }
-        tmp = index_path.with_name(index_path.name + f".tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(header) + "\n")
-            for image_id, offset in zip(self.ids, self.offsets[:-1].tolist()):
-                f.write(f"{offset}\t{image_id}\n")
-            f.write(f"{int(self.offsets[-1])}\n")
-        os.replace(tmp, index_path)
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(header) + "\n")
+                for image_id, offset in zip(self.ids, self.offsets[:-1].tolist()):
+                    f.write(f"{offset}\t{image_id}\n")
+                f.write(f"{int(self.offsets[-1])}\n")
+
+        atomic_write(index_path, write, fsync=False)  # a cache: rebuilt when lost
 
     @classmethod
-    def load(cls, index_path: Path, size: int, mtime_ns: int) -> TSVIndex | None:
-        """The cached index, or None when it is missing, unreadable or stale (the TSV changed)."""
+    def load(cls, index_path: Path, size: int, mtime_ns: int, path: Path | None = None) -> TSVIndex | None:
+        """The cached index, or None when it is missing, unreadable or stale (the TSV changed: size,
+        mtime or, given the TSV's ``path``, the content fingerprint)."""
         try:
             with open(index_path, encoding="utf-8") as f:
                 header = json.loads(f.readline())
@@ -192,7 +218,28 @@ class TSVIndex:
             return None
         if len(offsets) != len(ids) + 1 or len(ids) != header.get("count"):
             return None
-        return cls(ids, np.array(offsets, dtype=np.int64), list(header.get("duplicates", [])))
+        index = cls(ids, np.array(offsets, dtype=np.int64), list(header.get("duplicates", [])))
+        if path is not None:
+            try:
+                if index.fingerprint(path) != header.get("fingerprint"):
+                    return None
+            except OSError:
+                return None
+        return index
+
+
+def _check_shape(line: bytes, tab: int, number: int, path: Path) -> None:
+    """Refuse, at indexing, a line that cannot be a feature record (a JSON or text file passed as a TSV),
+    quoting only its start."""
+    fields = line.count(b"\t") + 1
+    if tab < 0 or tab > MAX_ID_BYTES or fields not in LAYOUTS:
+        what = "has no tab" if tab < 0 else (
+            f"starts with a {tab}-byte first field" if tab > MAX_ID_BYTES else f"has {fields} tab-separated fields"
+        )  # fmt: skip
+        raise FeatureStoreError(
+            f"{path}: line {number} {what}, so this is not a bottom-up-attention feature TSV (expected 6, 10, "
+            f"11 or 13 fields, the first an image id); the line starts {line[:60]!r}"
+        )
 
 
 def _decode_id(raw: bytes, path: Path) -> str:
@@ -225,12 +272,12 @@ class TSVReader(StoreReader):
     def index(self) -> TSVIndex:
         if self._index is None:
             st = self.path.stat()
-            index = TSVIndex.load(self.index_path, st.st_size, st.st_mtime_ns)
+            index = TSVIndex.load(self.index_path, st.st_size, st.st_mtime_ns, self.path)
             self.index_reused = index is not None
             if index is None:
                 index = TSVIndex.build(self.path)
                 try:
-                    index.save(self.index_path, st.st_size, st.st_mtime_ns)
+                    index.save(self.index_path, st.st_size, st.st_mtime_ns, index.fingerprint(self.path))
                 except OSError as e:
                     warnings.warn(
                         f"{self.path}: could not cache the offset index at {self.index_path} ({e}); "
@@ -253,7 +300,26 @@ class TSVReader(StoreReader):
         return image_id in self.index.row
 
     def line(self, image_id: str) -> bytes:
-        """The raw line of one image (one positioned read)."""
+        """The raw line of one image (one positioned read), checked to hold ``image_id``: when it does
+        not, the index is stale (the file changed under it) and is rebuilt once, never trusted."""
+        data = self._line_at_index(image_id)
+        if self._id_of(data) != image_id:
+            self._index = None
+            self._key_list = None
+            self.index_path.unlink(missing_ok=True)
+            data = self._line_at_index(image_id)
+            if self._id_of(data) != image_id:
+                raise FeatureStoreError(
+                    f"{self.path}: image {image_id!r}: the line at its offset holds "
+                    f"{self._id_of(data)[:80]!r} even after re-indexing (is the file being written?)"
+                )
+        return data
+
+    def _id_of(self, line: bytes) -> str:
+        tab = line.find(b"\t")
+        return _decode_id(line[: tab if tab >= 0 else len(line)].rstrip(b"\r"), self.path)
+
+    def _line_at_index(self, image_id: str) -> bytes:
         row = self.index.row.get(image_id)
         if row is None:
             raise self.missing(image_id)
@@ -330,15 +396,25 @@ class TSVWriter(StoreWriter):
     format = "tsv"
 
     def __init__(self, path: str | os.PathLike, mode: str = "w", layout: str = "auto") -> None:
-        super().__init__(path)
         if layout != "auto" and layout not in WRITE_LAYOUTS:
             raise ValueError(f"unknown TSV layout {layout!r}; choose from auto, {', '.join(WRITE_LAYOUTS)}")
+        if mode not in ("w", "a"):
+            raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
+        super().__init__(path)
+        try:
+            self._open_file(mode, layout)
+        except BaseException:
+            self._fail_open()
+            raise
+
+    def _open_file(self, mode: str, layout: str) -> None:
         self.num_fields = WRITE_LAYOUTS.get(layout)
         self.index_path = self.path.with_name(self.path.name + ".idx")
         ids: list[str] = []
         offsets = [0]
         duplicates: list[str] = []
         if mode == "a" and self.path.exists() and self.path.stat().st_size:
+            _refuse_foreign(self.path)
             _cut_torn_tail(self.path)
             reader = TSVReader(self.path)
             index = reader.index
@@ -353,9 +429,6 @@ class TSVWriter(StoreWriter):
                 if self.num_fields is None:
                     raise FeatureStoreError(f"{self.path}: cannot append to a {found}-field TSV")
             reader.close()
-        elif mode not in ("w", "a"):
-            raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "ab" if mode == "a" else "wb")
         self._ids = ids
         self._offsets = offsets
@@ -405,23 +478,45 @@ class TSVWriter(StoreWriter):
         self._seen.add(record.image_id)
         self._offsets.append(self._offsets[-1] + len(line))
 
-    def close(self) -> None:
+    def _abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def _finish(self) -> None:
         if self._file.closed:
             return
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
         st = self.path.stat()
         if st.st_size == self._offsets[-1]:
             index = TSVIndex(self._ids, np.array(self._offsets, dtype=np.int64), self._duplicates)
             try:
-                index.save(self.index_path, st.st_size, st.st_mtime_ns)
+                index.save(self.index_path, st.st_size, st.st_mtime_ns, index.fingerprint(self.path))
             except OSError:
                 pass  # the reader rebuilds it
 
     def __del__(self) -> None:
-        try:
-            self.close()
+        try:  # dropped without close(): not marked complete
+            self.abort()
         except Exception:
             pass
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Appending starts by cutting a torn last line: make sure the file is a feature TSV first (its first
+    line, or the start of a lone torn one, looks like a record), so that no other file is cut short."""
+    with open(path, "rb") as f:
+        head = f.readline(1 << 20)
+    tab = head.find(b"\t")
+    complete = head.endswith(b"\n")
+    try:
+        if complete:
+            _check_shape(head, tab, 1, path)
+        elif tab < 0 or tab > MAX_ID_BYTES:
+            raise FeatureStoreError(f"{path}: its first line has no image id and tab")
+    except FeatureStoreError as e:
+        raise FeatureStoreError(f"{path}: exists and is not a feature TSV ({e}); refusing to append to it") from None
 
 
 def _cut_torn_tail(path: Path) -> None:
