@@ -58,7 +58,7 @@ class Fixture:
     def config(self) -> Path:
         cfg = self.meta["config"]
         files = cfg.get("files") or [cfg["file"]]
-        return self.folder / files[0]
+        return self.folder / files[0].split(" (")[0]  # entries may carry a description in brackets
 
 
 def read_fixture(folder: Path) -> Fixture:
@@ -235,7 +235,77 @@ def _lxmert(fx: Fixture, model) -> Computed:
     return res
 
 
+def _visualbert(fx: Fixture, model) -> Computed:
+    """The original VisualBERT: its MLM head also scores the region positions (the same head on
+    ``Encoded.vision``); sequence = [text (T, padded) ; regions (R)]."""
+    x, o = fx.inputs, fx.outputs
+    src = plain_inputs(x)
+    tm, rm = x["text_mask"], x["region_mask"]
+    t = tm.shape[1]
+    res: Computed = {}
+    for prefix in ("", "label_"):
+        run = dict(src, text_ids=x[f"{prefix}text_ids"])
+        out = model(**run)
+        enc = out.encoded
+        region_mlm = model.heads.mlm(enc.vision)
+        theirs = o[f"{prefix}mlm_logits"]
+        res[f"{prefix}mlm_logits"] = (
+            torch.cat([out.mlm_logits[tm], region_mlm[rm]]),
+            torch.cat([theirs[:, :t][tm], theirs[:, t:][rm]]),
+        )
+        res[f"{prefix}itm_logits"] = (out.pair_logits, o[f"{prefix}itm_logits"])
+        if not prefix:
+            res["text_hidden"] = (enc.text[tm], o["text_hidden"][tm])
+            res["vision_hidden"] = (enc.vision[rm], o["vision_hidden"][rm])
+            seq = o["sequence_output"]
+            res["sequence_output"] = (
+                torch.cat([enc.text[tm], enc.vision[rm]]),
+                torch.cat([seq[:, :t][tm], seq[:, t:][rm]]),
+            )
+            res["pooled"] = (enc.pooled, o["pooled"])
+    return res
+
+
+def _vl_bert(fx: Fixture, model) -> Computed:
+    """VL-BERT: vision = [whole image ; regions ; [END]]; the authors' joint sequence is compact (real
+    text, the image box and real regions, [END], then padding)."""
+    x, o = fx.inputs, fx.outputs
+    src = dict(plain_inputs(x), image_size=x["image_size"])
+    tm, rm = x["text_mask"], x["region_mask"]
+    out = model(**src)
+    enc = out.encoded
+    objects = torch.cat([torch.ones_like(rm[:, :1]), rm], 1)  # image box + real regions
+    r1 = objects.shape[1]
+    res: Computed = {
+        "text_hidden": (enc.text[tm], o["text_hidden"][tm]),
+        "object_hidden": (enc.vision[:, :r1][objects], o["object_hidden"][objects]),
+        "mlm_logits": (out.mlm_logits[tm], o["mlm_logits"][tm]),
+        "mvrc_logits": (out.region_class_logits[:, :r1][objects], o["mvrc_logits"][objects]),
+    }
+    tl, nb = tm.sum(1), objects.sum(1)
+    ours, theirs = [], []
+    for b in range(tm.shape[0]):
+        ours.append(torch.cat([enc.text[b, : tl[b]], enc.vision[b, :r1][objects[b]], enc.vision[b, -1:]]))
+        theirs.append(o["joint_hidden"][b, : tl[b] + nb[b] + 1])
+    res["joint_hidden"] = (torch.cat(ours), torch.cat(theirs))
+    # obj_reps: the visual feature embedding of every box (whole image first) before its LayerNorm
+    from mmbert.data.boxes import add_global_region
+    from mmbert.models.vl_bert import pixel_convention_boxes
+
+    feats, boxes, _ = add_global_region(x["region_feats"], x["region_boxes"], rm, "last")
+    boxes = pixel_convention_boxes(boxes, x["image_size"])
+    reps = model.encoder.embeddings.visual(feats, boxes)
+    reps = torch.cat([reps[:, -1:], reps[:, :-1]], 1)  # the whole image first, as the authors
+    res["obj_reps"] = (reps[objects], o["obj_reps"][objects])
+    lab = dict(src, text_ids=x["label_text_ids"], region_masked=x["label_region_target_mask"])
+    out = model(**lab)
+    res["label_mlm_logits"] = (out.mlm_logits[tm], o["label_mlm_logits"][tm])
+    return res
+
+
 FAMILIES: dict[str, Callable[[Fixture, object], Computed]] = {
+    "visualbert": _visualbert,
+    "vl-bert": _vl_bert,
     "vilbert": _dual_stream,
     "uniter": _uniter,
     "lxmert": _lxmert,

@@ -80,9 +80,15 @@ class SourceReport:
 
 def sources() -> dict[str, ModuleType]:
     """``--from`` name -> source module, in detection order (most specific first)."""
-    from mmbert.convert import authors_lxmert, authors_uniter, authors_vilbert
+    from mmbert.convert import (
+        authors_lxmert,
+        authors_uniter,
+        authors_vilbert,
+        authors_visualbert,
+        authors_vl_bert,
+    )
 
-    mods = [authors_vilbert, authors_uniter, authors_lxmert]
+    mods = [authors_vilbert, authors_uniter, authors_vl_bert, authors_lxmert, authors_visualbert]
     return {m.NAME: m for m in mods}
 
 

@@ -85,6 +85,11 @@ def _check_exportable(config: VisualBertConfig) -> None:
             f"VisualBERT with global_region={config.global_region!r} has no Hugging Face counterpart "
             "(HF VisualBERT has no whole-image region); only global_region='none' exports"
         )
+    if config.region_segment != 1:
+        raise CheckpointError(
+            f"VisualBERT with region_segment={config.region_segment} (the original uclanlp checkpoints) does not "
+            "export: Hugging Face gives regions visual token type 1"
+        )
 
 
 def to_hf_config(

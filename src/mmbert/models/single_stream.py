@@ -59,7 +59,8 @@ class SingleStreamModel(EncoderModel):
             Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
             for _ in range(c.num_layers)
         )
-        self.pooler = Pooler(c.dim)
+        # VL-BERT's pre-training configs build no pooler (``with_pooler: false``): pooled is then [CLS]'s state
+        self.pooler = Pooler(c.dim) if getattr(c, "with_pooler", True) else None
 
     def embed(
         self,
@@ -178,7 +179,7 @@ class SingleStreamModel(EncoderModel):
         return Encoded(
             text=x[:, :text_len],
             vision=x[:, text_len:],
-            pooled=self.pooler(x),
+            pooled=self.pooler(x) if self.pooler is not None else x[:, 0],
             attentions=split_attention(maps, text_len) if output_attentions else None,
         )
 

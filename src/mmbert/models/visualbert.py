@@ -10,8 +10,9 @@ Matches Hugging Face ``VisualBertModel`` / ``VisualBertForPreTraining`` exactly 
 these deviations: the match head puts "matches" at index 1 (HF: 0; the converter swaps the rows);
 the MLM head scores text positions only (HF also scores every region against the vocabulary);
 ``bypass_transformer`` is not implemented (no released checkpoint uses it); ``visual_token_type_ids``
-are always 1 (HF's default). ``region_boxes`` are accepted and validated but not used: VisualBERT has
-no box input. An optional whole-image region (``global_region``, off by default) follows DESIGN.md.
+are ``region_segment`` (1, HF's default; 0 for the original uclanlp checkpoints). ``region_boxes``
+are accepted and validated but not used: VisualBERT has no box input. An optional whole-image region
+(``global_region``, off by default) follows DESIGN.md.
 The ``image_text_alignment`` input is (B, R, K) word indices, -1 = none, as in Hugging Face.
 ``VisualBertTaskHead`` holds the Hugging Face task classifiers (VQA, NLVR2, multiple choice).
 """
@@ -38,6 +39,9 @@ class VisualBertConfig(ModelConfig):
     region_feat_dim: int = 2048  # HF `visual_embedding_dim`: 2048 (VQA), 1024 (NLVR2), 512 (VCR)
     special_visual_initialize: bool = True  # visual segment/position tables start as copies of the text ones
     global_region: GlobalRegion = "none"  # whole-image region (mean of the real regions): first/last/none
+    # Row of the visual segment table regions use: 1 (Hugging Face); 0 in the original uclanlp
+    # pre-training, whose data passes no visual token types (its checkpoints load with 0).
+    region_segment: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,6 +50,10 @@ class VisualBertConfig(ModelConfig):
             raise ValueError("VisualBertConfig.type_vocab_size must be >= 2 (regions use segment type 1)")
         if self.region_feat_dim <= 0:
             raise ValueError(f"VisualBertConfig.region_feat_dim must be positive, got {self.region_feat_dim}")
+        if not 0 <= self.region_segment < self.type_vocab_size:
+            raise ValueError(
+                f"VisualBertConfig.region_segment {self.region_segment} is outside 0..{self.type_vocab_size - 1}"
+            )
 
 
 class VisualBertEmbeddings(nn.Module):
@@ -57,6 +65,7 @@ class VisualBertEmbeddings(nn.Module):
         self.visual_proj = nn.Linear(c.region_feat_dim, c.dim)
         self.visual_segment = nn.Embedding(c.type_vocab_size, c.dim)
         self.visual_position = nn.Embedding(c.max_positions, c.dim)
+        self.region_segment = c.region_segment
         self.dropout = c.dropout
 
     def forward(
@@ -69,7 +78,9 @@ class VisualBertEmbeddings(nn.Module):
         """text_ids (B, T), region_feats (B, R, F), alignment (B, R, K) -> joint embeddings (B, T + R, D)."""
         text = self.text.summed(text_ids, segment_ids)
         vision = (
-            self.visual_proj(region_feats) + self.visual_segment.weight[1] + self.visual_position.weight[0]
+            self.visual_proj(region_feats)
+            + self.visual_segment.weight[self.region_segment]
+            + self.visual_position.weight[0]
         )
         if image_text_alignment is not None:
             aligned = image_text_alignment != -1  # (B, R, K)

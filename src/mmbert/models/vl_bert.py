@@ -13,12 +13,16 @@ LayerNorm and dropout, then 12 shared post-LN Transformer layers and a tanh pool
 * Segment: the text's A/B types, type 2 for regions and [END] (``type_vocab_size`` 3).
 * Position: text 0..n-1 over the n real tokens; all regions share position n; [END] is at n + 1.
 Pre-training heads: masked LM with visual clues (tied) and masked RoI classification over the detector's
-1601 classes; the paper dropped sentence-image relation prediction, so there is no match head.
+1601 classes, whose transform is ``gelu(dense)`` with no LayerNorm (the authors' ``mvrc_head``); the
+paper dropped sentence-image relation prediction, so there is no match head.
 
 Inputs and deviations. Masked regions (MVRC) are signalled by the optional ``region_masked`` (B, R) bool
-input. The whole-image feature is the mean of the real, unmasked regions with box [0, 0, 1, 1] (VOLTA's
-choice; the original ran the detector on a whole-image box); ``global_region`` says where it also sits
-among the regions ("first", as the original data put the image box first; VOLTA's VL-BERT uses "last").
+input. The whole-image feature is the mean of the real, unmasked regions (the precomputed-feature loaders of
+the authors and VOLTA); its box is [0, 0, 1, 1], or, when the optional ``image_size`` (B, 2: height,
+width in pixels) input is given, the authors' pixel box [0, 0, w-1, h-1], i.e. ((w-1)/w, (h-1)/h) as
+its far corner, with the region boxes clamped to w-1 / h-1 as their loader clamps them. ``global_region``
+says where it also sits among the regions ("first", as the original data put the image box first;
+VOLTA's VL-BERT uses "last").
 The original concatenates without padding; we keep text padding in place and mask it (same outputs), so
 ``Encoded.vision`` is [regions (with the global one) ; [END]] and ``vision_mask`` marks the input regions.
 Initialising from BERT copies words, positions and the LayerNorm, not the 3-type segment table.
@@ -53,6 +57,8 @@ class VLBertConfig(ModelConfig):
     visual_scale_init: float = 0.0  # initial gain of the visual LayerNorms (VISUAL_SCALE_*_INIT)
     num_region_classes: int = 1601  # MVRC targets: the detector's class distribution
     global_region: GlobalRegion = "first"
+    # False as in the authors' pre-training configs (VLBERT.with_pooler): no pooler; pooled = [CLS]'s state
+    with_pooler: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,6 +68,27 @@ class VLBertConfig(ModelConfig):
         for name in ("region_feat_dim", "geometry_dim", "visual_dim", "num_region_classes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"VLBertConfig.{name} must be positive, got {getattr(self, name)}")
+
+
+def check_image_size(image_size: Tensor, batch: int) -> None:
+    if image_size.shape != (batch, 2):
+        raise ValueError(
+            f"image_size must be (batch, 2) = (height, width), got shape {tuple(image_size.shape)}"
+        )
+    if bool((image_size <= 1).any()):
+        i = int((image_size <= 1).any(1).nonzero()[0])
+        raise ValueError(f"image_size[{i}] = {image_size[i].tolist()} is not a (height, width) in pixels")
+
+
+def pixel_convention_boxes(boxes: Tensor, image_size: Tensor) -> Tensor:
+    """The authors' pixel convention on normalised boxes (B, N, 4) whose last one is the whole image:
+    VL-BERT's loader adds the image as [0, 0, w-1, h-1] and clamps every box to x <= w-1, y <= h-1, so
+    in normalised form the far corner is (w-1)/w, (h-1)/h."""
+    h, w = image_size[:, 0].to(boxes.dtype), image_size[:, 1].to(boxes.dtype)
+    far = torch.stack([(w - 1) / w, (h - 1) / h, (w - 1) / w, (h - 1) / h], -1)[:, None]  # (B, 1, 4)
+    boxes = torch.minimum(boxes, far)
+    whole = torch.cat([torch.zeros_like(far[..., :2]), far[..., 2:]], -1)
+    return torch.cat([boxes[:, :-1], whole], 1)
 
 
 class VLBertEmbeddings(nn.Module):
@@ -98,12 +125,15 @@ class VLBertEmbeddings(nn.Module):
         region_mask: Tensor,
         masked: Tensor | None,
         global_region: GlobalRegion,
+        image_size: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Returns the joint embeddings (B, T + R' + 1, D) and their key mask."""
         b, r, _ = feats.shape
         # The whole-image region: mean of the real regions that are not masked (no peeking at masked ones).
         mean_mask = region_mask if masked is None else region_mask & ~masked
         feats_all, boxes_all, _ = add_global_region(feats, boxes, mean_mask, "last")  # (B, R + 1, ...)
+        if image_size is not None:
+            boxes_all = pixel_convention_boxes(boxes_all, image_size)
         if masked is not None:
             regions = torch.where(masked[..., None], self.masked_feature.to(feats.dtype), feats_all[:, :r])
             feats_all = torch.cat([regions, feats_all[:, r:]], 1)
@@ -175,6 +205,7 @@ class VLBert(SingleStreamModel):
         region_boxes,
         region_mask,
         region_masked: Tensor | None = None,
+        image_size: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         longest = int(text_mask.sum(1).max()) if text_mask.numel() else 0
         if longest + 2 > self.config.max_positions:
@@ -191,7 +222,13 @@ class VLBert(SingleStreamModel):
             region_mask,
             region_masked,
             self.config.global_region,
+            image_size,
         )
+
+    def check_extra_inputs(self, region_feats: Tensor, image_size: Tensor | None = None, **extra) -> None:
+        super().check_extra_inputs(region_feats, **extra)
+        if image_size is not None:
+            check_image_size(image_size, region_feats.shape[0])
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         """Masked LM (with visual clues) and masked RoI classification; no match head (the paper found
@@ -199,7 +236,7 @@ class VLBert(SingleStreamModel):
         c = self.config
         heads = PretrainingHeads(
             mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
-            region=RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps),
+            region=RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps, norm=False),
         )
         init_heads(heads, c.init_std)
         return heads

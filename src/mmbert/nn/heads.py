@@ -24,15 +24,17 @@ class Pooler(nn.Module):
 
 
 class PredictionTransform(nn.Module):
-    """``LN(gelu(W h))``: the transform in front of BERT's MLM decoder and the region heads."""
+    """``LN(gelu(W h))``: the transform in front of BERT's MLM decoder and the region heads.
+    ``norm=False`` leaves the LayerNorm out (VL-BERT's masked-RoI head: ``gelu(W h)``)."""
 
-    def __init__(self, dim: int, eps: float = 1e-12, out_dim: int | None = None) -> None:
+    def __init__(self, dim: int, eps: float = 1e-12, out_dim: int | None = None, norm: bool = True) -> None:
         super().__init__()
         self.dense = nn.Linear(dim, out_dim or dim)
-        self.norm = nn.LayerNorm(out_dim or dim, eps=eps)
+        self.norm = nn.LayerNorm(out_dim or dim, eps=eps) if norm else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(F.gelu(self.dense(x)))
+        h = F.gelu(self.dense(x))
+        return self.norm(h) if self.norm is not None else h
 
 
 class MLMHead(nn.Module):
@@ -75,13 +77,14 @@ class PairHead(nn.Module):
 class RegionHeads(nn.Module):
     """Per-region predictions from the vision stream: a shared transform (dense, GELU, LN), then one
     Linear decoder per named output, e.g. ``{"class": 1601}`` (ViLBERT's KL target) or LXMERT's
-    ``{"class": 1600, "attr": 400, "feat": 2048}``. Returns a dict of (B, R, size) tensors."""
+    ``{"class": 1600, "attr": 400, "feat": 2048}``. Returns a dict of (B, R, size) tensors.
+    ``norm=False``: a transform without LayerNorm (VL-BERT's masked-RoI head)."""
 
-    def __init__(self, dim: int, outputs: dict[str, int], eps: float = 1e-12) -> None:
+    def __init__(self, dim: int, outputs: dict[str, int], eps: float = 1e-12, norm: bool = True) -> None:
         super().__init__()
         if not outputs:
             raise ValueError("RegionHeads needs at least one output")
-        self.transform = PredictionTransform(dim, eps)
+        self.transform = PredictionTransform(dim, eps, norm=norm)
         self.decoders = nn.ModuleDict({name: nn.Linear(dim, size) for name, size in outputs.items()})
 
     def forward(self, vision: Tensor) -> dict[str, Tensor]:
