@@ -26,3 +26,31 @@ def make_inputs(config, batch: int = 2, text_len: int = 7, regions: int = 5, see
             rmask[1, regions - 2 :] = False
         inputs.update(region_feats=feats, region_boxes=boxes, region_mask=rmask)
     return inputs
+
+
+def make_kind_inputs(config, kind: str = "pair", **kwargs) -> dict:
+    """``make_inputs`` for one input kind: "pair" (text + regions where the model has them), "text"
+    (no region arguments) or "image" (``text_ids=None``) — the unimodal kinds UNIMO takes."""
+    inputs = make_inputs(config, **kwargs)
+    if kind == "text":
+        return {k: v for k, v in inputs.items() if not k.startswith("region_")}
+    if kind == "image":
+        return {"text_ids": None, **{k: v for k, v in inputs.items() if k.startswith("region_")}}
+    if kind != "pair":
+        raise ValueError(f"unknown input kind {kind!r}")
+    return inputs
+
+
+def input_kinds(model_class) -> list[str]:
+    """The input kinds a model class takes: pairs, plus what it declares in ``unimodal_inputs``."""
+    return ["pair", *getattr(model_class, "unimodal_inputs", ())]
+
+
+def fixture_dir(name: str):
+    """``../shared/fixtures/<name>`` relative to the project root; a missing fixture fails loudly."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"fixture directory {path} is missing (tests read ../shared/fixtures)")
+    return path

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_inputs
+from helpers import input_kinds, make_inputs, make_kind_inputs
 
 import mmbert
-from mmbert.models import MODELS
+from mmbert.models import MODELS, model_class
 
 TINY = [name for name in MODELS if name.endswith("_tiny")]
 
@@ -22,13 +22,20 @@ def test_list_models_matches_registry():
     assert mmbert.list_models() == list(MODELS)
 
 
-@pytest.mark.parametrize("name", TINY)
-def test_output_shapes(name):
+# (preset, input kind): every model takes pairs; UNIMO also text-only and image-only inputs.
+KINDS = [(name, kind) for name in TINY for kind in input_kinds(model_class(MODELS[name]()))]
+
+
+@pytest.mark.parametrize("name,kind", KINDS)
+def test_output_shapes(name, kind):
     model = mmbert.build_model(name).eval()
-    inputs = make_inputs(model.config)
+    inputs = make_kind_inputs(model.config, kind)
     enc = model(**inputs)
-    b, t = inputs["text_ids"].shape
-    assert enc.text.shape == (b, t, model.config.dim)
+    b = 2
+    if inputs["text_ids"] is not None:
+        assert enc.text.shape == (b, inputs["text_ids"].shape[1], model.config.dim)
+    else:
+        assert enc.text is None
     assert enc.pooled.shape[0] == b and enc.pooled.dim() == 2
     if "region_feats" in inputs:
         assert enc.vision is not None and enc.vision.shape[0] == b and enc.vision.dim() == 3
@@ -43,7 +50,9 @@ def test_gradients_reach_every_parameter(name):
     model = mmbert.build_model(name).train()
     pt = mmbert.PretrainingModel(model)
     inputs = make_inputs(model.config, batch=3)
-    if getattr(model, "masked_region_input", False):  # masked-region embeddings learn only from masked regions
+    if getattr(
+        model, "masked_region_input", False
+    ):  # masked-region embeddings learn only from masked regions
         inputs["region_masked"] = torch.zeros_like(inputs["region_mask"])
         inputs["region_masked"][:, 0] = True
     out = pt(**inputs)
@@ -58,6 +67,7 @@ def test_gradients_reach_every_parameter(name):
             out.answer_logits,
             out.encoded.vision,
             out.encoded.pooled,  # models without a match head (VL-BERT) still pool
+            out.encoded.pooled_vision,  # UNIMO's [IMG] pooler
         )
         if v is not None
     )
@@ -66,25 +76,30 @@ def test_gradients_reach_every_parameter(name):
     assert not dead, f"no gradient reaches {dead}"
 
 
-@pytest.mark.parametrize("name", TINY)
-def test_eval_is_deterministic(name):
+@pytest.mark.parametrize("name,kind", KINDS)
+def test_eval_is_deterministic(name, kind):
     model = mmbert.build_model(name).eval()
-    inputs = make_inputs(model.config)
+    inputs = make_kind_inputs(model.config, kind)
     with torch.no_grad():
         a, b = model(**inputs), model(**inputs)
-    assert torch.equal(a.text, b.text) and torch.equal(a.pooled, b.pooled)
+    for part in ("text", "vision", "pooled"):
+        x, y = getattr(a, part), getattr(b, part)
+        assert (x is None and y is None) or torch.equal(x, y)
 
 
-@pytest.mark.parametrize("name", TINY)
-def test_padding_invariance(name):
+@pytest.mark.parametrize("name,kind", KINDS)
+def test_padding_invariance(name, kind):
     """Appending padded tokens (and padded regions) changes nothing at the real positions."""
     model = mmbert.build_model(name).eval()
-    inputs = make_inputs(model.config, batch=2)
+    inputs = make_kind_inputs(model.config, kind, batch=2)
     padded = dict(inputs)
     extra = 4
-    padded["text_ids"] = torch.cat([inputs["text_ids"], torch.full((2, extra), model.config.pad_token_id)], 1)
-    padded["text_mask"] = torch.cat([inputs["text_mask"], torch.zeros(2, extra, dtype=torch.bool)], 1)
-    padded["segment_ids"] = torch.cat([inputs["segment_ids"], torch.zeros(2, extra, dtype=torch.long)], 1)
+    if inputs["text_ids"] is not None:
+        padded["text_ids"] = torch.cat(
+            [inputs["text_ids"], torch.full((2, extra), model.config.pad_token_id)], 1
+        )
+        padded["text_mask"] = torch.cat([inputs["text_mask"], torch.zeros(2, extra, dtype=torch.bool)], 1)
+        padded["segment_ids"] = torch.cat([inputs["segment_ids"], torch.zeros(2, extra, dtype=torch.long)], 1)
     if "region_feats" in inputs:
         f = inputs["region_feats"].shape[-1]
         padded["region_feats"] = torch.cat([inputs["region_feats"], torch.randn(2, 3, f)], 1)
@@ -92,9 +107,10 @@ def test_padding_invariance(name):
         padded["region_mask"] = torch.cat([inputs["region_mask"], torch.zeros(2, 3, dtype=torch.bool)], 1)
     with torch.no_grad():
         a, b = model(**inputs), model(**padded)
-    m = inputs["text_mask"]
-    t = inputs["text_ids"].shape[1]
-    torch.testing.assert_close(b.text[:, :t][m], a.text[m], atol=1e-5, rtol=1e-5)
+    if a.text is not None:
+        m = inputs["text_mask"]
+        t = inputs["text_ids"].shape[1]
+        torch.testing.assert_close(b.text[:, :t][m], a.text[m], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(b.pooled, a.pooled, atol=1e-5, rtol=1e-5)
     if a.vision is not None:
         r = a.vision.shape[1]

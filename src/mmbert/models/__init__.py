@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mmbert.config import ModelConfig
-from mmbert.models import bert, lxmert, unicoder_vl, uniter, vilbert, visualbert, vl_bert
+from mmbert.models import bert, lxmert, unicoder_vl, unimo, uniter, vilbert, visualbert, vl_bert
 from mmbert.models.base import EncoderModel
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.outputs import Encoded, PretrainingOutput
@@ -30,6 +30,9 @@ MODELS: dict[str, Callable[[], ModelConfig]] = {
     "vl_bert_tiny": vl_bert.vl_bert_tiny,
     "uniter_base": uniter.uniter_base,
     "uniter_tiny": uniter.uniter_tiny,
+    "unimo_base": unimo.unimo_base,
+    "unimo_large": unimo.unimo_large,
+    "unimo_tiny": unimo.unimo_tiny,
 }
 
 MODEL_CLASSES: dict[str, type[EncoderModel]] = {
@@ -40,6 +43,7 @@ MODEL_CLASSES: dict[str, type[EncoderModel]] = {
     "unicoder_vl": unicoder_vl.UnicoderVL,
     "vl_bert": vl_bert.VLBert,
     "uniter": uniter.Uniter,
+    "unimo": unimo.Unimo,
 }
 
 

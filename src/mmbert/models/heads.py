@@ -27,7 +27,7 @@ class PretrainingHeads(nn.Module):
 
     def forward(self, enc: Encoded, mlm_positions: Tensor | None = None) -> PretrainingOutput:
         out = PretrainingOutput(encoded=enc)
-        if self.mlm is not None:
+        if self.mlm is not None and enc.text is not None:  # image-only input (UNIMO) has no text
             out.mlm_logits = self.mlm(enc.text, mlm_positions)
         if self.pair is not None:
             out.pair_logits = self.pair(enc.pooled)

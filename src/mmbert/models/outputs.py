@@ -10,16 +10,19 @@ from torch import Tensor
 
 @dataclass
 class Encoded:
-    """What every model returns: text (B, T, D), vision (B, R, Dv) or None for text-only BERT, pooled (B, P).
+    """What every model returns: text (B, T, D), vision (B, R, Dv) or None for text-only input, pooled (B, P).
 
-    ``attentions`` (only when asked) maps a direction — ``text_text``, ``text_vision``, ``vision_text``,
+    UNIMO also takes image-only input (``text`` is None then) and pools the two modalities separately:
+    ``pooled_vision`` (B, P) is its [IMG] pooler (None for every other model). ``attentions`` (only when
+    asked) maps a direction — ``text_text``, ``text_vision``, ``vision_text``,
     ``vision_vision`` — to one probability tensor per layer, shaped (B, H, queries, keys).
     """
 
-    text: Tensor
+    text: Tensor | None
     vision: Tensor | None
     pooled: Tensor
     attentions: dict[str, list[Tensor]] | None = field(default=None)
+    pooled_vision: Tensor | None = field(default=None)
 
 
 @dataclass

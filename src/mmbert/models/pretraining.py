@@ -33,7 +33,7 @@ class PretrainingModel(nn.Module):
 
     def forward(
         self,
-        text_ids: Tensor,
+        text_ids: Tensor | None,
         text_mask: Tensor | None = None,
         segment_ids: Tensor | None = None,
         region_feats: Tensor | None = None,
