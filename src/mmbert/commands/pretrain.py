@@ -244,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
         d = settings.data
         return PretrainingDataset(captions, recipe.region_rule, "itm" in objectives, seed, d.mlm_prob,
                                   d.region_prob, d.match_prob, d.whole_word, questions=qa,
-                                  num_answers=len(answers))  # fmt: skip
+                                  num_answers=len(answers),
+                                  overlap_iou=getattr(config, "region_overlap_ratio", 0.4))  # fmt: skip
 
     train_data = corrupt(data, settings.train.seed, questions)
     eval_set = corrupt(eval_data, settings.train.seed + 1) if eval_data is not None else None

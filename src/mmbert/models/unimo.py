@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbert.config import ModelConfig
+from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions, location_features
 from mmbert.models.base import (
     TINY_REGION_FEAT_DIM,
@@ -62,12 +62,12 @@ class UnimoConfig(ModelConfig):
     region_feat_dim: int = 2048
     num_region_classes: int = 1601  # detector classes (soft-label targets of masked region classification)
     max_regions: int = 37  # max_img_len of the official config, [IMG] included (large: 101)
-    region_overlap_ratio: float = (
-        0.4  # overlap_ratio: regions overlapping a masked one are zeroed (large 0.3)
-    )
+    region_overlap_ratio: float = 0.4  # overlap_ratio (large 0.3): zero regions overlapping a masked one
+    global_region: GlobalRegion = "first"  # [IMG] (the mean region) first: the architecture fixes it
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_global_region(self, allowed=("first",))
         for name in ("region_feat_dim", "num_region_classes", "max_regions"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"UnimoConfig.{name} must be positive, got {getattr(self, name)}")
@@ -275,7 +275,7 @@ class Unimo(EncoderModel):
             feats, boxes = clear_padded_regions(feats, boxes, region_mask)
             if region_masked is not None:
                 feats = feats.masked_fill(region_masked[..., None], 0.0)
-            feats, boxes, vmask = add_global_region(feats, boxes, region_mask, "first")
+            feats, boxes, vmask = add_global_region(feats, boxes, region_mask, c.global_region)
             parts["vision"] = self.region_embeddings(feats, boxes)
             masks["vision"] = vmask
             if tag_ids is not None:

@@ -54,6 +54,10 @@ RECIPES: dict[str, Recipe] = {
     "vilbert": Recipe(("mlm", "mrc_kl", "itm"), "vilbert", True),
     # LXMERT: every pair is masked and scored (lxmert_pretrain.py); only the QA label of a mismatch is dropped.
     "lxmert": Recipe(("mlm", "obj", "attr", "feat", "itm", "qa"), "lxmert", True),
+    # UNIMO's single-forward objectives: MLM, feature regression (L2) and classification against the
+    # detector's soft labels, regions overlapping a masked one zeroed. Its contrastive and seq2seq losses
+    # need more than one forward per batch: see mmbert.objectives.unimo.
+    "unimo": Recipe(("mlm", "mrfr", "mrc_kl"), "vilbert", True),
 }
 
 OBJECTIVE_NAMES = tuple(OBJECTIVES)

@@ -145,7 +145,8 @@ class PretrainingDataset(Dataset):
     region_rule: "lxmert" | "vilbert" | "zero" | None (no region masking); match: build image-text
     match pairs (50 % mismatched); mlm_prob / region_prob: the masking rates; whole_word: whole-word MLM;
     dynamic: a fresh corruption every epoch (False: the same one every epoch, BERT's original static
-    masking, and what an over-fitting check wants); questions / num_answers: LXMERT's image QA data
+    masking, and what an over-fitting check wants); overlap_iou: the "vilbert" rule's overlap threshold
+    (UNIMO's ``overlap_ratio``: 0.4 base, 0.3 large); questions / num_answers: LXMERT's image QA data
     (examples ``len(captions)`` onwards are the questions whose image the store holds).
     """
 
@@ -162,6 +163,7 @@ class PretrainingDataset(Dataset):
         dynamic: bool = True,
         questions: Sequence[QAItem] | None = None,
         num_answers: int = 0,
+        overlap_iou: float = 0.4,
     ) -> None:
         if region_rule is not None and region_rule not in REGION_RULES:
             raise ValueError(f"unknown region masking rule {region_rule!r}; choose from {REGION_RULES}")
@@ -170,6 +172,7 @@ class PretrainingDataset(Dataset):
         self.seed, self.epoch = seed, 0
         self.mlm_prob, self.region_prob, self.match_prob = mlm_prob, region_prob, match_prob
         self.whole_word, self.dynamic = whole_word, dynamic
+        self.overlap_iou = overlap_iou  # "vilbert" rule: zero regions overlapping a masked one beyond this IoU
         tok = captions.tokenizer
         self.mask_id, self.vocab_size = tok.mask_id, tok.vocab_size
         self.special = torch.tensor(sorted(tok.special_ids), dtype=torch.long)
@@ -238,7 +241,7 @@ class PretrainingDataset(Dataset):
                 return self.base.regions(self.image_ids[j]).feats
 
             m = mask_regions(regions.feats, g, self.region_rule, prob=self.region_prob, boxes=regions.boxes,
-                             random_pool=random_pool)
+                             random_pool=random_pool, overlap_iou=self.overlap_iou)
             region_targets, region_target_mask, region_masked = regions.feats, m.targets, m.masked
             regions.feats = m.feats
         return PretrainingExample(
