@@ -18,8 +18,8 @@ input) and ``.pooled_vision`` (the image pooler). The tags' hidden states are no
 Deviations: the official model scales the additive mask bias by 1e4; we use the dtype's minimum (the
 same probabilities). Masked regions (``region_masked``) are zeroed before the projection and before
 the [IMG] mean, so the mean cannot leak them (the pre-training code, where this matters, was never
-released). ``type_vocab_size`` is 1 to satisfy ``ModelConfig``; there is no segment table and
-``segment_ids``, if given, must be zero.
+released). ``type_vocab_size`` is 1 to satisfy ``ModelConfig``; there is no segment table, and ``segment_ids``
+are accepted and ignored, as the official model ignores its ``sent_embedding`` ids.
 """
 
 from __future__ import annotations
@@ -291,7 +291,11 @@ class Unimo(EncoderModel):
             elif tag_mask is not None:
                 raise ValueError("tag_mask needs tag_ids")
         if text_ids is not None:
-            check_text_inputs(c, text_ids, text_mask, segment_ids)
+            check_text_inputs(c, text_ids, text_mask, None)
+            if segment_ids is not None and segment_ids.shape != text_ids.shape:
+                raise ValueError(
+                    f"segment_ids has shape {tuple(segment_ids.shape)} but text_ids has {tuple(text_ids.shape)}"
+                )
             parts["text"] = self.text_embeddings(text_ids, text_positions)
             masks["text"] = (
                 text_mask if text_mask is not None else torch.ones_like(text_ids, dtype=torch.bool)
