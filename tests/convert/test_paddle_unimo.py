@@ -134,7 +134,9 @@ def test_round_trip_matches_a_plain_recomputation(tmp_path, inputs):
     path = write_dir(tmp_path / "params", arrays)
     assert is_persistables_dir(path)
     text_ids, feats, boxes = inputs
-    pt = load_unimo_paddle_pretraining(path, c)
+    with pytest.raises(CheckpointError, match=r"no pre-training head weights for \['region'\]"):
+        load_unimo_paddle_pretraining(path, c)
+    pt = load_unimo_paddle_pretraining(path, c, allow_new_heads=True)
     assert pt.new_heads == ["region"] and pt.encoder.paddle_unused == ["learning_rate_0"]
     with torch.no_grad():
         out = pt(text_ids, region_feats=feats, region_boxes=boxes)
@@ -198,11 +200,20 @@ def test_convert_command_reads_persistables_with_the_official_config(tmp_path, i
     assert c.ffn_dim == 128
     arrays = official_arrays(c)
     src = write_dir(tmp_path / "params", arrays)
-    args = ["convert", str(src), str(tmp_path / "ours"), "--unimo-config", str(tmp_path / "unimo.json")]
-    assert main(args) == 0
+    args = ["convert", str(src), str(tmp_path / "ours"), "--config", str(tmp_path / "unimo.json")]
+    assert main(args) == 0  # the region heads were never released: the encoder is converted
     text_ids, feats, boxes = inputs
     with torch.no_grad():
-        out = mmbert.load_pretraining(tmp_path / "ours")(text_ids, region_feats=feats, region_boxes=boxes)
-    torch.testing.assert_close(
-        out.mlm_logits, plain_unimo(arrays, c, text_ids, feats, boxes)[3], atol=1e-4, rtol=1e-4
-    )
+        enc = mmbert.load_model(tmp_path / "ours")(text_ids, region_feats=feats, region_boxes=boxes)
+    x = plain_unimo(arrays, c, text_ids, feats, boxes)[0]
+    torch.testing.assert_close(torch.cat([enc.vision, enc.text], 1), x, atol=1e-5, rtol=1e-4)
+    # the library entry points detect the layout; a config JSON beside the parameters is found
+    (src / "unimo.json").write_text(json.dumps(official))
+    pt = mmbert.load_pretraining(src, allow_new_heads=True)
+    assert pt.new_heads == ["region"]
+    with torch.no_grad():
+        lm = pt(text_ids, region_feats=feats, region_boxes=boxes).mlm_logits
+    torch.testing.assert_close(lm, plain_unimo(arrays, c, text_ids, feats, boxes)[3], atol=1e-4, rtol=1e-4)
+    (src / "unimo.json").unlink()
+    with pytest.raises(CheckpointError, match="carry no model config"):
+        mmbert.load_model(src)

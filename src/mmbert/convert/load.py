@@ -11,11 +11,11 @@ from types import ModuleType
 from safetensors.torch import save_file
 
 from mmbert.atomic import atomic_write, atomic_write_json
-from mmbert.convert import authors, common, hf_bert, hf_lxmert, hf_visualbert
+from mmbert.convert import authors, common, hf_bert, hf_lxmert, hf_visualbert, paddle_unimo
 from mmbert.convert.common import CheckpointError, load_state_strict, read_config, read_weights
 from mmbert.models import EncoderModel, PretrainingModel, config_from_dict, model_class
 
-SOURCE_CHOICES = ("auto", "hf", "mmbert", *authors.SOURCE_NAMES)
+SOURCE_CHOICES = ("auto", "hf", "mmbert", *authors.SOURCE_NAMES, paddle_unimo.SOURCE)
 
 # Hugging Face model_type -> converter module (config_from_hf, encoder_prefix, encoder_rules,
 # head_rules, ignorable, to_hf_config).
@@ -39,11 +39,17 @@ def _converter_for(config: dict, path: Path) -> ModuleType | None:
 
 
 def _our_config(raw: dict, path: Path):
-    return config_from_dict({k: v for k, v in raw.items() if not k.startswith("mmbert_")}, str(path / "config.json"))
+    return config_from_dict(
+        {k: v for k, v in raw.items() if not k.startswith("mmbert_")}, str(path / "config.json")
+    )
+
+
+def _is_paddle(path: Path, source: str) -> bool:
+    return source == paddle_unimo.SOURCE or (source == "auto" and paddle_unimo.is_persistables_dir(path))
 
 
 def _is_authors(path: Path, source: str) -> bool:
-    if source in ("hf", "mmbert"):
+    if source in ("hf", "mmbert", paddle_unimo.SOURCE):
         return False
     if source != "auto":
         return True
@@ -57,9 +63,7 @@ def _mark(model, report: authors.SourceReport):
     return model
 
 
-def load_model(
-    path: str | os.PathLike, config=None, source: str = "auto", **options
-) -> EncoderModel:
+def load_model(path: str | os.PathLike, config=None, source: str = "auto", **options) -> EncoderModel:
     """An encoder from an mmbert directory, a Hugging Face BERT / VisualBERT / LXMERT directory, or an
     authors' checkpoint (a file, or a directory holding one): ViLBERT, UNITER, VL-BERT, LXMERT,
     VisualBERT, VOLTA. ``config``: the authors' model config file (or dict) where the checkpoint
@@ -67,6 +71,9 @@ def load_model(
     source modules). Heads in the checkpoint are ignored; every encoder weight must be there.
     ``model.source`` names the detected source."""
     path = Path(path)
+    if _is_paddle(path, source):
+        _no_options(options, path)
+        return paddle_unimo.load_unimo_paddle(path, paddle_unimo.resolve_config(path, config))
     if _is_authors(path, source):
         encoder, _, _, report = authors.load_authors(path, config, source, **options)
         return _mark(encoder, report)
@@ -110,6 +117,10 @@ def load_pretraining(
     ``allow_new_heads``, in which case the missing heads keep their fresh initialisation and are listed
     in ``model.new_heads``. ``config`` / ``source`` / ``options``: as in ``load_model``."""
     path = Path(path)
+    if _is_paddle(path, source):
+        _no_options(options, path)
+        config = paddle_unimo.resolve_config(path, config)
+        return paddle_unimo.load_unimo_paddle_pretraining(path, config, allow_new_heads)
     if _is_authors(path, source):
         return _load_authors_pretraining(path, config, allow_new_heads, source, options)
     raw = read_config(path)
@@ -143,13 +154,21 @@ def load_pretraining(
     return model.eval()
 
 
+def _no_options(options: dict, path: Path) -> None:
+    if any(v is not None for v in options.values()):
+        raise CheckpointError(
+            f"{path}: UNIMO's Paddle parameters take no source options, got {sorted(options)}"
+        )
+
+
 def _load_authors_pretraining(
     path: Path, config, allow_new_heads: bool, source: str, options: dict
 ) -> PretrainingModel:
     encoder, heads, task_heads, report = authors.load_authors(path, config, source, **options)
     fresh = encoder.build_pretraining_heads()
     absent = [
-        name for name in ("mlm", "pair", "region", "answer")
+        name
+        for name in ("mlm", "pair", "region", "answer")
         if getattr(fresh, name) is not None and getattr(heads, name) is None
     ]
     if absent and not allow_new_heads and task_heads:

@@ -80,6 +80,9 @@ def mlm_head_rules() -> list[PaddleRule]:
     ]
 
 
+SOURCE = "unimo_paddle"  # what ``--from`` / ``source=`` takes
+
+
 # Files that are encoder parameters by name: left unused, they mean the config does not fit the weights.
 _ENCODER_NAME = re.compile(
     r"^(encoder_layer_\d+_|word_embedding$|pos_embedding$|image_(emb|loc)\.|pooled_fc_)"
@@ -113,6 +116,20 @@ def _config(config: UnimoConfig | str | os.PathLike) -> UnimoConfig:
     return config if isinstance(config, UnimoConfig) else config_from_unimo(config)
 
 
+def resolve_config(path: Path, config) -> UnimoConfig:
+    """The model config: given (a ``UnimoConfig`` or the official JSON's path), or the one official
+    config JSON in the parameters' directory; otherwise an error saying to pass it."""
+    if config is not None:
+        return _config(config)
+    found = sorted(p for p in Path(path).glob("*.json") if p.is_file())
+    if len(found) == 1:
+        return config_from_unimo(found[0])
+    raise CheckpointError(
+        f"{path}: UNIMO's Paddle parameters carry no model config; pass the official one "
+        "(--config unimo_base_en.json, or config=...)"
+    )
+
+
 def load_unimo_paddle(path: str | os.PathLike, config: UnimoConfig | str | os.PathLike) -> Unimo:
     """The UNIMO encoder from a persistables directory; ``config`` is a ``UnimoConfig`` or the path of
     the official config JSON (the released archives keep it apart from the parameters)."""
@@ -129,19 +146,26 @@ def load_unimo_paddle(path: str | os.PathLike, config: UnimoConfig | str | os.Pa
         raise CheckpointError(f"{path}: encoder parameters {leftover} are not used (does the config match?)")
     load_state_strict(model, state, str(path))
     model.paddle_unused = sorted(p.name for p in path.iterdir() if p.name not in used)
+    model.source = SOURCE
     return model.eval()
 
 
 def load_unimo_paddle_pretraining(
-    path: str | os.PathLike, config: UnimoConfig | str | os.PathLike
+    path: str | os.PathLike, config: UnimoConfig | str | os.PathLike, allow_new_heads: bool = False
 ) -> PretrainingModel:
-    """Encoder + heads. The LM head is read from the directory; UNIMO's region heads were never released,
-    so they keep their fresh initialisation and are listed in ``model.new_heads``."""
+    """Encoder + heads. The LM head is read from the directory. UNIMO's region heads were never released:
+    refused unless ``allow_new_heads``, with which they keep their fresh initialisation and are listed
+    in ``model.new_heads``."""
     path = Path(path)
     encoder = load_unimo_paddle(path, config).train()
     model = PretrainingModel(encoder)
     heads_state, used = _import(mlm_head_rules(), path)
     fresh = {k: v for k, v in model.heads.state_dict().items() if not k.startswith("mlm.")}
+    if fresh and not allow_new_heads:
+        raise CheckpointError(
+            f"{path}: no pre-training head weights for ['region'] (UNIMO released its LM head only); use "
+            "load_model for the encoder, or load_pretraining(..., allow_new_heads=True) to start them fresh"
+        )
     load_state_strict(model.heads, {**fresh, **heads_state}, str(path))
     model.new_heads = sorted({k.split(".")[0] for k in fresh})
     encoder.paddle_unused = [n for n in encoder.paddle_unused if n not in used]
