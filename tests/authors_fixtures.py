@@ -147,7 +147,7 @@ def _dual_stream(fx: Fixture, model) -> Computed:
     if "label_mlm_logits" in o:
         lab = plain_inputs(x, "label_")
         lab["region_feats"] = x["label_region_feats"]
-        lab["global_feats"] = x["ref_label_image_feat"][:, 0]
+        lab["global_feats"] = x["ref_label_image_feat"][:, 0]  # the pre-training loader's whole-image feature
         out = model(**lab)
         ltm = x["label_text_mask"]
         res["label_mlm_logits"] = (out.mlm_logits[ltm], o["label_mlm_logits"][ltm])
@@ -304,6 +304,7 @@ def _vl_bert(fx: Fixture, model) -> Computed:
 
 
 FAMILIES: dict[str, Callable[[Fixture, object], Computed]] = {
+    "volta": _dual_stream,
     "visualbert": _visualbert,
     "vl-bert": _vl_bert,
     "vilbert": _dual_stream,

@@ -86,9 +86,10 @@ def sources() -> dict[str, ModuleType]:
         authors_vilbert,
         authors_visualbert,
         authors_vl_bert,
+        volta,
     )
 
-    mods = [authors_vilbert, authors_uniter, authors_vl_bert, authors_lxmert, authors_visualbert]
+    mods = [volta, authors_vilbert, authors_uniter, authors_vl_bert, authors_lxmert, authors_visualbert]
     return {m.NAME: m for m in mods}
 
 
@@ -251,16 +252,23 @@ def load_authors(
     if hasattr(mod, "normalise"):
         state = mod.normalise(state)
     raw, config_name = resolve_config(config, path)
-    cfg = (
-        raw
-        if isinstance(raw, ModelConfig)
-        else mod.config_from(raw, state, f"{file} / {config_name}", options)
-    )
+    if isinstance(raw, ModelConfig):
+        cfg, layout = raw, None
+    else:
+        # a source may also return the layout its key map needs (VOLTA: which sublayer is which block)
+        built = mod.config_from(raw, state, f"{file} / {config_name}", options)
+        cfg, layout = built if isinstance(built, tuple) else (built, None)
     encoder = model_class(cfg)(cfg)
     name = str(file)
     used: set[str] = set()
 
-    enc_rules = mod.encoder_rules(cfg)
+    enc_rules = (
+        mod.encoder_rules(cfg)
+        if layout is None
+        else mod.encoder_rules(cfg, layout)
+        if layout is None
+        else mod.encoder_rules(cfg, layout)
+    )
     load_state_strict(encoder, _apply(enc_rules, state, name), name)
     used |= {t for r in enc_rules for t in r.theirs}
 

@@ -1,0 +1,234 @@
+"""VOLTA's checkpoints (e-bug/volta) <-> mmbert models.
+
+Files: ``pytorch_model_<epoch>.bin`` written by volta/train_utils.py (a plain state dict of
+``BertForVLPreTraining``) with a config of config/ (``ctrl_vilbert_base.json``, ``vilbert_base.json``,
+...). VOLTA's encoder is a flat list of numbered sublayers, ``bert.encoder.layer.<n>``: an attention
+sublayer (``attention_self.{query,key,value}`` for text queries, ``v_query/v_key/v_value`` for vision,
+``attention_output.{dense,LayerNorm}`` and ``v_dense/v_LayerNorm``) or a feed-forward one
+(``intermediate``/``output``, ``v_`` for vision), and per-sublayer lists saying which streams use it
+(``tt/tv/vt/vv_attn_sublayers``, ``t/v_ff_sublayers``, ``shared_sublayers``). ``plan`` reads those lists
+into mmbert's named blocks, one attention sublayer and the feed-forward after it per block:
+
+* tt alone (+ t ff): a text ``Block``; vv alone: a vision ``Block``; tt and vv together, not shared: one
+  of each (the two streams' layers that run side by side);
+* tv and vt, not shared (+ ff for both): a ViLBERT co-attention layer (text queries over ``v_key`` /
+  ``v_value``, vision queries over ``key`` / ``value``, as volta/encoders.py ``BertGatedSelfAttention``).
+
+Layouts built from those blocks (ViLBERT: ``ctrl_vilbert_base``, ``vilbert_base``) load into
+``ViLBert``. The others (LXMERT's shared cross-attention sublayers, the single-stream models whose every
+sublayer is shared) are recognised and refused with a message saying what is missing: their VOLTA
+embeddings (5-d locations, the whole-image region first) and the fused ReLU pooler on
+[CLS] x whole-image region have no mmbert model yet.
+
+The matching head ``cls.bi_seq_relationship`` puts "matches" at index 0 (``is_match`` 0); rows swapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from mmbert.convert.authors_common import bert_fields, require
+from mmbert.convert.common import CheckpointError, Rule, fused, hf_mlm_head, linear
+from mmbert.convert.hf_bert import hf_text_embeddings
+from mmbert.models.vilbert import ViLBertConfig
+
+NAME = "volta"
+TITLE = "VOLTA (e-bug/volta: ctrl_* and original configs)"
+FILES = "pytorch_model_<epoch>.bin + config/ctrl_vilbert_base.json, vilbert_base.json, ..."
+SIGNATURE = "bert.encoder.layer.<n>.attention_self.*, .attention_output.v_dense (flat sublayers)"
+MATCH_ORDER = 0
+LISTS = (
+    "tt_attn_sublayers",
+    "tv_attn_sublayers",
+    "vt_attn_sublayers",
+    "vv_attn_sublayers",
+    "t_ff_sublayers",
+    "v_ff_sublayers",
+)
+
+
+def detect(keys: set[str]) -> bool:
+    return any(".attention_self." in k for k in keys) and any(
+        k.startswith("bert.encoder.layer.") for k in keys
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One mmbert block made of VOLTA sublayers: ``kind`` text | vision | co, ``attn`` and ``ff`` ids,
+    ``index`` its number among the blocks of that kind."""
+
+    kind: str
+    attn: int
+    ff: int
+    index: int
+
+
+def plan(raw: Mapping[str, Any], source: str) -> list[Step]:
+    """The sublayer lists as mmbert blocks, in run order; a layout outside ViLBERT's building blocks is
+    refused naming the sublayer and the missing mmbert model."""
+    sets = {name: set(raw.get(name, [])) for name in LISTS}
+    shared = set(raw.get("shared_sublayers", []))
+    tt, tv, vt, vv = (sets[f"{k}_attn_sublayers"] for k in ("tt", "tv", "vt", "vv"))
+    t_ff, v_ff = sets["t_ff_sublayers"], sets["v_ff_sublayers"]
+    depth = 1 + max(max(s) for s in sets.values() if s)
+    if shared:
+        what = (
+            "single-stream (every sublayer shared)"
+            if len(shared) == depth
+            else "LXMERT-style (shared cross-attention)"
+        )
+        raise CheckpointError(
+            f"{source}: a {what} VOLTA layout ({raw.get('image_embeddings')} embeddings). mmbert has no model "
+            "with VOLTA's controlled embeddings (5-d locations, whole-image region first) and its fused ReLU pooler "
+            "for it yet; only ViLBERT-built layouts (ctrl_vilbert_base, vilbert_base) load"
+        )
+    steps: list[Step] = []
+    counts = {"text": 0, "vision": 0, "co": 0}
+    i = 0
+    while i < depth:
+        a = {name for name, s in (("tt", tt), ("tv", tv), ("vt", vt), ("vv", vv)) if i in s}
+        f = i + 1
+        ff = {name for name, s in (("t", t_ff), ("v", v_ff)) if f in s}
+        if a == {"tv", "vt"} and ff == {"t", "v"}:
+            kinds = ["co"]
+        elif a and a <= {"tt", "vv"} and ff == {{"tt": "t", "vv": "v"}[x] for x in a}:
+            kinds = [{"tt": "text", "vv": "vision"}[x] for x in sorted(a)]
+        else:
+            raise CheckpointError(
+                f"{source}: sublayers {i} (attention {sorted(a) or 'none'}) and {f} (feed-forward "
+                f"{sorted(ff) or 'none'}) form no mmbert block (text, vision or co-attention layer)"
+            )
+        for kind in kinds:
+            steps.append(Step(kind, i, f, counts[kind]))
+            counts[kind] += 1
+        i += 2
+    return steps
+
+
+def config_from(
+    raw: Mapping[str, Any] | None, state: Mapping[str, Tensor], source: str, options: Mapping[str, Any]
+) -> ViLBertConfig:
+    raw = require(raw, ("hidden_size", "tt_attn_sublayers", "image_embeddings"), source, "VOLTA")
+    steps = plan(raw, source)
+    checks = {
+        "image_embeddings": "vilbert",
+        "num_locs": 5,
+        "add_global_imgfeat": "first",
+        "fusion_method": "mul",
+    }
+    for key, want in checks.items():
+        if raw.get(key, want) != want:
+            raise CheckpointError(f"{source}: {key} = {raw[key]!r}; mmbert's ViLBERT needs {want!r}")
+    for key in ("sublayer2intermediate_size", "sublayer2v_intermediate_size"):
+        if raw.get(key):
+            raise CheckpointError(f"{source}: per-sublayer FFN sizes ({key}) are not supported")
+    if raw.get("pooler_size") != raw.get("v_pooler_size"):
+        raise CheckpointError(
+            f"{source}: pooler_size and v_pooler_size differ; the 'mul' fusion needs them equal"
+        )
+    text_before, vision_before, co = 0, 0, []
+    for s in steps:
+        if s.kind == "co":
+            co.append((s.attn, text_before, vision_before))
+        elif s.kind == "text":
+            text_before += 1
+        else:
+            vision_before += 1
+    co_widths = {raw.get("sublayer2attn_hidden_size", {}).get(str(a), raw["hidden_size"]) for a, _, _ in co}
+    co_heads = {
+        raw.get("sublayer2num_attention_heads", {}).get(str(a), raw["num_attention_heads"]) for a, _, _ in co
+    }
+    if len(co_widths) > 1 or len(co_heads) > 1:
+        raise CheckpointError(f"{source}: co-attention sublayers of different widths are not supported")
+    classes = state.get("cls.imagePredictions.decoder_dict.0.weight")
+    config = ViLBertConfig(
+        **{**bert_fields(raw), "num_layers": text_before},
+        region_feat_dim=raw["v_feature_size"],
+        vision_dim=raw["v_hidden_size"],
+        vision_heads=raw["v_num_attention_heads"],
+        vision_ffn_dim=raw["v_intermediate_size"],
+        num_vision_layers=vision_before,
+        co_dim=co_widths.pop() if co_widths else raw["hidden_size"],
+        co_heads=co_heads.pop() if co_heads else raw["num_attention_heads"],
+        text_co_ids=tuple(t for _, t, _ in co),
+        vision_co_ids=tuple(v for _, _, v in co),
+        pooled_dim=raw["pooler_size"],
+        num_region_classes=classes.shape[0] if classes is not None else 1601,
+    )
+    return config, steps
+
+
+def _stream_block(ours: str, attn: int, ff: int, v: str) -> list[Rule]:
+    """A ``Block`` from one stream's half of an attention and a feed-forward sublayer (``v`` = "" or "v_")."""
+    a, f = f"bert.encoder.layer.{attn}", f"bert.encoder.layer.{ff}"
+    return [
+        *fused(f"{ours}.attn.qkv", (f"{a}.attention_self.{v}{n}" for n in ("query", "key", "value"))),
+        *linear(f"{ours}.attn.out", f"{a}.attention_output.{v}dense"),
+        *linear(f"{ours}.norm1", f"{a}.attention_output.{v}LayerNorm"),
+        *linear(f"{ours}.ffn.fc1", f"{f}.intermediate.{v}dense"),
+        *linear(f"{ours}.ffn.fc2", f"{f}.output.{v}dense"),
+        *linear(f"{ours}.norm2", f"{f}.output.{v}LayerNorm"),
+    ]
+
+
+def _co_layer(ours: str, attn: int, ff: int) -> list[Rule]:
+    a, f = f"bert.encoder.layer.{attn}", f"bert.encoder.layer.{ff}"
+    rules = []
+    for side, q, kv, v in (("text", "", "v_", ""), ("vision", "v_", "", "v_")):
+        rules += [
+            *linear(f"{ours}.{side}.attn.q", f"{a}.attention_self.{q}query"),
+            *fused(
+                f"{ours}.{side}.attn.kv", (f"{a}.attention_self.{kv}key", f"{a}.attention_self.{kv}value")
+            ),
+            *linear(f"{ours}.{side}.attn.out", f"{a}.attention_output.{v}dense"),
+            *linear(f"{ours}.{side}.norm1", f"{a}.attention_output.{v}LayerNorm"),
+            *linear(f"{ours}.{side}.ffn.fc1", f"{f}.intermediate.{v}dense"),
+            *linear(f"{ours}.{side}.ffn.fc2", f"{f}.output.{v}dense"),
+            *linear(f"{ours}.{side}.norm2", f"{f}.output.{v}LayerNorm"),
+        ]
+    return rules
+
+
+def encoder_rules(c: ViLBertConfig, steps: list[Step]) -> list[Rule]:
+    """``steps``: the layout ``config_from`` read (the config keeps no sublayer ids)."""
+    rules = hf_text_embeddings("embeddings", "bert.embeddings")
+    rules += [
+        *linear("region_embeddings.feat", "bert.v_embeddings.image_embeddings"),
+        *linear("region_embeddings.location", "bert.v_embeddings.image_location_embeddings"),
+        *linear("region_embeddings.norm", "bert.v_embeddings.LayerNorm"),
+    ]
+    for s in steps:
+        if s.kind == "text":
+            rules += _stream_block(f"text_layers.{s.index}", s.attn, s.ff, "")
+        elif s.kind == "vision":
+            rules += _stream_block(f"vision_layers.{s.index}", s.attn, s.ff, "v_")
+        else:
+            rules += _co_layer(f"co_layers.{s.index}", s.attn, s.ff)
+    rules += linear("text_pooler.dense", "bert.t_pooler.dense")
+    rules += linear("vision_pooler.dense", "bert.v_pooler.dense")
+    return rules
+
+
+def head_rules(c: ViLBertConfig) -> list[Rule]:
+    return [
+        *hf_mlm_head("mlm", "cls.predictions"),
+        *linear("pair.proj", "cls.bi_seq_relationship", flip_rows=True),  # index 0 = matches there
+        *linear("region.transform.dense", "cls.imagePredictions.transform.dense"),
+        *linear("region.transform.norm", "cls.imagePredictions.transform.LayerNorm"),
+        *linear("region.decoders.class", "cls.imagePredictions.decoder_dict.0"),  # target 0: KL to 1601
+    ]
+
+
+def task_heads(c: ViLBertConfig, state: Mapping[str, Tensor]) -> dict[str, tuple[nn.Module, dict, set[str]]]:
+    return {}
+
+
+def ignored(key: str) -> str | None:
+    if key == "cls.predictions.decoder.weight":
+        return "tied copy of the word embeddings"
+    return None
