@@ -139,20 +139,6 @@ def build_encoder(config) -> nn.Module:
     return model_class(config)(config)
 
 
-class TaskObjective(nn.Module):
-    """A downstream task as the trainer sees it: ``batch -> LossOutput`` (the task's own training step)."""
-
-    def __init__(self, task: Any, model: nn.Module) -> None:
-        super().__init__()
-        self.task = task
-        self.model = model
-
-    def forward(self, batch):
-        out = self.task.model_step(self.model, batch)
-        out.metrics["loss"] = float(out.loss.detach())  # the trainer logs and checks "loss"
-        return out
-
-
 def train_config(plan_steps: int, batch: int, lr: float, seed: int, quiet: bool, workers: int = 0):
     from mmbert.train.config import TrainConfig
 
@@ -222,6 +208,7 @@ def vqa_files(world: Path, split: str) -> dict[str, Path]:
 def finetune_vqa(task, encoder: nn.Module, train_data, val_data, plan: DemoPlan, seed: int, run_dir: Path,
                  pad_id: int, quiet: bool) -> tuple[dict, dict, nn.Module]:  # fmt: skip
     from mmbert.tasks.base import TaskModel, collate
+    from mmbert.tasks.objective import TaskObjective
     from mmbert.train.loop import train
 
     torch.manual_seed(seed)

@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_for_evaluation(args: argparse.Namespace, task_options: dict):
     """(task, model) for the checkpoint: a fine-tuned task model, or a pre-trained model (zero-shot)."""
     from mmbert.tasks import TASKS
-    from mmbert.tasks.base import TaskModel, load_task_model
+    from mmbert.tasks.checkpoint import load_task_model
+    from mmbert.tasks.model import TaskModel
 
     if args.zero_shot:
         if args.task != "retrieval":
@@ -68,10 +69,10 @@ def load_for_evaluation(args: argparse.Namespace, task_options: dict):
     task, model = load_task_model(args.checkpoint, TASKS)
     if task.name != args.task:
         raise ValueError(f"{args.checkpoint} was fine-tuned for {task.name!r}, not {args.task!r}")
-    for key, value in task_options.items():
-        if key not in task.options:
-            raise ValueError(f"task {task.name!r} has no option {key!r}; options: {', '.join(task.options)}")
-        task.options[key] = value
+    try:
+        task.update_options(**task_options)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
     return task, model
 
 
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("evaluate takes task.<option> settings only")
     task, model = load_for_evaluation(args, task_options)
     if args.trust_pickle:
-        task.options["trust_pickle"] = True
+        task.update_options(trust_pickle=True)
     model.to(args.device)
     tokenizer = Tokenizer.from_pretrained(args.tokenizer or args.checkpoint)
     features = open_features(args.features, args.trust_pickle) if args.features else None

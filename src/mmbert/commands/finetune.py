@@ -24,8 +24,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from mmbert.commands.pretrain import _parse_value
 from mmbert.train.config import TrainConfig
 
@@ -92,11 +90,8 @@ def build_task(name: str, options: dict[str, Any]):
         raise KeyError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
     try:
         return TASKS[name](**options)
-    except TypeError as e:
-        import inspect
-
-        valid = [p for p in inspect.signature(TASKS[name].__init__).parameters if p != "self"]
-        raise ValueError(f"task {name!r}: {e}; its options: {', '.join(valid)}") from None
+    except TypeError as e:  # an unknown option: the message names the task's options
+        raise ValueError(str(e)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -159,30 +154,16 @@ def load_init(init: str, task_name: str, model_overrides: dict[str, Any]):
     )
 
 
-class FinetuneObjective(nn.Module):
-    """What the trainer trains: ``batch -> LossOutput`` through the task's step (its loss, plus the
-    total under ``metrics["loss"]`` as the trainer logs it). Its state is the task model's."""
-
-    def __init__(self, task: Any, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.task = task  # a plain object, not a module: holds no weights
-
-    def forward(self, batch: Any) -> Any:
-        out = self.task.model_step(self.model, batch)
-        out.metrics["loss"] = float(out.loss.detach())
-        return out
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from mmbert.atomic import atomic_write_json
     from mmbert.data.tokenizer import Tokenizer
-    from mmbert.tasks.base import TaskModel, collate, open_features, save_task_model, write_json
-    from mmbert.train import NonFiniteLossError, train
-    from mmbert.train.checkpoint import list_checkpoints
+    from mmbert.tasks.base import TaskModel, collate, open_features, write_json
+    from mmbert.tasks.checkpoint import save_task_model
+    from mmbert.tasks.objective import TaskObjective
     from mmbert.train.distributed import cleanup, init_distributed
+    from mmbert.train.runs import refuse_old_checkpoints, train_or_stop
 
     move_settings(args, "train", "val")
     if not args.train:
@@ -191,10 +172,7 @@ def run(args: argparse.Namespace) -> int:
     train_config = TrainConfig.from_dict(train_raw, "settings")
     task = build_task(args.task, task_options)
     out = Path(args.out)
-    if not args.resume and list_checkpoints(out):
-        raise ValueError(
-            f"{out} already holds checkpoints; pass --resume to continue it or choose a new --out"
-        )
+    refuse_old_checkpoints(out, args.resume)
     torch.manual_seed(train_config.seed)
     encoder, pretraining, tok_dir = load_init(args.init, args.task, model_overrides)
     tok_dir = Path(args.tokenizer) if args.tokenizer else tok_dir
@@ -205,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                          f"{encoder.config.vocab_size}")  # fmt: skip
     if args.trust_pickle:
-        task.options["trust_pickle"] = True
+        task.update_options(trust_pickle=True)
     features = open_features(args.features, args.trust_pickle) if args.features else None
     train_set = task.load_split(args.train_split, parse_files(args.train, "--train"), tokenizer, features)
     val_set = (
@@ -221,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
     head = task.head_from_pretraining(pretraining) if pretraining is not None else task.build_head(encoder)
     model = TaskModel(encoder, head)
-    objective = FinetuneObjective(task, model)
+    objective = TaskObjective(task, model)
     run_info = {"task": task.name, "task_options": {k: v for k, v in task.state().items() if k != "trust_pickle"},
                 "init": str(args.init), "model_config": encoder.config.to_dict()}  # fmt: skip
     env = init_distributed(None if train_config.device == "auto" else train_config.device,
@@ -240,12 +218,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.resume:
             atomic_write_json(out / "run.json", record)
     collate_fn = functools.partial(collate, pad_token_id=encoder.config.pad_token_id)
-    try:
-        result = train(objective, train_set, collate_fn, train_config, out, eval_dataset=val_set,
-                       resume=args.resume, run_info=run_info, env=env)  # fmt: skip
-    except NonFiniteLossError as e:
-        print(f"mmbert finetune: stopped: {e}")
-        cleanup(env)
+    result = train_or_stop("finetune", env, objective, train_set, collate_fn, train_config, out,
+                           eval_dataset=val_set, resume=args.resume, run_info=run_info)  # fmt: skip
+    if result is None:
         return 1
     summary: dict[str, Any] = {"out": str(out), "step": result.step, "train": result.metrics}
     if env.is_main:

@@ -158,10 +158,9 @@ def run(args: argparse.Namespace) -> int:
     from mmbert.data.tokenizer import Tokenizer
     from mmbert.models import MODELS, PretrainingModel
     from mmbert.objectives import Pretraining, recipe_for
-    from mmbert.train import NonFiniteLossError, train
-    from mmbert.train.checkpoint import list_checkpoints
     from mmbert.train.distributed import cleanup, init_distributed
     from mmbert.train.pretrain_data import PretrainingDataset
+    from mmbert.train.runs import refuse_old_checkpoints, train_or_stop
 
     settings = resolve_settings(args)
     out = Path(args.out)
@@ -193,8 +192,7 @@ def run(args: argparse.Namespace) -> int:
                 f"({_config_diff(previous.get('model_config') or {}, config.to_dict())}), not of {args.model!r} "
                 "with this configuration"
             )
-    elif list_checkpoints(out):
-        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it or choose a new --out")
+    refuse_old_checkpoints(out, args.resume)
 
     # ---- data: tokenizer, store, captions -----------------------------------------------------------
     tok_dir = Path(args.tokenizer) if args.tokenizer else _default_tokenizer_dir(args)
@@ -273,12 +271,9 @@ def run(args: argparse.Namespace) -> int:
             from mmbert.atomic import atomic_write_json
 
             atomic_write_json(run_file, record)
-    try:
-        result = train(task, train_data, train_data.collate, settings.train, out, eval_dataset=eval_set,
-                       resume=args.resume, run_info=run_info, env=env)  # fmt: skip
-    except NonFiniteLossError as e:
-        print(f"mmbert pretrain: stopped: {e}")
-        cleanup(env)
+    result = train_or_stop("pretrain", env, task, train_data, train_data.collate, settings.train, out,
+                           eval_dataset=eval_set, resume=args.resume, run_info=run_info)  # fmt: skip
+    if result is None:
         return 1
     if env.is_main:
         model.save(out / "final")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from mmbert.tasks.base import (
     Task,
     TaskDataError,
     TaskDataset,
+    TaskOptions,
     View,
     check_images,
     encode_text,
@@ -72,22 +74,21 @@ class NLVR2Head(nn.Module):
         return self.classifier(pooled)
 
 
+@dataclass
+class NLVR2Options(TaskOptions):
+    """NLVR2 settings."""
+
+    dropout: float = 0.1
+
+
 class NLVR2Task(Task):
     name = "nlvr2"
     files = {"data": "official NLVR2 JSONL (train.json / dev.json / test1.json)"}
     prediction_file = "predictions.csv"
     main_metric = "accuracy"
 
-    def __init__(
-        self,
-        max_text_len: int = 40,
-        max_regions: int | None = 36,
-        dropout: float = 0.1,
-        trust_pickle: bool = False,
-    ) -> None:
-        super().__init__(
-            max_text_len=max_text_len, max_regions=max_regions, dropout=dropout, trust_pickle=trust_pickle
-        )
+    options_class = NLVR2Options
+    options: NLVR2Options
 
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
         path = self.require_files(files, "data")["data"]
@@ -114,10 +115,10 @@ class NLVR2Task(Task):
             raise TaskDataError(
                 f"{path}: {labelled.count(False)} examples lack a 'label' while others have one"
             )
-        store = open_features(features, self.options["trust_pickle"]) if features is not None else None
+        store = open_features(features, self.options.trust_pickle) if features is not None else None
         missing = check_images([i for r in records for i in r["images"]], store, report, "nlvr2")
         records = [r for r in records if not (set(r["images"]) & missing)]
-        max_len, max_regions = self.options["max_text_len"], self.options["max_regions"]
+        max_len, max_regions = self.options.max_text_len, self.options.max_regions
 
         def build(r: dict) -> Example:
             ids, segs = encode_text(tokenizer, r["sentence"], max_length=max_len)
@@ -134,7 +135,7 @@ class NLVR2Task(Task):
         )
 
     def build_head(self, encoder: EncoderModel) -> nn.Module:
-        return NLVR2Head(probe_encoder(encoder).pooled, self.options["dropout"])
+        return NLVR2Head(probe_encoder(encoder).pooled, self.options.dropout)
 
     def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
         loss = F.cross_entropy(logits.float(), batch.labels)

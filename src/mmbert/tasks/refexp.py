@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from mmbert.tasks.base import (
     Task,
     TaskDataError,
     TaskDataset,
+    TaskOptions,
     View,
     check_images,
     encode_text,
@@ -84,6 +86,16 @@ class RegionScoreHead(nn.Module):
         return logits.masked_fill(~batch.region_mask, PAD_LOGIT)
 
 
+@dataclass
+class RefExpOptions(TaskOptions):
+    """Referring-expression settings (defaults: 20 tokens, up to 100 regions, IoU >= 0.5 is a hit)."""
+
+    split: str = "train"
+    max_text_len: int = 20
+    max_regions: int | None = 100
+    iou_threshold: float = 0.5
+
+
 class RefExpTask(Task):
     name = "refexp"
     files = {
@@ -93,25 +105,12 @@ class RefExpTask(Task):
     prediction_file = "refexp_predictions.json"
     main_metric = "accuracy"
 
-    def __init__(
-        self,
-        split: str = "train",
-        max_text_len: int = 20,
-        max_regions: int | None = 100,
-        iou_threshold: float = 0.5,
-        trust_pickle: bool = False,
-    ) -> None:
-        super().__init__(
-            split=split,
-            max_text_len=max_text_len,
-            max_regions=max_regions,
-            iou_threshold=iou_threshold,
-            trust_pickle=trust_pickle,
-        )
+    options_class = RefExpOptions
+    options: RefExpOptions
 
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
         paths = self.require_files(files, "refs", "instances")
-        refs = read_refs(paths["refs"], self.options["trust_pickle"])
+        refs = read_refs(paths["refs"], self.options.trust_pickle)
         inst = read_json(paths["instances"])
         if not isinstance(inst, dict) or "annotations" not in inst:
             raise TaskDataError(f"{paths['instances']}: not a COCO instances file (no 'annotations')")
@@ -119,7 +118,7 @@ class RefExpTask(Task):
         for i, a in enumerate(inst["annotations"]):
             require_fields(a, ("id", "bbox"), f"{paths['instances']}: annotations[{i}]")
             boxes[a["id"]] = xywh_to_xyxy(a["bbox"])
-        split = self.options["split"]
+        split = self.options.split
         records = []
         for i, r in enumerate(refs):
             where = f"{paths['refs']}: refs[{i}]"
@@ -146,10 +145,10 @@ class RefExpTask(Task):
         report = LoadReport()
         if features is None:
             raise TaskDataError("referring expressions need a feature store (the candidate regions)")
-        store = open_features(features, self.options["trust_pickle"])
+        store = open_features(features, self.options.trust_pickle)
         missing = check_images([r["image"] for r in records], store, report, "refexp")
         records = [r for r in records if r["image"] not in missing]
-        max_len, max_regions = self.options["max_text_len"], self.options["max_regions"]
+        max_len, max_regions = self.options.max_text_len, self.options.max_regions
 
         def build(r: dict) -> Example:
             ids, segs = encode_text(tokenizer, r["sentence"], max_length=max_len)
@@ -174,7 +173,7 @@ class RefExpTask(Task):
         loss = (per_region * real).sum() / logits.shape[0]
         with torch.no_grad():
             chosen = targets.gather(1, logits.argmax(1, keepdim=True)).squeeze(1)
-            acc = (chosen >= self.options["iou_threshold"]).float().mean()
+            acc = (chosen >= self.options.iou_threshold).float().mean()
         return LossOutput(loss, {"refexp_loss": float(loss.detach()), "refexp_acc": float(acc)})
 
     def predict(self, logits: Tensor, batch: Batch) -> list[dict]:
@@ -193,7 +192,7 @@ class RefExpTask(Task):
         return out
 
     def score(self, predictions: list[dict], dataset: TaskDataset) -> dict[str, Any]:
-        t = self.options["iou_threshold"]
+        t = self.options.iou_threshold
         return {
             "accuracy": grounding_accuracy([p["iou"] for p in predictions], t),
             "split": dataset.info["split"],

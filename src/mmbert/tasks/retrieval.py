@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from mmbert.tasks.base import (
     TaskDataError,
     TaskDataset,
     TaskModel,
+    TaskOptions,
     View,
     check_images,
     encode_text,
@@ -83,45 +85,38 @@ def select_pairs(batch: Batch, text_index: Tensor, image_index: Tensor) -> Batch
     return out
 
 
+@dataclass
+class RetrievalOptions(TaskOptions):
+    """Retrieval settings: the split (and COCO 1k fold), how images are named in the store, negatives."""
+
+    split: str = "train"
+    with_restval: bool = True  # "train" includes Karpathy's restval images
+    fold: int | None = None  # COCO 1k test fold 0-4
+    image_key: str = "filename"  # store key: 'filename' (its stem), 'cocoid' or 'imgid'
+    max_text_len: int = 30
+    negatives: int = 3  # other images of the batch per caption (VOLTA: 3)
+    hard_negatives: bool = False  # the hardest in-batch negatives under the current model
+    max_images: int | None = None  # only the first N images of the split (quick runs)
+
+    def __post_init__(self) -> None:
+        if self.image_key not in ("filename", "cocoid", "imgid"):
+            raise ValueError(
+                f"image_key must be 'filename' (its stem), 'cocoid' or 'imgid', got {self.image_key!r}"
+            )
+
+
 class RetrievalTask(Task):
     name = "retrieval"
     files = {"karpathy": "Karpathy split JSON (dataset_flickr30k.json / dataset_coco.json)"}
     prediction_file = "retrieval_rankings.json"
     main_metric = "r_mean"
 
-    def __init__(
-        self,
-        split: str = "train",
-        with_restval: bool = True,
-        fold: int | None = None,
-        image_key: str = "filename",
-        max_text_len: int = 30,
-        max_regions: int | None = 36,
-        negatives: int = 3,
-        hard_negatives: bool = False,
-        max_images: int | None = None,
-        trust_pickle: bool = False,
-    ) -> None:
-        if image_key not in ("filename", "cocoid", "imgid"):
-            raise ValueError(
-                f"image_key must be 'filename' (its stem), 'cocoid' or 'imgid', got {image_key!r}"
-            )
-        super().__init__(
-            split=split,
-            with_restval=with_restval,
-            fold=fold,
-            image_key=image_key,
-            max_text_len=max_text_len,
-            max_regions=max_regions,
-            negatives=negatives,
-            hard_negatives=hard_negatives,
-            max_images=max_images,
-            trust_pickle=trust_pickle,
-        )
+    options_class = RetrievalOptions
+    options: RetrievalOptions
 
     # data -------------------------------------------------------------------------------------------
     def _key(self, img: Mapping, where: str) -> str:
-        key = self.options["image_key"]
+        key = self.options.image_key
         if key == "filename":
             require_fields(img, ("filename",), where)
             return Path(img["filename"]).stem
@@ -133,8 +128,8 @@ class RetrievalTask(Task):
         data = read_json(path)
         if not isinstance(data, dict) or "images" not in data:
             raise TaskDataError(f"{path}: not a Karpathy split file (no top-level 'images' list)")
-        split = self.options["split"]
-        wanted = {split, "restval"} if split == "train" and self.options["with_restval"] else {split}
+        split = self.options.split
+        wanted = {split, "restval"} if split == "train" and self.options.with_restval else {split}
         images: list[tuple[str, list[tuple[Any, str]]]] = []
         for i, img in enumerate(data["images"]):
             where = f"{path}: images[{i}]"
@@ -148,17 +143,17 @@ class RetrievalTask(Task):
             if not caps:
                 raise TaskDataError(f"{where}: an image without captions")
             images.append((self._key(img, where), caps))
-        if self.options["fold"] is not None:
-            fold = int(self.options["fold"])
+        if self.options.fold is not None:
+            fold = int(self.options.fold)
             if not 0 <= fold or 1000 * fold >= len(images):
                 raise TaskDataError(f"{path}: fold {fold} is outside the {len(images)} {split} images")
             images = images[1000 * fold : 1000 * (fold + 1)]
-        if self.options["max_images"]:
-            images = images[: self.options["max_images"]]
+        if self.options.max_images:
+            images = images[: self.options.max_images]
         if not images:
             raise TaskDataError(f"{path}: no images in split {split!r}")
         report = LoadReport()
-        store = open_features(features, self.options["trust_pickle"]) if features is not None else None
+        store = open_features(features, self.options.trust_pickle) if features is not None else None
         missing = check_images([k for k, _ in images], store, report, "retrieval")
         images = [im for im in images if im[0] not in missing]
         records = [
@@ -166,7 +161,7 @@ class RetrievalTask(Task):
             for m, (key, caps) in enumerate(images)
             for sid, raw in caps
         ]
-        max_len, max_regions = self.options["max_text_len"], self.options["max_regions"]
+        max_len, max_regions = self.options.max_text_len, self.options.max_regions
 
         def build(r: dict) -> Example:
             ids, segs = encode_text(tokenizer, r["caption"], max_length=max_len)
@@ -209,14 +204,14 @@ class RetrievalTask(Task):
         """Each caption against its own image and K in-batch images of other pictures."""
         b = batch.size
         images = [m["image"] for m in batch.meta["items"]]
-        k = self.options["negatives"]
+        k = self.options.negatives
         candidates = [[j for j in range(b) if images[j] != images[i]] for i in range(b)]
         rows = [i for i in range(b) if candidates[i]]
         if not rows or k < 1:
             raise ValueError(
                 "a retrieval batch needs captions of at least two different images (use batch_size > 1)"
             )
-        if self.options["hard_negatives"]:
+        if self.options.hard_negatives:
             with torch.no_grad():
                 was = model.training
                 model.eval()
@@ -262,10 +257,10 @@ class RetrievalTask(Task):
         fast: bool = True,
     ) -> Tensor:
         """(num_captions, num_images) match scores over the whole pool."""
-        tokenizer, max_len = dataset.info["tokenizer"], self.options["max_text_len"]
+        tokenizer, max_len = dataset.info["tokenizer"], self.options.max_text_len
         # captions only: building full items would read each caption's image from the store again
         texts = [View(*encode_text(tokenizer, r["caption"], max_length=max_len)) for r in dataset.records]
-        store, max_regions = dataset.info["store"], self.options["max_regions"]
+        store, max_regions = dataset.info["store"], self.options.max_regions
         images = (
             [region_lookup(store, k, max_regions) for k in dataset.info["images"]]
             if store is not None

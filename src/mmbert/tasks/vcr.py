@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from mmbert.tasks.base import (
     Task,
     TaskDataError,
     TaskDataset,
+    TaskOptions,
     View,
     check_images,
     encode_text,
@@ -78,40 +80,38 @@ class ChoiceHead(nn.Module):
         return self.score(enc.pooled).view(-1, self.num_choices)
 
 
+@dataclass
+class VCROptions(TaskOptions):
+    """VCR settings: Q->A or QA->R, and which answer QA->R is conditioned on."""
+
+    mode: str = "q2a"  # "q2a" or "qa2r"
+    condition_on: str = "gold"  # QA->R: the correct answer ("gold") or each answer ("all", leaderboard)
+    image_key: str = "img_id"
+    max_text_len: int = 64
+    max_regions: int | None = 100
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("q2a", "qa2r"):
+            raise ValueError(f"VCR mode must be 'q2a' or 'qa2r', got {self.mode!r}")
+        if self.condition_on not in ("gold", "all"):
+            raise ValueError(
+                f"condition_on must be 'gold' (the correct answer) or 'all' (each answer), got {self.condition_on!r}"
+            )
+
+
 class VCRTask(Task):
     name = "vcr"
     files = {"data": "official VCR JSONL (train.jsonl / val.jsonl / test.jsonl)"}
     prediction_file = "vcr_predictions.json"
     main_metric = "accuracy"
 
-    def __init__(
-        self,
-        mode: str = "q2a",
-        condition_on: str = "gold",
-        image_key: str = "img_id",
-        max_text_len: int = 64,
-        max_regions: int | None = 100,
-        trust_pickle: bool = False,
-    ) -> None:
-        if mode not in ("q2a", "qa2r"):
-            raise ValueError(f"VCR mode must be 'q2a' or 'qa2r', got {mode!r}")
-        if condition_on not in ("gold", "all"):
-            raise ValueError(
-                f"condition_on must be 'gold' (the correct answer) or 'all' (each answer), got {condition_on!r}"
-            )
-        super().__init__(
-            mode=mode,
-            condition_on=condition_on,
-            image_key=image_key,
-            max_text_len=max_text_len,
-            max_regions=max_regions,
-            trust_pickle=trust_pickle,
-        )
+    options_class = VCROptions
+    options: VCROptions
 
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
         path = self.require_files(files, "data")["data"]
-        mode, key = self.options["mode"], self.options["image_key"]
-        all_answers = mode == "qa2r" and self.options["condition_on"] == "all"
+        mode, key = self.options.mode, self.options.image_key
+        all_answers = mode == "qa2r" and self.options.condition_on == "all"
         records = []
         for line, d in read_jsonl(path):
             where = f"{path}:{line}"
@@ -161,10 +161,10 @@ class VCRTask(Task):
         if any(labelled) and not all(labelled):
             raise TaskDataError(f"{path}: some examples lack a label while others have one")
         report = LoadReport()
-        store = open_features(features, self.options["trust_pickle"]) if features is not None else None
+        store = open_features(features, self.options.trust_pickle) if features is not None else None
         missing = check_images([r["image"] for r in records], store, report, "vcr")
         records = [r for r in records if r["image"] not in missing]
-        max_len, max_regions = self.options["max_text_len"], self.options["max_regions"]
+        max_len, max_regions = self.options.max_text_len, self.options.max_regions
 
         def build(r: dict) -> Example:
             regions = region_lookup(store, r["image"], max_regions) if store is not None else None
@@ -192,7 +192,7 @@ class VCRTask(Task):
         loss = F.cross_entropy(logits.float(), batch.labels)
         with torch.no_grad():
             acc = (logits.argmax(1) == batch.labels).float().mean()
-        m = self.options["mode"]
+        m = self.options.mode
         return LossOutput(loss, {f"vcr_{m}_loss": float(loss.detach()), f"vcr_{m}_acc": float(acc)})
 
     def predict(self, logits: Tensor, batch: Batch) -> list[dict]:
@@ -210,7 +210,7 @@ class VCRTask(Task):
         correct = [p["choice"] == labels[p["annot_id"]] for p in predictions]
         return {
             "accuracy": 100.0 * sum(correct) / max(len(correct), 1),
-            "mode": self.options["mode"],
+            "mode": self.options.mode,
             "num_examples": len(correct),
         }
 

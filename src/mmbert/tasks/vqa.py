@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from mmbert.tasks.base import (
     Task,
     TaskDataError,
     TaskDataset,
+    TaskOptions,
     View,
     check_images,
     encode_text,
@@ -81,6 +83,17 @@ class VQAHead(nn.Module):
         return self.classifier(enc.pooled)
 
 
+@dataclass
+class VQAOptions(TaskOptions):
+    """VQA settings (defaults: LXMERT's 23 tokens, 36 regions; answers seen at least 9 times)."""
+
+    answer_list: list[str] | None = None  # the answer vocabulary; None = built from the training split
+    max_text_len: int = 23
+    min_answer_count: int = 9  # an answer enters the vocabulary when this many annotations give it
+    image_id_format: str = "{image_id}"  # how an image id of the annotations names a store entry
+    dropout: float = 0.1
+
+
 class VQATask(Task):
     name = "vqa"
     files = {
@@ -92,33 +105,16 @@ class VQATask(Task):
     prediction_file = "vqa_results.json"
     main_metric = "overall"
 
-    def __init__(
-        self,
-        answer_list: list[str] | None = None,
-        max_text_len: int = 23,
-        max_regions: int | None = 36,
-        min_answer_count: int = 9,
-        image_id_format: str = "{image_id}",
-        dropout: float = 0.1,
-        trust_pickle: bool = False,
-    ) -> None:
-        super().__init__(
-            answer_list=answer_list,
-            max_text_len=max_text_len,
-            max_regions=max_regions,
-            min_answer_count=min_answer_count,
-            image_id_format=image_id_format,
-            dropout=dropout,
-            trust_pickle=trust_pickle,
-        )
+    options_class = VQAOptions
+    options: VQAOptions
 
     @property
     def answers(self) -> list[str]:
-        if not self.options["answer_list"]:
+        if not self.options.answer_list:
             raise ValueError(
                 "the VQA answer vocabulary is not set: load a training split or give an answers file"
             )
-        return self.options["answer_list"]
+        return self.options.answer_list
 
     # data -------------------------------------------------------------------------------------------
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
@@ -134,20 +130,20 @@ class VQATask(Task):
                     self.require_files(files, "annotations")["annotations"], records
                 )
         if "answers" in files:
-            self.options["answer_list"] = read_answer_vocab(self.require_files(files, "answers")["answers"])
-        elif not self.options["answer_list"]:
+            self.options.answer_list = read_answer_vocab(self.require_files(files, "answers")["answers"])
+        elif not self.options.answer_list:
             if annotations is None or any("human_answers" not in a for a in annotations.values()):
                 raise TaskDataError(
                     "no answer vocabulary: give an 'answers' file, or official training annotations "
                     "to build one by frequency"
                 )
-            vocab = build_answer_vocab(list(annotations.values()), self.options["min_answer_count"])
+            vocab = build_answer_vocab(list(annotations.values()), self.options.min_answer_count)
             if not vocab:
-                n = self.options["min_answer_count"]
+                n = self.options.min_answer_count
                 raise TaskDataError(f"no answer occurs {n} times: lower min_answer_count")
-            self.options["answer_list"] = vocab
+            self.options.answer_list = vocab
         index = {a: i for i, a in enumerate(self.answers)}
-        store = open_features(features, self.options["trust_pickle"]) if features is not None else None
+        store = open_features(features, self.options.trust_pickle) if features is not None else None
         missing = check_images([r["image"] for r in records], store, report, "vqa")
         records = [r for r in records if r["image"] not in missing]
         for r in records:
@@ -161,7 +157,7 @@ class VQATask(Task):
                 report.add(
                     "questions with no answer in the vocabulary (all-zero target)", str(r["question_id"])
                 )
-        max_len, max_regions = self.options["max_text_len"], self.options["max_regions"]
+        max_len, max_regions = self.options.max_text_len, self.options.max_regions
         num_answers = len(self.answers)
 
         def build(r: dict) -> Example:
@@ -179,7 +175,7 @@ class VQATask(Task):
         return TaskDataset(records, build, report, info)
 
     def _image_key(self, image_id: Any) -> str:
-        return self.options["image_id_format"].format(image_id=image_id)
+        return self.options.image_id_format.format(image_id=image_id)
 
     def _read_questions(self, path: Path) -> list[dict]:
         data = read_json(path)
@@ -251,7 +247,7 @@ class VQATask(Task):
     def build_head(self, encoder: EncoderModel) -> nn.Module:
         from mmbert.tasks.base import probe_encoder
 
-        return VQAHead(probe_encoder(encoder).pooled, len(self.answers), self.options["dropout"])
+        return VQAHead(probe_encoder(encoder).pooled, len(self.answers), self.options.dropout)
 
     def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
         targets = batch.labels

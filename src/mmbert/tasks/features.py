@@ -1,0 +1,49 @@
+"""Feature-store access for tasks: open a store (or take a mapping as it is), cap the regions per image,
+and count the records whose image is absent."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mmbert.data import features as features_api
+from mmbert.data.batch import RegionFeatures
+from mmbert.tasks.records import LoadReport
+
+
+def open_features(source: Any, trust_pickle: bool = False) -> Mapping[str, RegionFeatures]:
+    """A feature store from a path (through ``mmbert.data.features.open``) or an object that already maps
+    image ids to ``RegionFeatures`` (a store, or a dict in tests)."""
+    is_path = isinstance(source, (str, os.PathLike))
+    if not is_path and hasattr(source, "__getitem__") and hasattr(source, "__contains__"):
+        return source
+    return features_api.open(source, trust_pickle=trust_pickle)
+
+
+def region_lookup(
+    store: Mapping[str, RegionFeatures], image_id: str, max_regions: int | None
+) -> RegionFeatures:
+    """``store[image_id]`` with at most ``max_regions`` regions (the detector's order, best first)."""
+    feats = store[image_id]
+    if max_regions is not None and feats.num_regions > max_regions:
+        keep = slice(0, max_regions)
+        feats = RegionFeatures(
+            image_id=feats.image_id,
+            feats=feats.feats[keep],
+            boxes=feats.boxes[keep],
+            image_size=feats.image_size,
+        )
+    return feats
+
+
+def check_images(
+    image_ids: Sequence[str], store: Mapping[str, RegionFeatures] | None, report: LoadReport, source: str
+) -> set[str]:
+    """The ids absent from the store (counted in ``report``; callers skip those records)."""
+    if store is None:
+        return set()
+    missing = {i for i in dict.fromkeys(image_ids) if i not in store}
+    for i in sorted(missing):
+        report.add(f"records whose image is absent from the feature store ({source})", i)
+    return missing
