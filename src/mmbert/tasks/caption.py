@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from mmbert.tasks.base import (
     TaskDataError,
     TaskDataset,
     TaskModel,
+    TaskOptions,
     View,
     check_images,
     encode_text,
@@ -103,6 +105,31 @@ def fixed_text_window(inputs: dict[str, Tensor], length: int, pad_id: int) -> di
             "segment_ids": torch.cat([inputs["segment_ids"], torch.zeros_like(pad)], 1)}  # fmt: skip
 
 
+@dataclass
+class CaptionOptions(TaskOptions):
+    """Captioning settings: the split, the training objective, and the decoding of ``evaluate``."""
+
+    split: str = "train"
+    objective: str = "next_token"  # one of OBJECTIVES
+    label_smoothing: float = 0.1
+    mask_prob: float = 0.15  # the masked objective: caption tokens masked per step
+    image_key: str = "auto"
+    beam_size: int = 3
+    length_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
+    max_caption_len: int = 20
+    min_caption_len: int = 0
+    caption_tokenizer: str = "ptb"
+    metrics: list[str] | None = None
+    special_ids: dict[str, int] | None = None  # [CLS] / [SEP] / [MASK] / [PAD] ids, set by load
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"caption objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
 class CaptionTask(Task):
     name = "caption"
     files = {
@@ -112,52 +139,24 @@ class CaptionTask(Task):
     prediction_file = "captions_results.json"
     main_metric = "cider"
 
-    def __init__(
-        self,
-        split: str = "train",
-        objective: str = "next_token",
-        label_smoothing: float = 0.1,
-        mask_prob: float = 0.15,
-        max_text_len: int = 40,
-        max_regions: int | None = 36,
-        image_key: str = "auto",
-        beam_size: int = 3,
-        length_penalty: float = 0.0,
-        no_repeat_ngram_size: int = 0,
-        max_caption_len: int = 20,
-        min_caption_len: int = 0,
-        caption_tokenizer: str = "ptb",
-        metrics: list[str] | None = None,
-        special_ids: dict[str, int] | None = None,
-        trust_pickle: bool = False,
-    ) -> None:
-        if objective not in OBJECTIVES:
-            raise ValueError(f"caption objective must be one of {OBJECTIVES}, got {objective!r}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        super().__init__(
-            split=split, objective=objective, label_smoothing=label_smoothing, mask_prob=mask_prob,
-            max_text_len=max_text_len, max_regions=max_regions, image_key=image_key, beam_size=beam_size,
-            length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-            max_caption_len=max_caption_len, min_caption_len=min_caption_len, caption_tokenizer=caption_tokenizer,
-            metrics=metrics, special_ids=special_ids, trust_pickle=trust_pickle,
-        )  # fmt: skip
+    options_class = CaptionOptions
+    options: CaptionOptions
 
     def generation_config(self) -> GenerationConfig:
         o = self.options
         # [CLS] + the caption (+ [MASK] when decoding the masked objective) must fit max_text_len
-        longest = o["max_text_len"] - (2 if o["objective"] == "masked" else 1)
-        return GenerationConfig(max_length=min(o["max_caption_len"], longest), min_length=o["min_caption_len"],
-                                beam_size=o["beam_size"], length_penalty=o["length_penalty"],
-                                no_repeat_ngram_size=o["no_repeat_ngram_size"])  # fmt: skip
+        longest = o.max_text_len - (2 if o.objective == "masked" else 1)
+        return GenerationConfig(max_length=min(o.max_caption_len, longest), min_length=o.min_caption_len,
+                                beam_size=o.beam_size, length_penalty=o.length_penalty,
+                                no_repeat_ngram_size=o.no_repeat_ngram_size)  # fmt: skip
 
     @property
     def special(self) -> dict[str, int]:
-        if not self.options["special_ids"]:
+        if not self.options.special_ids:
             raise ValueError(
                 "the caption task has no special token ids yet: load a split with a tokenizer first"
             )
-        return self.options["special_ids"]
+        return self.options.special_ids
 
     # data -------------------------------------------------------------------------------------------
     def _read(self, files: Mapping[str, Any]) -> tuple[list[dict], dict[str, list[str]]]:
@@ -171,11 +170,11 @@ class CaptionTask(Task):
             for i, img in enumerate(data["images"]):
                 where = f"{path}: images[{i}]"
                 require_fields(img, ("split", "sentences"), where)
-                if img["split"] != self.options["split"] and not (
-                    self.options["split"] == "train" and img["split"] == "restval"
+                if img["split"] != self.options.split and not (
+                    self.options.split == "train" and img["split"] == "restval"
                 ):
                     continue
-                key = self.options["image_key"]
+                key = self.options.image_key
                 key = ("cocoid" if "cocoid" in img else "filename") if key == "auto" else key
                 require_fields(img, (key,), where)
                 image_id = img[key] if key != "filename" else Path(img[key]).stem
@@ -190,7 +189,7 @@ class CaptionTask(Task):
                 refs[str(image_id)] = caps
                 records += [{"image": str(image_id), "image_id": image_id, "caption": c} for c in caps]
             if not records:
-                raise TaskDataError(f"{path}: no images in split {self.options['split']!r}")
+                raise TaskDataError(f"{path}: no images in split {self.options.split!r}")
             return records, refs
         path = self.require_files(files, "captions")["captions"]
         from mmbert.tasks.caption_metrics import read_caption_annotations
@@ -205,14 +204,14 @@ class CaptionTask(Task):
         if features is None:
             raise TaskDataError("captioning needs a feature store (the images' regions)")
         records, refs = self._read(files)
-        self.options["special_ids"] = {"cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id,
+        self.options.special_ids = {"cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id,
                                        "pad": tokenizer.pad_id, "unk": tokenizer.unk_id}  # fmt: skip
         report = LoadReport()
-        store = open_features(features, self.options["trust_pickle"])
+        store = open_features(features, self.options.trust_pickle)
         missing = check_images([r["image"] for r in records], store, report, "caption")
         records = [r for r in records if r["image"] not in missing]
         refs = {k: v for k, v in refs.items() if k not in missing}
-        max_len, max_regions = self.options["max_text_len"], self.options["max_regions"]
+        max_len, max_regions = self.options.max_text_len, self.options.max_regions
         for r in records:
             if len(tokenizer.tokenize(r["caption"])) + 2 > max_len:
                 report.add(
@@ -224,7 +223,7 @@ class CaptionTask(Task):
             regions = region_lookup(store, r["image"], max_regions)
             return Example([View(ids, segs, regions)], None, {"image": r["image"], "image_id": r["image_id"]})
 
-        info = {"labelled": True, "references": refs, "tokenizer": tokenizer, "split": self.options["split"]}
+        info = {"labelled": True, "references": refs, "tokenizer": tokenizer, "split": self.options.split}
         return TaskDataset(records, build, report, info)
 
     def evaluation_set(self, dataset: TaskDataset) -> TaskDataset:
@@ -261,20 +260,20 @@ class CaptionTask(Task):
         (decoding), so both see the same inputs."""
         t = inputs["text_ids"].shape[1]
         if getattr(model.encoder, "region_position_follows_text", False):
-            inputs = fixed_text_window(inputs, self.options["max_text_len"], self.special["pad"])
+            inputs = fixed_text_window(inputs, self.options.max_text_len, self.special["pad"])
         enc = model.encoder(**inputs, attention_mask=caption_visibility(model.encoder, inputs))
         return model.head(enc)[:, :t]
 
     def model_step(self, model: TaskModel, batch: Batch) -> LossOutput:
         inputs = batch.model_inputs()
         ids, real = inputs["text_ids"], inputs["text_mask"]
-        if self.options["objective"] == "next_token":
+        if self.options.objective == "next_token":
             logits = self.encode(model, inputs)[:, :-1]
             labels = ids[:, 1:].masked_fill(~real[:, 1:], -100)
         else:
             caption = real.clone()
             caption[:, 0] = False  # [CLS] is never a target
-            draw = (torch.rand(ids.shape, device=ids.device) < self.options["mask_prob"]) & caption
+            draw = (torch.rand(ids.shape, device=ids.device) < self.options.mask_prob) & caption
             # at least one target per caption: its last real token (the end token) when none was drawn
             last = real.long().sum(1) - 1
             none = ~draw.any(1)
@@ -288,7 +287,7 @@ class CaptionTask(Task):
         flat = logits.reshape(-1, logits.shape[-1]).float()
         target = labels.reshape(-1)
         loss = F.cross_entropy(
-            flat, target, ignore_index=-100, label_smoothing=self.options["label_smoothing"]
+            flat, target, ignore_index=-100, label_smoothing=self.options.label_smoothing
         )
         with torch.no_grad():
             keep = target != -100
@@ -307,7 +306,7 @@ class CaptionTask(Task):
         """Caption token ids (without [CLS] / end token) for every example of ``batch``."""
         config = config or self.generation_config()
         sp = self.special
-        masked = self.options["objective"] == "masked"
+        masked = self.options.objective == "masked"
         feats, boxes, rmask = batch.region_feats, batch.region_boxes, batch.region_mask
         device = feats.device
         banned = torch.tensor([sp[k] for k in ("cls", "mask", "pad", "unk")], device=device)
@@ -358,11 +357,11 @@ class CaptionTask(Task):
         refs = dataset.info["references"]
         metrics = score_captions({str(p["image_id"]): p["caption"] for p in predictions},
                                  {str(p["image_id"]): refs[str(p["image_id"])] for p in predictions},
-                                 metrics=self.options["metrics"] or METRICS,
-                                 tokenizer=self.options["caption_tokenizer"])  # fmt: skip
+                                 metrics=self.options.metrics or METRICS,
+                                 tokenizer=self.options.caption_tokenizer)  # fmt: skip
         metrics["split"] = dataset.info["split"]
-        metrics["generation"] = {k: self.options[k] for k in ("beam_size", "length_penalty", "no_repeat_ngram_size",
-                                                               "max_caption_len", "min_caption_len")}  # fmt: skip
+        generation = ("beam_size", "length_penalty", "no_repeat_ngram_size", "max_caption_len", "min_caption_len")
+        metrics["generation"] = {k: getattr(self.options, k) for k in generation}
         if dataset.report:
             metrics["skipped"] = dict(dataset.report.counts)
         return metrics, predictions

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from mmbert.tasks.base import (
     Task,
     TaskDataError,
     TaskDataset,
+    TaskOptions,
     View,
     check_images,
     encode_text,
@@ -114,6 +116,17 @@ def gqa_accuracy(predictions: Mapping[str, str], labels: Mapping[str, Mapping[st
             "num_questions": len(every), "num_binary": len(groups["binary"])}  # fmt: skip
 
 
+@dataclass
+class GQAOptions(TaskOptions):
+    """GQA settings (LXMERT's: 20 tokens, 36 regions, every answer of the training split)."""
+
+    answer_list: list[str] | None = None  # the answer vocabulary; None = built from the training split
+    split: str = "train"
+    max_text_len: int = 20
+    min_answer_count: int = 1
+    dropout: float = 0.1
+
+
 class GQATask(Task):
     name = "gqa"
     files = {
@@ -123,45 +136,35 @@ class GQATask(Task):
     prediction_file = "gqa_submission.json"
     main_metric = "accuracy"
 
-    def __init__(
-        self,
-        answer_list: list[str] | None = None,
-        split: str = "train",
-        max_text_len: int = 20,
-        max_regions: int | None = 36,
-        min_answer_count: int = 1,
-        dropout: float = 0.1,
-        trust_pickle: bool = False,
-    ) -> None:
-        super().__init__(answer_list=answer_list, split=split, max_text_len=max_text_len, max_regions=max_regions,
-                         min_answer_count=min_answer_count, dropout=dropout, trust_pickle=trust_pickle)  # fmt: skip
+    options_class = GQAOptions
+    options: GQAOptions
 
     @property
     def answers(self) -> list[str]:
-        if not self.options["answer_list"]:
+        if not self.options.answer_list:
             raise ValueError(
                 "the GQA answer vocabulary is not set: load a training split or give an answers file"
             )
-        return self.options["answer_list"]
+        return self.options.answer_list
 
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
         path = self.require_files(files, "lxmert")["lxmert"]
         records = read_lxmert_gqa(path)
         labelled = bool(records) and records[0]["label"] is not None
         if "answers" in files:
-            self.options["answer_list"] = read_answer_vocab(self.require_files(files, "answers")["answers"])
-        elif not self.options["answer_list"]:
+            self.options.answer_list = read_answer_vocab(self.require_files(files, "answers")["answers"])
+        elif not self.options.answer_list:
             if not labelled:
                 raise TaskDataError(
                     f"{path}: no labels to build the answer vocabulary from; give an 'answers' file"
                 )
-            vocab = build_gqa_vocab(records, self.options["min_answer_count"])
+            vocab = build_gqa_vocab(records, self.options.min_answer_count)
             if not vocab:
-                raise TaskDataError(f"{path}: no answer occurs {self.options['min_answer_count']} times")
-            self.options["answer_list"] = vocab
+                raise TaskDataError(f"{path}: no answer occurs {self.options.min_answer_count} times")
+            self.options.answer_list = vocab
         index = {a: i for i, a in enumerate(self.answers)}
         report = LoadReport()
-        store = open_features(features, self.options["trust_pickle"]) if features is not None else None
+        store = open_features(features, self.options.trust_pickle) if features is not None else None
         missing = check_images([r["image"] for r in records], store, report, "gqa")
         records = [r for r in records if r["image"] not in missing]
         for r in records:
@@ -171,8 +174,8 @@ class GQATask(Task):
                     "questions whose answer is outside the vocabulary (all-zero target)", r["question_id"]
                 )
         max_len, max_regions, num_answers = (
-            self.options["max_text_len"],
-            self.options["max_regions"],
+            self.options.max_text_len,
+            self.options.max_regions,
             len(index),
         )
 
@@ -189,10 +192,10 @@ class GQATask(Task):
 
         labels = {r["question_id"]: r["label"] for r in records} if labelled else None
         return TaskDataset(records, build, report, {"labelled": labelled, "labels": labels,
-                                                    "split": self.options["split"]})  # fmt: skip
+                                                    "split": self.options.split})  # fmt: skip
 
     def build_head(self, encoder: EncoderModel) -> nn.Module:
-        return VQAHead(probe_encoder(encoder).pooled, len(self.answers), self.options["dropout"])
+        return VQAHead(probe_encoder(encoder).pooled, len(self.answers), self.options.dropout)
 
     def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
         targets = batch.labels

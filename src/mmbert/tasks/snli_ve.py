@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from mmbert.tasks.base import (
     Task,
     TaskDataError,
     TaskDataset,
+    TaskOptions,
     View,
     check_images,
     encode_text,
@@ -86,31 +88,31 @@ def entailment_accuracy(predictions: Mapping[str, str], labels: Mapping[str, int
     return out
 
 
+@dataclass
+class SNLIVEOptions(TaskOptions):
+    """SNLI-VE settings."""
+
+    dropout: float = 0.1
+    skip_unlabelled: bool = False  # drop records without a gold label instead of refusing them
+
+
 class SNLIVETask(Task):
     name = "snli-ve"
     files = {"jsonl": "official SNLI-VE jsonl (snli_ve_train.jsonl / snli_ve_dev.jsonl / snli_ve_test.jsonl)"}
     prediction_file = "snli_ve_predictions.json"
     main_metric = "accuracy"
 
-    def __init__(
-        self,
-        max_text_len: int = 40,
-        max_regions: int | None = 36,
-        dropout: float = 0.1,
-        skip_unlabelled: bool = False,
-        trust_pickle: bool = False,
-    ) -> None:
-        super().__init__(max_text_len=max_text_len, max_regions=max_regions, dropout=dropout,
-                         skip_unlabelled=skip_unlabelled, trust_pickle=trust_pickle)  # fmt: skip
+    options_class = SNLIVEOptions
+    options: SNLIVEOptions
 
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
         path = self.require_files(files, "jsonl")["jsonl"]
         report = LoadReport()
-        records = read_snli_ve(path, self.options["skip_unlabelled"], report)
-        store = open_features(features, self.options["trust_pickle"]) if features is not None else None
+        records = read_snli_ve(path, self.options.skip_unlabelled, report)
+        store = open_features(features, self.options.trust_pickle) if features is not None else None
         missing = check_images([r["image"] for r in records], store, report, "snli-ve")
         records = [r for r in records if r["image"] not in missing]
-        max_len, max_regions = self.options["max_text_len"], self.options["max_regions"]
+        max_len, max_regions = self.options.max_text_len, self.options.max_regions
 
         def build(r: dict) -> Example:
             ids, segs = encode_text(tokenizer, r["hypothesis"], max_length=max_len)
@@ -121,7 +123,7 @@ class SNLIVETask(Task):
         return TaskDataset(records, build, report, {"labelled": True, "labels": labels})
 
     def build_head(self, encoder: EncoderModel) -> nn.Module:
-        return VQAHead(probe_encoder(encoder).pooled, len(LABELS), self.options["dropout"])
+        return VQAHead(probe_encoder(encoder).pooled, len(LABELS), self.options.dropout)
 
     def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
         loss = F.cross_entropy(logits.float(), batch.labels)
