@@ -152,3 +152,67 @@ def test_unsupported_volta_layouts_are_refused_clearly(folder):
     fx = read_fixture(folder)
     with pytest.raises(CheckpointError, match="VOLTA layout .* only ViLBERT-built layouts"):
         load(fx)
+
+
+def test_ctrl_vilbert_preset_is_voltas_controlled_config():
+    """The VOLTA loader reads ctrl_vilbert_base.json's sublayer lists (recorded in the fixture's meta.json)
+    at base sizes into exactly the ``ctrl_vilbert`` preset."""
+    from mmbert.convert import volta
+    from mmbert.models import MODELS
+
+    fx = read_fixture(next(f for f in FOLDERS if read_fixture(f).meta["source"] == "volta/ctrl_vilbert_base"))
+    raw = json.loads(fx.config.read_text())
+    raw.update(fx.meta["config"]["original_sublayer_lists"])
+    raw.update(
+        hidden_size=768,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        v_hidden_size=768,
+        v_num_attention_heads=12,
+        v_intermediate_size=3072,
+        v_feature_size=2048,
+        pooler_size=1024,
+        v_pooler_size=1024,
+        vocab_size=30522,
+        max_position_embeddings=512,
+    )
+    config, _ = volta.config_from(raw, {}, "ctrl_vilbert_base.json", {})
+    assert config == MODELS["ctrl_vilbert"]()
+
+
+def test_lxmert_file_exports_to_hugging_face_with_the_authors_outputs(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    fx = read_fixture(next(f for f in FOLDERS if (f / "Epoch20_LXRT.pth").exists()))
+    dst = tmp_path / "hf"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmbert",
+            "convert",
+            str(fx.checkpoint),
+            str(dst),
+            "--config",
+            str(fx.config),
+            "--to",
+            "hf",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    hf = transformers.LxmertForPreTraining.from_pretrained(dst).eval()
+    x, o = fx.inputs, fx.outputs
+    with torch.no_grad():
+        out = hf(
+            input_ids=x["text_ids"],
+            attention_mask=x["text_mask"].long(),
+            token_type_ids=x["segment_ids"],
+            visual_feats=x["region_feats"],
+            visual_pos=x["region_boxes"],
+            visual_attention_mask=x["region_mask"].long(),
+        )
+    tm = x["text_mask"]
+    assert (out.prediction_logits[tm] - o["mlm_logits"][tm]).abs().max() < TOLERANCE
+    assert (out.cross_relationship_score - o["itm_logits"]).abs().max() < TOLERANCE
+    assert (out.question_answering_score - o["qa_logits"]).abs().max() < TOLERANCE

@@ -135,9 +135,19 @@ class Uniter(SingleStreamModel):
         ]
 
 
+# UNITER starts from bert-base-cased / bert-large-cased: its released files have 28996 word embeddings.
+UNITER_VOCAB = 28996
+
+
 def uniter_base() -> UniterConfig:
-    """UNITER-base: BERT-base sizes, 2048-d detector features, 1601 detector classes."""
-    return UniterConfig()
+    """UNITER-base (uniter-base.pt): BERT-base sizes with the cased vocabulary (28996, bert-base-cased's
+    vocab.txt, no lower-casing), 2048-d detector features, 1601 detector classes."""
+    return UniterConfig(vocab_size=UNITER_VOCAB)
+
+
+def uniter_large() -> UniterConfig:
+    """UNITER-large (uniter-large.pt, config/uniter-large.json): 24 layers x 1024, 16 heads, FFN 4096."""
+    return UniterConfig(dim=1024, num_heads=16, num_layers=24, ffn_dim=4096, vocab_size=UNITER_VOCAB)
 
 
 def uniter_tiny() -> UniterConfig:

@@ -320,6 +320,41 @@ def vilbert_2layer() -> ViLBertConfig:
     return ViLBertConfig(num_vision_layers=2, vision_co_ids=(0, 1), text_co_ids=(10, 11))
 
 
+def vilbert_4layer() -> ViLBertConfig:
+    """config/bert_base_4layer_4conect.json (vilbert_beta's 4-layer release): 4 vision, 4 co-attention."""
+    return ViLBertConfig(num_vision_layers=4, vision_co_ids=(0, 1, 2, 3), text_co_ids=(8, 9, 10, 11))
+
+
+def vilbert_8layer() -> ViLBertConfig:
+    """config/bert_base_8layer_8conect.json (vilbert_beta's 8-layer release): 8 vision, 8 co-attention."""
+    return ViLBertConfig(
+        num_vision_layers=8, vision_co_ids=tuple(range(8)), text_co_ids=tuple(range(4, 12))
+    )
+
+
+def vilbert_large() -> ViLBertConfig:
+    """config/bert_large_6layer_6conect.json: a BERT-large text stream (24 x 1024, 16 heads), 6 co-attention."""
+    return ViLBertConfig(
+        dim=1024, num_heads=16, num_layers=24, ffn_dim=4096, text_co_ids=tuple(range(18, 24))
+    )
+
+
+def ctrl_vilbert() -> ViLBertConfig:
+    """VOLTA's controlled ViLBERT (config/ctrl_vilbert_base.json): both streams BERT-base wide (768, 12
+    heads, FFN 3072), co-attention at 768 with 12 heads; 6 text layers, then 6 x [co-attention, text +
+    vision layer]; pooled 1024."""
+    return ViLBertConfig(
+        vision_dim=768,
+        vision_heads=12,
+        vision_ffn_dim=3072,
+        co_dim=768,
+        co_heads=12,
+        vision_co_ids=(0, 1, 2, 3, 4, 5),
+        text_co_ids=(6, 7, 8, 9, 10, 11),
+        pooled_dim=1024,
+    )
+
+
 def vilbert_tiny() -> ViLBertConfig:
     """A tiny ViLBERT for tests: plan T0, C0, T1, V0, C1, V1."""
     return ViLBertConfig(

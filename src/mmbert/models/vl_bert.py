@@ -264,6 +264,12 @@ def vl_bert_base() -> VLBertConfig:
     return VLBertConfig()
 
 
+def vl_bert_large() -> VLBertConfig:
+    """VL-BERT-large (cfgs/pretrain/large_e2e_*): BERT-large sizes (24 x 1024, 16 heads, FFN 4096), visual
+    embeddings 1024 wide (IMAGE_FINAL_DIM)."""
+    return VLBertConfig(dim=1024, num_heads=16, num_layers=24, ffn_dim=4096, visual_dim=1024)
+
+
 def vl_bert_tiny() -> VLBertConfig:
     """A tiny VL-BERT for tests. Its visual LayerNorm gains start at 1, not 0, so that the visual
     embedding receives gradient from the first step (a zero gain blocks it until the gain moves)."""
