@@ -140,3 +140,20 @@ def test_lxmert_pretrains_with_image_qa_when_given_questions(world, tmp_path, ca
     # without questions LXMERT's QA is left out, and asking for it is an error
     no_qa = [a for a in argv[: argv.index("--questions")]] + ["--out", str(tmp_path / "b")]
     assert "needs question-answer data" in error_of([*no_qa, "--objectives", "mlm", "qa", *settings], capsys)
+
+
+def test_unimo_pretrains_with_text_only_and_image_only_corpora_mixed_in(world, tmp_path, capsys):
+    (tmp_path / "texts.txt").write_text("a red circle above a blue square\ntwo green stars\n")
+    argv = pretrain(world, tmp_path / "u", "--text-corpus", str(tmp_path / "texts.txt"), "--image-corpus", "all",
+                    "--scenes", str(world / "scenes.json"), "max_steps=2", "model.region_feat_dim=16",
+                    "cmcl_temperature=0.1")  # fmt: skip
+    argv[argv.index("uniter_tiny")] = "unimo_tiny"
+    assert main(argv) == 0
+    run = json.loads((tmp_path / "u" / "run.json").read_text())
+    assert run["objectives"] == ["mlm", "mrfr", "mrc_kl", "cmcl", "seq2seq"]
+    rows = [json.loads(line) for line in (tmp_path / "u" / "metrics.jsonl").read_text().splitlines()]
+    assert any("cmcl_loss" in r for r in rows)
+    assert (tmp_path / "u" / "final" / "config.json").exists()
+    capsys.readouterr()
+    err = error_of(pretrain(world, tmp_path / "x", "--text-corpus", str(tmp_path / "texts.txt")), capsys)
+    assert "--text-corpus is for UNIMO's mixed pre-training, not uniter_tiny" in err

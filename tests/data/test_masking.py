@@ -153,3 +153,21 @@ def test_next_sentence_pairs():
     assert all(s[0] in "bc" for s in randoms)
     # the last sentence of a document has no next one
     assert all(choose_next_sentence(docs, 0, 2, torch.Generator().manual_seed(s))[1] == 0 for s in range(20))
+
+
+def test_span_groups_cut_consecutive_spans_and_mask_whole_spans():
+    from mmbert.data.masking import span_groups
+
+    g = torch.Generator().manual_seed(0)
+    groups = span_groups(200, g, geometric_p=0.2, max_span=10)
+    assert len(groups) == 200 and groups[0] == 0
+    assert all(b - a in (0, 1) for a, b in zip(groups, groups[1:]))  # consecutive, non-decreasing
+    lengths = torch.bincount(torch.tensor(groups))
+    assert int(lengths.max()) <= 10 and 2.5 < float(lengths.float().mean()) < 5.5  # SpanBERT's mean ~3.8
+    ids = torch.arange(5, 205)
+    _, labels = mask_tokens(ids, torch.ones(200, dtype=torch.bool), 1, 300, g, 0.3, word_ids=groups)
+    chosen = (labels != -100).tolist()
+    for span in set(groups):  # a span is a target as a whole or not at all
+        assert len({chosen[i] for i, s in enumerate(groups) if s == span}) == 1
+    with pytest.raises(ValueError, match="span masking needs"):
+        span_groups(5, g, geometric_p=0.0)

@@ -34,6 +34,8 @@ class DataConfig:
     region_prob: float = 0.15
     match_prob: float = 0.5  # share of captions swapped for another image's (image-text match)
     whole_word: bool = False  # mask whole words rather than word pieces
+    cmcl_temperature: float = 0.07  # UNIMO's contrastive temperature (the paper does not state it)
+    cmcl_negatives: int = 4  # UNIMO: rewritten hard negatives per caption (+ one similar caption)
 
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
@@ -57,6 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "VQA questions with --answers")  # fmt: skip
     p.add_argument("--answers", help="official VQA annotations for --questions")
     p.add_argument("--answer-vocab", help="answer vocabulary for --questions: a JSON list or {answer: label}")
+    p.add_argument("--text-corpus", help="UNIMO: text-only sentences mixed in (a text file, one per line)")
+    p.add_argument("--image-corpus", help="UNIMO: image-only images mixed in (image ids of --features, one per "
+                   "line, or 'all' for every image of the store)")  # fmt: skip
+    p.add_argument("--scenes", help="UNIMO: scene graphs for the contrastive rewrites (the synthetic world's "
+                   "scenes.json); without it a lexicon rewrites the captions")  # fmt: skip
+    p.add_argument("--lexicon", help="UNIMO: a JSON lexicon extending the default one (objects, attributes, relations)")
+    p.add_argument("--paraphrases", help='UNIMO: JSONL {"caption", "paraphrases": [...]} (e.g. back-translations)')
+    p.add_argument("--negatives", help='UNIMO: JSONL {"caption", "negatives": [...]} (curated hard negatives)')
     p.add_argument("--init-text-from", help="initialise the text side from a BERT checkpoint directory")
     p.add_argument("--config", help="flat JSON file of settings (same keys as key=value)")
     p.add_argument("--max-steps", type=int)
@@ -140,10 +150,12 @@ def resolve_settings(args: argparse.Namespace) -> Resolved:
         else:
             raise ValueError(f"unknown setting {key!r}; valid keys: {', '.join(valid)}")
     from mmbert.objectives import OBJECTIVE_NAMES
+    from mmbert.objectives.unimo import UNIMO_OBJECTIVES
 
+    known = [*OBJECTIVE_NAMES, *(o for o in UNIMO_OBJECTIVES if o not in OBJECTIVE_NAMES)]
     for name in [*(objectives or []), *weights]:
-        if name not in OBJECTIVE_NAMES:
-            raise KeyError(f"unknown objectives [{name!r}]; known: {', '.join(OBJECTIVE_NAMES)}")
+        if name not in known:
+            raise KeyError(f"unknown objectives [{name!r}]; known: {', '.join(known)}")
     for key, value in data.items():
         expected = next(f.type for f in fields(DataConfig) if f.name == key)
         if not _matches(value, str(expected)):
@@ -167,7 +179,10 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--captions", args.captions), ("--features", args.features),
                        ("--eval-captions", args.eval_captions), ("--tokenizer", args.tokenizer),
                        ("--questions", args.questions), ("--answers", args.answers),
-                       ("--answer-vocab", args.answer_vocab)):  # fmt: skip
+                       ("--answer-vocab", args.answer_vocab), ("--text-corpus", args.text_corpus),
+                       ("--scenes", args.scenes), ("--lexicon", args.lexicon), ("--paraphrases", args.paraphrases),
+                       ("--negatives", args.negatives),
+                       ("--image-corpus", None if args.image_corpus == "all" else args.image_corpus)):  # fmt: skip
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{flag} {path}: no such file or directory")
 
@@ -179,6 +194,11 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(config, "region_feat_dim", None):
         raise ValueError(f"{args.model} is a text-only model; `mmbert pretrain` trains vision-and-language models")
     recipe = recipe_for(config.model_type)
+    unimo = config.model_type == "unimo"
+    unimo_flags = [f for f in ("text_corpus", "image_corpus", "scenes", "lexicon", "paraphrases", "negatives")
+                   if getattr(args, f, None)]  # fmt: skip
+    if unimo_flags and not unimo:
+        raise ValueError(f"--{unimo_flags[0].replace('_', '-')} is for UNIMO's mixed pre-training, not {args.model}")
 
     # ---- the run directory --------------------------------------------------------------------------
     run_file = out / "run.json"
@@ -223,13 +243,20 @@ def run(args: argparse.Namespace) -> int:
     elif args.answers or args.answer_vocab:
         raise ValueError("--answers / --answer-vocab go with --questions")
     objectives = settings.objectives
-    if objectives is None:
+    if unimo:
+        from mmbert.objectives.unimo import SINGLE_FORWARD, UNIMO_OBJECTIVES
+
+        objectives = list(objectives or UNIMO_OBJECTIVES)
+        bad = [o for o in objectives if o not in UNIMO_OBJECTIVES]
+        if bad:
+            raise ValueError(f"objectives {bad} are not UNIMO's; choose from {', '.join(UNIMO_OBJECTIVES)}")
+    elif objectives is None:
         objectives = [o for o in recipe.objectives if o != "qa" or questions is not None]
         if "qa" in recipe.objectives and questions is None:
             print("note: no --questions; LXMERT's image QA objective is left out")
     elif "qa" in objectives and questions is None:
         raise ValueError("objective 'qa' needs question-answer data: pass --questions (and --answer-vocab)")
-    _check_store(store[first_id], config, objectives, args.features)
+    _check_store(store[first_id], config, [o for o in objectives if not unimo or o in SINGLE_FORWARD], args.features)
     data = CaptionDataset(args.captions, store, tokenizer, settings.data.max_text_length, settings.data.max_regions)
     if len(data) == 0:
         raise ValueError(f"{args.captions}: no caption has its image in {args.features}")
@@ -245,8 +272,17 @@ def run(args: argparse.Namespace) -> int:
                                   num_answers=len(answers),
                                   overlap_iou=getattr(config, "region_overlap_ratio", 0.4))  # fmt: skip
 
-    train_data = corrupt(data, settings.train.seed, questions)
-    eval_set = corrupt(eval_data, settings.train.seed + 1) if eval_data is not None else None
+    if unimo:
+        from mmbert.train.unimo_data import read_unimo_corpora
+
+        def corrupt(captions: CaptionDataset, seed: int, qa=None, corpora: bool = False):  # noqa: F811
+            return read_unimo_corpora(captions, args, settings.data, seed, config.region_overlap_ratio, corpora)
+
+        train_data = corrupt(data, settings.train.seed, corpora=True)
+        eval_set = corrupt(eval_data, settings.train.seed + 1) if eval_data is not None else None
+    else:
+        train_data = corrupt(data, settings.train.seed, questions)
+        eval_set = corrupt(eval_data, settings.train.seed + 1) if eval_data is not None else None
 
     # ---- build, record, train -----------------------------------------------------------------------
     env = init_distributed(None if settings.train.device == "auto" else settings.train.device,
@@ -257,7 +293,12 @@ def run(args: argparse.Namespace) -> int:
     model = PretrainingModel(
         build_model(args.model, init_text_from=args.init_text_from or None, **settings.model_overrides)
     )
-    task = Pretraining(model, objectives, settings.weights)
+    if unimo:
+        from mmbert.objectives.unimo import UnimoPretraining
+
+        task = UnimoPretraining(model, objectives, settings.weights, settings.data.cmcl_temperature)
+    else:
+        task = Pretraining(model, objectives, settings.weights)
     run_info = {"model": args.model, "model_config": config.to_dict(), "objectives": list(task.objective_names),
                 "weights": task.weights}  # fmt: skip
     record = {**run_info, "captions": str(args.captions), "features": str(args.features),

@@ -104,6 +104,24 @@ def mask_tokens(
     return out.view_as(ids), labels.view_as(ids)
 
 
+def span_groups(
+    length: int, generator: torch.Generator, geometric_p: float = 0.2, max_span: int = 10
+) -> list[int]:
+    """Cut positions 0..length-1 into consecutive spans, lengths ~ Geometric(p) clipped to ``max_span``
+    (SpanBERT's distribution, mean 3.8): span index per position. Passed to ``mask_tokens`` as
+    ``word_ids`` it masks whole spans (UNIMO's span masking; the paper does not give the distribution)."""
+    if not 0.0 < geometric_p <= 1.0 or max_span < 1:
+        raise ValueError(f"span masking needs 0 < geometric_p <= 1 and max_span >= 1, got {geometric_p}, {max_span}")
+    out: list[int] = []
+    span = 0
+    while len(out) < length:
+        u = float(torch.rand((), generator=generator))
+        n = min(max_span, 1 + int(np.floor(np.log1p(-u) / np.log1p(-geometric_p))) if geometric_p < 1 else 1)
+        out += [span] * n
+        span += 1
+    return out[:length]
+
+
 def _as_word_tensor(word_ids: Tensor | Sequence, shape: torch.Size) -> Tensor:
     if isinstance(word_ids, Tensor):
         words = word_ids.long()
