@@ -1,0 +1,83 @@
+"""UNIMO's fine-tuning heads and its retrieval loss, as the official scripts define them
+(PaddlePaddle/Research ``NLP/UNIMO/src/finetune/{retrieval,visual_entailment}.py``).
+
+- Retrieval (cross-encoder): ``match_fc(dropout(h_text * h_image))`` -> one score per (image, text) pair,
+  sigmoid in training (``use_sigmoid``); trained with the circle loss (margin 0.2, scale 1.0) of the
+  positive (candidate 0) against the image negatives (candidates 1 .. (S+1)/2 - 1) and the caption
+  negatives (the rest), the two losses averaged.
+- Visual entailment (3-way) and VQA: ``fc_2(dropout(fc_1(h_text + h_image)))`` with ``fc_1`` 2048 wide
+  and no activation between, as ``visual_entailment.py``; VQA uses the same head over its answer
+  vocabulary (the official VQA script is not among the released files we could read: a stated
+  assumption). The adversarial training of ``visual_entailment.py`` (PGD on the embeddings) is not here.
+
+``h_text`` / ``h_image`` are ``Encoded.pooled`` / ``Encoded.pooled_vision`` of the joint (image, text)
+forward: the ReLU poolers on [CLS] and [IMG].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmbert.models.outputs import Encoded
+
+
+def _pooled_pair(enc: Encoded) -> tuple[Tensor, Tensor]:
+    if enc.pooled_vision is None or enc.text is None:
+        raise ValueError("UNIMO's fine-tuning heads need an image-text forward (pooled [CLS] and [IMG])")
+    return enc.pooled, enc.pooled_vision
+
+
+class UnimoMatchHead(nn.Module):
+    """``match_fc`` over the product of the pooled text and image (``fusion_method`` "mul")."""
+
+    def __init__(self, dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, 1)
+        self.dropout = dropout
+
+    def forward(self, enc: Encoded, batch=None) -> Tensor:
+        text, image = _pooled_pair(enc)
+        return self.fc(F.dropout(text * image, self.dropout, self.training)).squeeze(-1)
+
+
+class UnimoClassifierHead(nn.Module):
+    """``fc_2(dropout(fc_1(h_text + h_image)))``: SNLI-VE's 3 classes, or VQA's answers."""
+
+    def __init__(self, dim: int, num_labels: int, hidden: int = 2048, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, num_labels)
+        self.dropout = dropout
+
+    def forward(self, enc: Encoded, batch=None) -> Tensor:
+        text, image = _pooled_pair(enc)
+        return self.fc2(F.dropout(self.fc1(text + image), self.dropout, self.training))
+
+
+def circle_loss(positive: Tensor, negative: Tensor, margin: float = 0.2, scale: float = 1.0) -> Tensor:
+    """Circle loss (Sun et al. 2020) as ``retrieval.py`` writes it: positive (B, L), negative (B, K) scores;
+    ``log(1 + sum exp(scale an (sn - m)) * sum exp(-scale ap (sp - 1 + m)))`` with the weights
+    ``ap = relu(1 + m - sp)``, ``an = relu(sn + m)`` held constant; mean over the batch (in float64)."""
+    ap = F.relu(1.0 + margin - positive).detach()
+    an = F.relu(negative + margin).detach()
+    logit_p = -scale * ap * (positive - (1.0 - margin))
+    logit_n = scale * an * (negative - margin)
+    loss_p = torch.exp(logit_p.double()).sum(1)
+    loss_n = torch.exp(logit_n.double()).sum(1)
+    return torch.log1p(loss_n * loss_p).float().mean()
+
+
+def unimo_retrieval_loss(scores: Tensor, margin: float = 0.2, scale: float = 1.0, sigmoid: bool = True) -> Tensor:
+    """scores (B, S): candidate 0 the positive, 1 .. (S+1)//2 - 1 image negatives, the rest caption
+    negatives (``retrieval.py``'s layout, S = 20 there); the two circle losses averaged."""
+    if scores.dim() != 2 or scores.shape[1] < 3:
+        raise ValueError(f"retrieval scores must be (batch, >= 3 candidates), got {tuple(scores.shape)}")
+    if sigmoid:
+        scores = torch.sigmoid(scores)
+    split = (scores.shape[1] + 1) // 2
+    positive = scores[:, :1]
+    loss_i = circle_loss(positive, scores[:, 1:split], margin, scale)
+    loss_c = circle_loss(positive, scores[:, split:], margin, scale)
+    return (loss_c + loss_i) / 2

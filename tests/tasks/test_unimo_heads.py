@@ -1,0 +1,50 @@
+"""UNIMO's fine-tuning heads and circle loss against the official scripts' formulas, written out."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import mmbert
+from mmbert.models.outputs import Encoded
+from mmbert.tasks.unimo_heads import UnimoClassifierHead, UnimoMatchHead, circle_loss, unimo_retrieval_loss
+
+
+def test_circle_loss_by_hand():
+    sp, sn = torch.tensor([[0.9]]), torch.tensor([[0.3, 0.5]])
+    m, s = 0.2, 1.0
+    ap = max(0.0, 1 + m - 0.9)
+    lp = math.exp(-s * ap * (0.9 - (1 - m)))
+    ln = sum(math.exp(s * max(0.0, x + m) * (x - m)) for x in (0.3, 0.5))
+    assert float(circle_loss(sp, sn, m, s)) == pytest.approx(math.log(1 + ln * lp), rel=1e-6)
+
+
+def test_retrieval_loss_splits_image_and_caption_negatives():
+    scores = torch.randn(2, 5)
+    p = torch.sigmoid(scores)
+    expected = (circle_loss(p[:, :1], p[:, 3:]) + circle_loss(p[:, :1], p[:, 1:3])) / 2
+    assert float(unimo_retrieval_loss(scores)) == pytest.approx(float(expected), rel=1e-6)
+    with pytest.raises(ValueError, match="at least|>= 3"):
+        unimo_retrieval_loss(torch.randn(2, 2))
+
+
+def test_heads_fuse_the_two_poolers_as_the_scripts_do():
+    torch.manual_seed(0)
+    text, image = torch.randn(3, 8), torch.randn(3, 8)
+    enc = Encoded(text=torch.randn(3, 4, 8), vision=torch.randn(3, 2, 8), pooled=text, pooled_vision=image)
+    match = UnimoMatchHead(8).eval()
+    torch.testing.assert_close(match(enc), match.fc(text * image).squeeze(-1))
+    ve = UnimoClassifierHead(8, 3, hidden=16).eval()
+    torch.testing.assert_close(ve(enc), ve.fc2(ve.fc1(text + image)))
+    with pytest.raises(ValueError, match="image-text forward"):
+        ve(Encoded(text=None, vision=enc.vision, pooled=image, pooled_vision=image))
+
+
+def test_heads_on_unimo_tiny():
+    model = mmbert.build_model("unimo_tiny").eval()
+    enc = model(torch.tensor([[0, 5, 6, 2]]), region_feats=torch.randn(1, 3, 16),
+                region_boxes=torch.tensor([[[0.1, 0.1, 0.5, 0.6]] * 3]))  # fmt: skip
+    assert UnimoClassifierHead(model.config.dim, 3)(enc).shape == (1, 3)
+    assert UnimoMatchHead(model.config.dim)(enc).shape == (1,)
