@@ -12,6 +12,7 @@ from mmbert.commands import (
     convert,
     demo,
     evaluate,
+    extract,
     features,
     finetune,
     inspect,
@@ -21,7 +22,7 @@ from mmbert.commands import (
     synthetic,
 )
 
-COMMANDS = [models, inspect, convert, demo, features, synthetic, pretrain, finetune, evaluate, score]
+COMMANDS = [models, inspect, convert, demo, features, extract, synthetic, pretrain, finetune, evaluate, score]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from commands.test_finetune import finetune, setup  # noqa: F401 - the fixture
 from tasks.task_fixtures import WORDS, make_store, tiny_encoder, vl_tiny_presets
 from tasks.test_retrieval import write_karpathy
@@ -59,6 +60,15 @@ def test_evaluate_matches_the_finetune_validation(setup, capsys, tmp_path):  # n
         == 0
     )
     assert json.loads(capsys.readouterr().out)["overall"] == out["metrics"]["overall"]
+    # a store whose feature width is not the model's region_feat_dim fails at start-up, naming both
+    with features.open(root / "wide.h5", mode="w") as out:
+        for rec in make_store([10, 11, 12, 13]).values():
+            rec.feats = np.concatenate([rec.feats, rec.feats[:, :8]], axis=1)  # 16 -> 24 wide
+            out.write(rec)
+    wide = [*argv[: argv.index("--features") + 1], str(root / "wide.h5"), *argv[argv.index("--features") + 2 :]]
+    assert main(wide) == 1
+    err = capsys.readouterr().err
+    assert "features are 24-d" in err and "region_feat_dim is 16" in err and "wide.h5" in err
     # a wrong task for the checkpoint is refused
     argv[2] = "nlvr2"
     assert main(argv) == 1

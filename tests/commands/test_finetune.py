@@ -117,3 +117,11 @@ def test_bad_arguments(setup, capsys):
         == 1
     )
     assert "needs the file(s) ['questions']" in capsys.readouterr().err
+
+
+def test_a_feature_width_other_than_region_feat_dim_fails_at_start_naming_both(setup, tmp_path, capsys):
+    tmp, files = setup
+    assert finetune(tmp, files, tmp_path / "run", "model.region_feat_dim=24") == 1
+    err = capsys.readouterr().err
+    assert "features are 16-d" in err and "region_feat_dim is 24" in err and "feats.h5" in err
+    assert not (tmp_path / "run").exists()

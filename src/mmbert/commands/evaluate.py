@@ -79,6 +79,7 @@ def load_for_evaluation(args: argparse.Namespace, task_options: dict):
 def run(args: argparse.Namespace) -> int:
     from mmbert.data.tokenizer import Tokenizer
     from mmbert.tasks.base import open_features, write_json
+    from mmbert.tasks.features import check_feature_width
     from mmbert.train.distributed import resolve_device
 
     args.device = resolve_device(args.device)  # refused up front when it is not here
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     model.to(args.device)
     tokenizer = Tokenizer.from_pretrained(args.tokenizer or args.checkpoint)
     features = open_features(args.features, args.trust_pickle) if args.features else None
+    if features is not None:
+        check_feature_width(features, model.config, args.features)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
     files = parse_files(args.data, "--data")
     for split in [s.strip() for s in args.split.split(",") if s.strip()]:

@@ -75,6 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     i.set_defaults(func=run_info)
 
+    g = actions.add_parser("merge", help="join the shards of a multi-process `mmbert extract` into one store, "
+                           "checking that no image is missing or duplicated")  # fmt: skip
+    g.add_argument("shards", nargs="+", help="the shard stores (STORE.rank<r>of<n>...)")
+    g.add_argument("--out", required=True, help="the merged store (must not exist)")
+    g.add_argument("--format", choices=["tsv", "h5", "lmdb", "npz"], help="store format (default: from --out)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.set_defaults(func=run_merge)
+
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -105,6 +113,15 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"skipped {problem}", file=sys.stderr)
     print(f"{args.src} -> {args.dst}: {report}")
     return 1 if report.failed else 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from mmbert.data.features.merge import merge_shards
+
+    fmt = {"h5": "hdf5"}.get(args.format, args.format)
+    report = merge_shards(args.shards, args.out, format=fmt, progress=not args.no_progress)
+    print(f"{args.out}: {report}")
+    return 0
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -161,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     from mmbert.data.tokenizer import Tokenizer
     from mmbert.tasks.base import TaskModel, collate, open_features, write_json
     from mmbert.tasks.checkpoint import save_task_model
+    from mmbert.tasks.features import check_feature_width
     from mmbert.tasks.objective import TaskObjective
     from mmbert.train.distributed import cleanup, init_distributed
     from mmbert.train.runs import refuse_old_checkpoints, train_or_stop
@@ -185,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
     if args.trust_pickle:
         task.update_options(trust_pickle=True)
     features = open_features(args.features, args.trust_pickle) if args.features else None
+    if features is not None:
+        check_feature_width(features, encoder.config, args.features)
     train_set = task.load_split(args.train_split, parse_files(args.train, "--train"), tokenizer, features)
     val_set = (
         task.load_split(args.val_split, parse_files(args.val, "--val"), tokenizer, features)

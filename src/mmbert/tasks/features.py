@@ -21,6 +21,22 @@ def open_features(source: Any, trust_pickle: bool = False) -> Mapping[str, Regio
     return features_api.open(source, trust_pickle=trust_pickle)
 
 
+def check_feature_width(store: Mapping[str, RegionFeatures], config: Any, source: Any) -> None:
+    """At start-up: the store's feature width (read off its first record) must be the model's
+    ``region_feat_dim``; fail naming both rather than deep inside the first batch."""
+    expected = getattr(config, "region_feat_dim", None)
+    keys = store.keys() if hasattr(store, "keys") else []
+    if not expected or not len(keys):
+        return
+    first = next(iter(keys))
+    width = int(store[first].feats.shape[1])
+    if width != expected:
+        raise ValueError(
+            f"{source}: features are {width}-d (image {first!r}) but the model's region_feat_dim is "
+            f"{expected}; extract features of that width or build the model with region_feat_dim={width}"
+        )
+
+
 def region_lookup(
     store: Mapping[str, RegionFeatures], image_id: str, max_regions: int | None
 ) -> RegionFeatures:
