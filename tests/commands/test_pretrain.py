@@ -51,17 +51,21 @@ def error_of(argv, capsys) -> str:
 
 def test_a_short_run_writes_run_json_metrics_checkpoints_and_the_final_model(world, tmp_path, capsys):
     out = tmp_path / "run"
-    eval_captions = ["--eval-captions", str(world / "captions_train.json"), "eval_every=2", "eval_batches=1"]
+    eval_captions = ["--eval-captions", str(world / "captions_train.json"), "eval_every=2", "eval_batches=4"]
     assert main(pretrain(world, out, "--max-steps", "3", *eval_captions, "save_every=2", "lr=1e-3")) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 3
     run = json.loads((out / "run.json").read_text())
-    assert run["model"] == "uniter_tiny" and run["objectives"] == ["mlm", "mrfr", "mrc_kl", "itm"]
+    assert run["model"] == "uniter_tiny" and run["objectives"] == ["itm", "mlm", "mrfr", "mrckl"]
     assert run["train"]["lr"] == 1e-3 and f"model.vocab_size={run['model_config']['vocab_size']}" == vocab_arg(world)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 3]
-    assert {"loss", "mlm_loss", "itm_loss", "mrfr_loss", "mrc_kl_loss"} <= set(summary["eval"])
+    # UNITER's recipe: one task per step by 2:2:1:1, the evaluation cycles through all four tasks
+    assert run["recipe"]["mix_ratio"] == {"itm": 2, "mlm": 2, "mrfr": 1, "mrckl": 1}
+    assert run["recipe"]["negative"] == "image" and run["recipe"]["region_rule"] == "uniter"
+    assert {"loss", "mlm_loss", "itm_loss", "mrfr_loss", "mrckl_loss"} <= set(summary["eval"])
+    assert all(sum(f"{t}_loss" in r for t in ("itm", "mlm", "mrfr", "mrckl")) == 1 for r in records if "loss" in r)
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["best.pt", "step-00000002.pt", "step-00000003.pt"]  # the first evaluation is a best
     assert (out / "final" / "model.safetensors").exists() and (out / "final" / "vocab.txt").exists()
@@ -155,5 +159,51 @@ def test_unimo_pretrains_with_text_only_and_image_only_corpora_mixed_in(world, t
     assert any("cmcl_loss" in r for r in rows)
     assert (tmp_path / "u" / "final" / "config.json").exists()
     capsys.readouterr()
-    err = error_of(pretrain(world, tmp_path / "x", "--text-corpus", str(tmp_path / "texts.txt")), capsys)
-    assert "--text-corpus is for UNIMO's mixed pre-training, not uniter_tiny" in err
+    # (--text-corpus is every model's text-only stream; the image-only corpus is UNIMO's alone)
+    err = error_of(pretrain(world, tmp_path / "x", "--image-corpus", "all"), capsys)
+    assert "--image-corpus is for UNIMO's mixed pre-training, not uniter_tiny" in err
+
+
+def write_corpus(path, world) -> None:
+    """A plain text corpus from the world's captions: one sentence per line, 4 sentences a document."""
+    captions = [c["caption"] for c in json.loads((world / "captions_train.json").read_text())["annotations"]]
+    docs = [captions[i : i + 4] for i in range(0, len(captions), 4)]
+    path.write_text("\n\n".join("\n".join(d) for d in docs) + "\n")
+
+
+def test_bert_runs_its_own_recipe_on_a_plain_text_corpus(world, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus, world)
+    out = tmp_path / "bert"
+    argv = ["pretrain", "--model", "bert_tiny", "--text-corpus", str(corpus), "--tokenizer", str(world),
+            "--out", str(out), "--batch-size", "4", "--max-steps", "2", "progress=false", "log_every=1",
+            vocab_arg(world)]  # fmt: skip
+    assert main(argv) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["objectives"] == ["mlm", "nsp"] and run["text_corpus"] == str(corpus)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all({"mlm_loss", "nsp_loss"} <= set(r) for r in records) and len(records) == 2
+    capsys.readouterr()
+    no_corpus = [a for a in argv if a not in ("--text-corpus", str(corpus))]
+    assert "pass --text-corpus" in error_of(no_corpus, capsys)
+    with_images = [*argv[:3], "--captions", str(world / "captions_train.json"), *argv[3:]]
+    assert "text-only model" in error_of(with_images, capsys)
+    assert "pass --captions and --features" in error_of(
+        ["pretrain", "--model", "uniter_tiny", "--text-corpus", str(corpus), "--out", str(tmp_path / "x")], capsys
+    )
+
+
+def test_recipe_deviations_are_named_settings_written_to_run_json(world, tmp_path, capsys):
+    out = tmp_path / "plain"
+    argv = pretrain(world, out, "--max-steps", "1", "mix_ratio=[]", "negative=caption", "region_rule=zero",
+                    "force_one=false")  # fmt: skip
+    assert main(argv) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["recipe"]["mix_ratio"] is None and run["recipe"]["negative"] == "caption"
+    assert run["recipe"]["region_rule"] == "zero" and run["recipe"]["force_one"] is False
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"itm_loss", "mlm_loss", "mrfr_loss", "mrckl_loss"} <= set(record)  # every objective, every step
+    capsys.readouterr()
+    assert "not one of" in error_of(pretrain(world, tmp_path / "b", "region_rule=bogus"), capsys)
+    assert "one weight per objective" in error_of(pretrain(world, tmp_path / "c", "mix_ratio=1,2"), capsys)
+    assert "mix_ratio" in error_of(pretrain(world, tmp_path / "d", 'mix_ratio="x"'), capsys)

@@ -31,12 +31,15 @@ def test_masked_regions_are_zeroed_plus_a_learned_vector():
     masked[0, 1] = True
     zeroed = x["region_feats"].clone()
     zeroed[0, 1] = 0
+    vector = model.embeddings.region.mask_embedding
+    # UNITER's nn.Embedding row 1 under init_weights: N(0, 0.02), not zeros
+    assert vector.detach().abs().sum() > 0 and abs(float(vector.detach().std()) - 0.02) < 0.012
     with torch.no_grad():
-        # the mask vector starts at 0 (UNITER's padding row): masking == zeroing the feature
+        with_vector = zeroed.clone()
+        with_vector[0, 1] = vector  # the masked region's feature: zero + the learned vector
         torch.testing.assert_close(
-            model(**x, region_masked=masked).vision, model(**dict(x, region_feats=zeroed)).vision
+            model(**x, region_masked=masked).vision, model(**dict(x, region_feats=with_vector)).vision
         )
-        model.embeddings.region.mask_embedding.fill_(0.5)
         assert not torch.allclose(
             model(**x, region_masked=masked).vision, model(**dict(x, region_feats=zeroed)).vision
         )

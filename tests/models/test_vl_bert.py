@@ -87,7 +87,9 @@ def test_config_and_heads():
     assert heads.pair is None and heads.mlm is not None and heads.region.decoders["class"].out_features == 11
 
 
-def test_init_text_from_bert_keeps_the_three_segment_table_new(tmp_path):
-    mmbert.build_model("bert_tiny").save(tmp_path / "bert")
+def test_init_text_from_bert_fills_the_first_two_segment_rows(tmp_path):
+    bert = mmbert.build_model("bert_tiny")
+    bert.save(tmp_path / "bert")
     model = mmbert.build_model("vl_bert_tiny", init_text_from=tmp_path / "bert")
-    assert "embeddings.text.segment" in model.init_report.new
+    assert "embeddings.text.segment" not in model.init_report.new  # VL-BERT copies BERT's rows 0 and 1
+    assert torch.equal(model.embeddings.text.segment.weight[:2], bert.embeddings.segment.weight)

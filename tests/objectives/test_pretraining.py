@@ -52,8 +52,9 @@ def test_every_model_type_has_one_recipe_and_the_papers_objectives():
     assert RECIPES["bert"].objectives == ("mlm", "nsp")
     assert RECIPES["visualbert"].objectives == ("mlm", "itm")
     assert RECIPES["unicoder_vl"].objectives == ("mlm", "moc", "itm")
-    assert RECIPES["vl_bert"].objectives == ("mlm", "mvrc")
-    assert RECIPES["uniter"].objectives == ("mlm", "mrfr", "mrc_kl", "itm")
+    assert RECIPES["vl_bert"].objectives == ("mlm", "mvrc_soft")
+    assert RECIPES["uniter"].objectives == ("itm", "mlm", "mrfr", "mrckl")
+    assert RECIPES["uniter"].mix_ratio == (2, 2, 1, 1) and RECIPES["uniter"].negative == "image"
     assert RECIPES["vilbert"].objectives == ("mlm", "mrc_kl", "itm")
     assert RECIPES["lxmert"].objectives == ("mlm", "obj", "attr", "feat", "itm", "qa")
     for name in TINY:

@@ -116,3 +116,48 @@ def test_image_qa_soft_scores_hard_labels_and_mismatches():
     none = ImageQA()(logits.requires_grad_(), scores, pair_labels=torch.zeros(3, dtype=torch.long))
     assert none.loss.item() == 0.0 and none.metrics["qa_count"] == 0
     none.loss.backward()
+
+
+def test_uniter_mrckl_averages_over_regions_and_classes():
+    from mmbert.objectives.regions import RegionDistribution
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 7, generator=g)
+    probs = torch.softmax(torch.randn(2, 3, 7, generator=g), -1)
+    targets = torch.tensor([[True, False, True], [False, True, False]])
+    per_region = RegionDistribution("mrc_kl", "kl")(logits, probs, targets).loss
+    uniter = RegionDistribution("mrckl", "kl", average="region_class")(logits, probs, targets).loss
+    p, log_q = probs[targets], torch.log_softmax(logits[targets], -1)
+    kl = (p * (p.log() - log_q))  # (N, C), as F.kl_div(log_q, p, reduction='none')
+    assert uniter.item() == pytest.approx(kl.mean().item(), rel=1e-6)  # UNITER: mean over N x C
+    assert per_region.item() == pytest.approx(kl.sum(-1).mean().item(), rel=1e-6)  # ViLBERT / VOLTA
+    assert per_region.item() == pytest.approx(7 * uniter.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="average"):
+        RegionDistribution("x", "kl", average="batch")
+
+
+def test_uniter_hard_mrc_label_excludes_background():
+    from mmbert.data.batch import Batch
+    from mmbert.objectives import OBJECTIVES
+    from mmbert.objectives.base import ScoringInputs
+
+    probs = torch.tensor([[[0.6, 0.3, 0.1], [0.2, 0.1, 0.7]]])  # region 0: background is the arg-max
+    batch = Batch(torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool),
+                  torch.zeros(1, 2, dtype=torch.long), region_cls_prob=probs)  # fmt: skip
+    pred, inputs = torch.zeros(1, 2, 3), ScoringInputs(batch, None, torch.ones(1, 2, dtype=torch.bool))
+    assert OBJECTIVES["mrc"]().hard_labels(pred, inputs).tolist() == [[1, 2]]  # argmax(p[1:]) + 1
+    assert OBJECTIVES["mvrc"]().hard_labels(pred, inputs).tolist() == [[0, 2]]  # over all classes
+
+
+def test_vilbert_alignment_head_sees_the_fused_vector_through_dropout():
+    import mmbert
+
+    torch.manual_seed(0)
+    model = mmbert.build_model("vilbert_tiny", dropout=0.0, attn_dropout=0.0)
+    heads = model.build_pretraining_heads()
+    assert heads.pair.dropout == 0.1  # fixed in vilbert.py, not hidden_dropout_prob
+    pooled = torch.randn(64, model.config.pooled_dim)
+    heads.train()
+    assert not torch.equal(heads.pair(pooled), heads.pair(pooled))
+    heads.eval()
+    assert torch.equal(heads.pair(pooled), heads.pair.proj(pooled))

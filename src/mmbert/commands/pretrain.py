@@ -6,6 +6,13 @@
     mmbert pretrain ... --out runs/lxmert --resume              # continue a killed run exactly
     mmbert pretrain --model lxmert_base ... --questions vqa_questions.json --answers vqa_annotations.json \
         --answer-vocab trainval_ans2label.json                  # LXMERT's image QA task as well
+    mmbert pretrain --model bert_base --text-corpus corpus.txt --tokenizer bert-base-uncased/ --out runs/bert
+                                                                # BERT's own recipe: sentence pairs, NSP, MLM
+    mmbert pretrain --model vl_bert_base ... --text-corpus wiki.txt   # VL-BERT's text-only stream mixed in
+
+Each paper's recipe (``mmbert.objectives.RECIPES``: masking rule, task schedule, ITM negatives, text
+stream) applies by default; ``region_rule=``, ``negative=``, ``whole_word=``, ``word_action=``,
+``force_one=``, ``mix_ratio=`` and ``text_ratio=`` deviate from it on purpose and are written to run.json.
 
 Options come first, then the ``key=value`` settings.
 
@@ -28,12 +35,21 @@ from mmbert.train.config import TrainConfig, _matches
 
 @dataclass
 class DataConfig:
+    """Data and corruption settings. ``None`` = the paper's recipe (``mmbert.objectives.RECIPES``); set one
+    to deviate from the authors on purpose (it is written to run.json)."""
+
     max_text_length: int = 40  # tokens per caption, [CLS] and [SEP] included
     max_regions: int = 36  # regions per image (the most confident ones)
     mlm_prob: float = 0.15
     region_prob: float = 0.15
     match_prob: float = 0.5  # share of captions swapped for another image's (image-text match)
-    whole_word: bool = False  # mask whole words rather than word pieces
+    whole_word: bool | None = None  # mask whole words rather than word pieces
+    word_action: bool | None = None  # one 80/10/10 draw per word (VL-BERT)
+    force_one: bool | None = None  # at least one masked token / region per example (UNITER)
+    region_rule: str | None = None  # a name of mmbert.data.masking.REGION_RULES
+    negative: str | None = None  # what an ITM negative replaces: "caption" or "image" (UNITER)
+    mix_ratio: list | None = None  # one task per step by these weights, one per objective; [] = all each step
+    text_ratio: float | None = None  # text-only examples per caption example each step (with --text-corpus)
     cmcl_temperature: float = 0.07  # UNIMO's contrastive temperature (the paper does not state it)
     cmcl_negatives: int = 4  # UNIMO: rewritten hard negatives per caption (+ one similar caption)
 
@@ -50,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--model", required=True, help="model preset (see `mmbert models`), e.g. lxmert_base")
-    p.add_argument("--captions", required=True, help="captions: COCO JSON, Conceptual Captions TSV, Karpathy, JSONL")
-    p.add_argument("--features", required=True, help="region feature store: TSV, HDF5, LMDB or npz directory")
+    p.add_argument("--captions", help="captions: COCO JSON, Conceptual Captions TSV, Karpathy, JSONL (V&L models)")
+    p.add_argument("--features", help="region feature store: TSV, HDF5, LMDB or npz directory (V&L models)")
     p.add_argument("--out", required=True, help="run directory: run.json, metrics.jsonl, checkpoints/, final/")
     p.add_argument("--tokenizer", help="directory with vocab.txt / tokenizer.json (default: next to --captions)")
     p.add_argument("--eval-captions", help="held-out captions (same store) evaluated every eval_every steps")
@@ -59,7 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "VQA questions with --answers")  # fmt: skip
     p.add_argument("--answers", help="official VQA annotations for --questions")
     p.add_argument("--answer-vocab", help="answer vocabulary for --questions: a JSON list or {answer: label}")
-    p.add_argument("--text-corpus", help="UNIMO: text-only sentences mixed in (a text file, one per line)")
+    p.add_argument("--init-text-from", help="initialise the text side from a BERT checkpoint directory")
+    p.add_argument("--text-corpus", help="a plain text corpus (one sentence per line, a blank line between "
+                   "documents): BERT's corpus, the text-only stream a V&L recipe mixes in (VL-BERT), or UNIMO's "
+                   "text-only sentences")  # fmt: skip
     p.add_argument("--image-corpus", help="UNIMO: image-only images mixed in (image ids of --features, one per "
                    "line, or 'all' for every image of the store)")  # fmt: skip
     p.add_argument("--scenes", help="UNIMO: scene graphs for the contrastive rewrites (the synthetic world's "
@@ -67,7 +86,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lexicon", help="UNIMO: a JSON lexicon extending the default one (objects, attributes, relations)")
     p.add_argument("--paraphrases", help='UNIMO: JSONL {"caption", "paraphrases": [...]} (e.g. back-translations)')
     p.add_argument("--negatives", help='UNIMO: JSONL {"caption", "negatives": [...]} (curated hard negatives)')
-    p.add_argument("--init-text-from", help="initialise the text side from a BERT checkpoint directory")
     p.add_argument("--config", help="flat JSON file of settings (same keys as key=value)")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int)
@@ -156,22 +174,25 @@ def resolve_settings(args: argparse.Namespace) -> Resolved:
     for name in [*(objectives or []), *weights]:
         if name not in known:
             raise KeyError(f"unknown objectives [{name!r}]; known: {', '.join(known)}")
+    if isinstance(data.get("mix_ratio"), str):  # mix_ratio=2,2,1,1 on the command line
+        data["mix_ratio"] = [_parse_value(v) for v in data["mix_ratio"].split(",") if v]
     for key, value in data.items():
         expected = next(f.type for f in fields(DataConfig) if f.name == key)
-        if not _matches(value, str(expected)):
+        if key == "mix_ratio":
+            if value is not None and not (isinstance(value, list) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):  # fmt: skip
+                raise TypeError(f"setting 'mix_ratio' expects a list of numbers (one per objective), got {value!r}")
+        elif not _matches(value, str(expected)):
             raise TypeError(f"setting {key!r} expects {expected}, got {value!r}")
     return Resolved(TrainConfig.from_dict(train, "settings"), DataConfig(**data), objectives, weights, model)
 
 
 def run(args: argparse.Namespace) -> int:
     from mmbert.convert.init_text import build_model
-    from mmbert.data import features as features_api
-    from mmbert.data.datasets import CaptionDataset
     from mmbert.data.tokenizer import Tokenizer
     from mmbert.models import MODELS, PretrainingModel
     from mmbert.objectives import Pretraining, recipe_for
     from mmbert.train.distributed import cleanup, init_distributed
-    from mmbert.train.pretrain_data import PretrainingDataset
     from mmbert.train.runs import refuse_old_checkpoints, train_or_stop
 
     settings = resolve_settings(args)
@@ -191,11 +212,21 @@ def run(args: argparse.Namespace) -> int:
         raise KeyError(f"unknown model {args.model!r}; available: {', '.join(MODELS)}")
     base = MODELS[args.model]()
     config = type(base).from_dict({**base.to_dict(), **settings.model_overrides}, "model settings")
-    if not getattr(config, "region_feat_dim", None):
-        raise ValueError(f"{args.model} is a text-only model; `mmbert pretrain` trains vision-and-language models")
+    text_only = not getattr(config, "region_feat_dim", None)
+    if text_only:
+        if args.text_corpus is None:
+            raise ValueError(f"{args.model} is a text-only model: pass --text-corpus FILE (one sentence per line, "
+                             "a blank line between documents) to pre-train it with BERT's recipe")  # fmt: skip
+        vl_flags = (("--captions", args.captions), ("--features", args.features),
+                    ("--eval-captions", args.eval_captions), ("--questions", args.questions))  # fmt: skip
+        given = [f for f, v in vl_flags if v]
+        if given:
+            raise ValueError(f"{', '.join(given)}: {args.model} is a text-only model; it pre-trains on --text-corpus")
+    elif args.captions is None or args.features is None:
+        raise ValueError(f"{args.model} is a vision-and-language model: pass --captions and --features")
     recipe = recipe_for(config.model_type)
     unimo = config.model_type == "unimo"
-    unimo_flags = [f for f in ("text_corpus", "image_corpus", "scenes", "lexicon", "paraphrases", "negatives")
+    unimo_flags = [f for f in ("image_corpus", "scenes", "lexicon", "paraphrases", "negatives")
                    if getattr(args, f, None)]  # fmt: skip
     if unimo_flags and not unimo:
         raise ValueError(f"--{unimo_flags[0].replace('_', '-')} is for UNIMO's mixed pre-training, not {args.model}")
@@ -214,7 +245,6 @@ def run(args: argparse.Namespace) -> int:
             )
     refuse_old_checkpoints(out, args.resume)
 
-    # ---- data: tokenizer, store, captions -----------------------------------------------------------
     tok_dir = Path(args.tokenizer) if args.tokenizer else _default_tokenizer_dir(args)
     tokenizer = Tokenizer.from_pretrained(tok_dir)
     if tokenizer.vocab_size > config.vocab_size:
@@ -222,6 +252,108 @@ def run(args: argparse.Namespace) -> int:
             f"the tokenizer in {tok_dir} has {tokenizer.vocab_size} tokens but {args.model} has vocab_size "
             f"{config.vocab_size}; pass model.vocab_size={tokenizer.vocab_size}"
         )
+    corruption = resolve_corruption(recipe, settings.data)
+    if text_only:
+        data_parts = _text_data(args, settings, tokenizer, corruption)
+    else:
+        data_parts = _vl_data(args, settings, tokenizer, config, recipe, corruption)
+    train_data, eval_set, objectives, extra_record = data_parts
+
+    # ---- build, record, train -----------------------------------------------------------------------
+    env = init_distributed(None if settings.train.device == "auto" else settings.train.device,
+                           settings.train.dist_timeout_minutes)
+    import torch
+
+    torch.manual_seed(settings.train.seed)
+    overrides = dict(settings.model_overrides)
+    if args.init_text_from:
+        overrides["init_text_from"] = args.init_text_from
+    model = PretrainingModel(build_model(args.model, **overrides))
+    head_copied: list[str] = []
+    if args.init_text_from:
+        from mmbert.convert.init_text import init_mlm_head_from_bert
+
+        head_copied = init_mlm_head_from_bert(model, args.init_text_from)
+        if env.is_main:
+            head = f"copied {', '.join(head_copied)}" if head_copied else "none in the checkpoint, new"
+            print(f"init from {args.init_text_from}: {model.encoder.init_report}; MLM head: {head}")
+    if unimo:
+        from mmbert.objectives.unimo import UnimoPretraining
+
+        task = UnimoPretraining(model, objectives, settings.weights, settings.data.cmcl_temperature)
+    else:
+        task = Pretraining(model, objectives, settings.weights)
+        task.scheduled = corruption["mix_ratio"] is not None
+    run_info = {"model": args.model, "model_config": config.to_dict(), "objectives": list(task.objective_names),
+                "weights": task.weights}  # fmt: skip
+    record = {**run_info, "captions": str(args.captions) if args.captions else None,
+              "features": str(args.features) if args.features else None, "text_corpus": args.text_corpus,
+              "tokenizer": str(tok_dir), "train": settings.train.to_dict(), "data": asdict(settings.data),
+              "init_text_from": args.init_text_from, "mlm_head_from_bert": head_copied,
+              "score_mismatched": task.score_mismatched, "recipe": corruption, **extra_record}  # fmt: skip
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            from mmbert.atomic import atomic_write_json
+
+            atomic_write_json(run_file, record)
+    result = train_or_stop("pretrain", env, task, train_data, train_data.collate, settings.train, out,
+                           eval_dataset=eval_set, resume=args.resume, run_info=run_info)  # fmt: skip
+    if result is None:
+        return 1
+    if env.is_main:
+        model.save(out / "final")
+        tokenizer.save(out / "final")
+        print(json.dumps({"out": str(out), "step": result.step, "metrics": result.metrics,
+                          "eval": result.eval_metrics, "checkpoint": str(result.last_checkpoint)}))  # fmt: skip
+    cleanup(env)
+    return 0
+
+
+def resolve_corruption(recipe, data: DataConfig) -> dict[str, Any]:
+    """The recipe's masking / pairing / schedule choices with the run's explicit overrides applied."""
+    from mmbert.data.masking import REGION_RULES
+
+    chosen = {
+        "region_rule": recipe.region_rule if data.region_rule is None else data.region_rule,
+        "negative": recipe.negative if data.negative is None else data.negative,
+        "whole_word": recipe.whole_word if data.whole_word is None else data.whole_word,
+        "word_action": recipe.word_action if data.word_action is None else data.word_action,
+        "force_one": recipe.force_one if data.force_one is None else data.force_one,
+        "random_tokens": recipe.random_tokens,
+        "mix_ratio": (list(recipe.mix_ratio) if recipe.mix_ratio else None) if data.mix_ratio is None
+        else (list(data.mix_ratio) or None),
+        "text_ratio": recipe.text_ratio if data.text_ratio is None else data.text_ratio,
+        "source": recipe.source,
+    }  # fmt: skip
+    if chosen["region_rule"] is not None and chosen["region_rule"] not in REGION_RULES:
+        raise ValueError(f"setting 'region_rule': {chosen['region_rule']!r} is not one of {REGION_RULES}")
+    if chosen["negative"] not in ("caption", "image"):
+        raise ValueError(f"setting 'negative': {chosen['negative']!r} is not 'caption' or 'image'")
+    if chosen["text_ratio"] < 0:
+        raise ValueError(f"setting 'text_ratio' must be >= 0, got {chosen['text_ratio']}")
+    return chosen
+
+
+def _text_data(args, settings: Resolved, tokenizer, corruption):
+    """BERT's own recipe: sentence pairs of a plain text corpus, NSP 50/50, 80/10/10 masking."""
+    from mmbert.data.text_corpus import NextSentenceDataset, read_text_corpus
+
+    d = settings.data
+    objectives = settings.objectives or ["mlm", "nsp"]
+    documents = read_text_corpus(args.text_corpus)
+    data = NextSentenceDataset(documents, tokenizer, d.max_text_length, settings.train.seed, d.mlm_prob,
+                               d.match_prob, bool(corruption["whole_word"]))  # fmt: skip
+    return data, None, objectives, {}
+
+
+def _vl_data(args, settings: Resolved, tokenizer, config, recipe, corruption):
+    """Captions + region features corrupted by the paper's recipe (and, where it has one, its text stream)."""
+    from mmbert.data import features as features_api
+    from mmbert.data.datasets import CaptionDataset
+    from mmbert.train.pretrain_data import PretrainingDataset
+    from mmbert.train.schedule import TaskSchedule
+
     store = features_api.open(args.features)
     first_id = next(iter(store.keys()), None)
     if first_id is None:
@@ -243,6 +375,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.answers or args.answer_vocab:
         raise ValueError("--answers / --answer-vocab go with --questions")
     objectives = settings.objectives
+    unimo = config.model_type == "unimo"
     if unimo:
         from mmbert.objectives.unimo import SINGLE_FORWARD, UNIMO_OBJECTIVES
 
@@ -257,76 +390,75 @@ def run(args: argparse.Namespace) -> int:
     elif "qa" in objectives and questions is None:
         raise ValueError("objective 'qa' needs question-answer data: pass --questions (and --answer-vocab)")
     _check_store(store[first_id], config, [o for o in objectives if not unimo or o in SINGLE_FORWARD], args.features)
-    data = CaptionDataset(args.captions, store, tokenizer, settings.data.max_text_length, settings.data.max_regions)
+    d = settings.data
+    data = CaptionDataset(args.captions, store, tokenizer, d.max_text_length, d.max_regions)
     if len(data) == 0:
         raise ValueError(f"{args.captions}: no caption has its image in {args.features}")
     eval_data = None
     if args.eval_captions:
-        eval_data = CaptionDataset(args.eval_captions, store, tokenizer, settings.data.max_text_length,
-                                   settings.data.max_regions)  # fmt: skip
+        eval_data = CaptionDataset(args.eval_captions, store, tokenizer, d.max_text_length, d.max_regions)
+
+    schedule = None
+    ratio = corruption["mix_ratio"]
+    if ratio is not None:
+        if len(ratio) != len(objectives):
+            raise ValueError(f"mix_ratio {ratio} needs one weight per objective {objectives} (mix_ratio=[] sums "
+                             "every objective in every step)")  # fmt: skip
+        schedule = TaskSchedule(objectives, ratio, settings.train.seed)
+        corruption["mix_ratio"] = {o: r for o, r in zip(objectives, ratio)}
+    random_range = tokenizer.word_piece_range() if corruption["random_tokens"] == "word_pieces" else None
 
     def corrupt(captions: CaptionDataset, seed: int, qa=None) -> PretrainingDataset:
-        d = settings.data
-        return PretrainingDataset(captions, recipe.region_rule, "itm" in objectives, seed, d.mlm_prob,
-                                  d.region_prob, d.match_prob, d.whole_word, questions=qa,
-                                  num_answers=len(answers),
+        return PretrainingDataset(captions, corruption["region_rule"], "itm" in objectives, seed, d.mlm_prob,
+                                  d.region_prob, d.match_prob, bool(corruption["whole_word"]), questions=qa,
+                                  num_answers=len(answers), negative=corruption["negative"],
+                                  word_action=bool(corruption["word_action"]), force_one=bool(corruption["force_one"]),
+                                  random_range=random_range, schedule=schedule,
                                   overlap_iou=getattr(config, "region_overlap_ratio", 0.4))  # fmt: skip
 
-    if unimo:
+    if unimo:  # UNIMO mixes its own text-only and image-only corpora (mmbert.train.unimo_data)
         from mmbert.train.unimo_data import read_unimo_corpora
 
-        def corrupt(captions: CaptionDataset, seed: int, qa=None, corpora: bool = False):  # noqa: F811
-            return read_unimo_corpora(captions, args, settings.data, seed, config.region_overlap_ratio, corpora)
+        train_data = read_unimo_corpora(data, args, d, settings.train.seed, config.region_overlap_ratio, True)
+        eval_set = None
+        if eval_data is not None:
+            seed = settings.train.seed + 1
+            eval_set = read_unimo_corpora(eval_data, args, d, seed, config.region_overlap_ratio, False)
+        corruption.update(mix_ratio=None, text_ratio=0.0)
+        return train_data, eval_set, objectives, {"region_rule": corruption["region_rule"]}
+    train_data = corrupt(data, settings.train.seed, questions)
+    eval_set = corrupt(eval_data, settings.train.seed + 1) if eval_data is not None else None
+    extra = {"questions": args.questions, "answers": args.answers, "answer_vocab": args.answer_vocab,
+             "region_rule": corruption["region_rule"]}  # fmt: skip
+    text_ratio = corruption["text_ratio"]
+    if args.text_corpus is not None or (d.text_ratio or 0) > 0:
+        if args.text_corpus is None:
+            raise ValueError("text_ratio needs --text-corpus (the text-only stream to mix in)")
+        if "mlm" not in objectives:
+            raise ValueError("--text-corpus mixes in a text-only MLM stream, but 'mlm' is not among the objectives")
+        if text_ratio <= 0:
+            text_ratio = 1.0
+        from mmbert.data.text_corpus import TextMLMDataset, TextStreamMixer, read_text_corpus
 
-        train_data = corrupt(data, settings.train.seed, corpora=True)
-        eval_set = corrupt(eval_data, settings.train.seed + 1) if eval_data is not None else None
-    else:
-        train_data = corrupt(data, settings.train.seed, questions)
-        eval_set = corrupt(eval_data, settings.train.seed + 1) if eval_data is not None else None
+        documents = read_text_corpus(args.text_corpus)
 
-    # ---- build, record, train -----------------------------------------------------------------------
-    env = init_distributed(None if settings.train.device == "auto" else settings.train.device,
-                           settings.train.dist_timeout_minutes)
-    import torch
+        def mixed(main, seed):
+            text = TextMLMDataset(documents, tokenizer, d.max_text_length, seed, d.mlm_prob,
+                                  bool(corruption["whole_word"]), bool(corruption["word_action"]))  # fmt: skip
+            return TextStreamMixer(main, text, text_ratio, seed)
 
-    torch.manual_seed(settings.train.seed)
-    model = PretrainingModel(
-        build_model(args.model, init_text_from=args.init_text_from or None, **settings.model_overrides)
-    )
-    if unimo:
-        from mmbert.objectives.unimo import UnimoPretraining
-
-        task = UnimoPretraining(model, objectives, settings.weights, settings.data.cmcl_temperature)
-    else:
-        task = Pretraining(model, objectives, settings.weights)
-    run_info = {"model": args.model, "model_config": config.to_dict(), "objectives": list(task.objective_names),
-                "weights": task.weights}  # fmt: skip
-    record = {**run_info, "captions": str(args.captions), "features": str(args.features),
-              "tokenizer": str(tok_dir), "train": settings.train.to_dict(), "data": asdict(settings.data),
-              "init_text_from": args.init_text_from, "score_mismatched": task.score_mismatched,
-              "questions": args.questions, "answers": args.answers, "answer_vocab": args.answer_vocab,
-              "region_rule": recipe.region_rule}  # fmt: skip
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
-            from mmbert.atomic import atomic_write_json
-
-            atomic_write_json(run_file, record)
-    result = train_or_stop("pretrain", env, task, train_data, train_data.collate, settings.train, out,
-                           eval_dataset=eval_set, resume=args.resume, run_info=run_info)  # fmt: skip
-    if result is None:
-        return 1
-    if env.is_main:
-        model.save(out / "final")
-        tokenizer.save(out / "final")
-        print(json.dumps({"out": str(out), "step": result.step, "metrics": result.metrics,
-                          "eval": result.eval_metrics, "checkpoint": str(result.last_checkpoint)}))  # fmt: skip
-    cleanup(env)
-    return 0
+        train_data = mixed(train_data, settings.train.seed)
+        eval_set = mixed(eval_set, settings.train.seed + 1) if eval_set is not None else None
+        corruption["text_ratio"] = text_ratio
+    elif text_ratio > 0:
+        print(f"note: no --text-corpus; the text-only corpus stream of {config.model_type}'s recipe is left out")
+        corruption["text_ratio"] = 0.0
+    return train_data, eval_set, objectives, extra
 
 
 def _default_tokenizer_dir(args: argparse.Namespace) -> Path:
-    for candidate in (args.init_text_from, str(Path(args.captions).parent)):
+    nearby = args.captions or args.text_corpus
+    for candidate in (args.init_text_from, str(Path(nearby).parent) if nearby else None):
         if candidate and any((Path(candidate) / name).exists() for name in ("vocab.txt", "tokenizer.json")):
             return Path(candidate)
     raise ValueError("no tokenizer: pass --tokenizer DIR (a directory with vocab.txt or tokenizer.json)")

@@ -67,7 +67,44 @@ def init_text_from_bert(model: EncoderModel, path: str | os.PathLike) -> InitRep
                     )
                 target[key].copy_(source[src_key])
                 report.initialised.append(key)
+    partial_copy = getattr(model, "init_rows_from_bert", None)
+    if partial_copy is not None:  # tables BERT fills only in part (VL-BERT's 3-type segment table)
+        with torch.no_grad():
+            report.initialised.extend(partial_copy(source))
     done = set(report.initialised)
     report.new = sorted({k.rsplit(".", 1)[0] for k in target if k not in done})
     model.init_report = report
     return report
+
+
+def init_mlm_head_from_bert(model, path: str | os.PathLike) -> list[str]:
+    """Copy a BERT checkpoint's MLM head (``cls.predictions`` transform + bias) into a
+    ``PretrainingModel``'s ``heads.mlm`` when the checkpoint has one, as VL-BERT and UNITER (and every
+    loader that reads a whole ``BertForPreTraining`` checkpoint) do. Returns the copied keys (empty when
+    the checkpoint is encoder-only) and records them in ``model.encoder.init_report`` when there is one."""
+    from mmbert.convert.load import load_pretraining  # noqa: PLC0415 (load imports this module's neighbours)
+
+    if model.heads.mlm is None:
+        return []
+    try:
+        bert = load_pretraining(path, allow_new_heads=True)
+    except CheckpointError:
+        return []
+    if bert.heads.mlm is None or "mlm" in getattr(bert, "new_heads", []):
+        return []
+    source, target = bert.heads.mlm.state_dict(), model.heads.mlm.state_dict()
+    copied = []
+    with torch.no_grad():
+        for key, value in target.items():
+            if key not in source:
+                raise CheckpointError(f"{path}: BERT's MLM head has no {key!r}")
+            if source[key].shape != value.shape:
+                raise CheckpointError(f"{path}: MLM head {key} has shape {tuple(source[key].shape)} but the model "
+                                      f"needs {tuple(value.shape)}")  # fmt: skip
+            value.copy_(source[key])
+            copied.append(f"heads.mlm.{key}")
+    report = getattr(model.encoder, "init_report", None)
+    if report is not None:
+        report.initialised.extend(copied)
+        report.new = [n for n in report.new if not n.startswith("heads.mlm")]
+    return copied

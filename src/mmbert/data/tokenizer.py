@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ class Encoding:
     segment_ids: list[int]
     tokens: list[str]
     word_ids: list[int | None]
+
+
+_UNUSED = re.compile(r"\[unused\d+\]")
 
 
 class Tokenizer:
@@ -130,6 +134,17 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
+
+    def word_piece_range(self) -> tuple[int, int]:
+        """(lo, hi): the ids after the last special or ``[unusedN]`` token, up to the vocabulary's end —
+        the ids UNITER draws random MLM replacements from (its ``v_range``; 999..28995 for bert-base-cased).
+        The special tokens sit at the start of BERT's vocabularies, as they do here."""
+        vocab = self.backend.get_vocab()
+        reserved = [i for t, i in vocab.items() if i in self.special_ids or _UNUSED.fullmatch(t)]
+        lo = max(reserved) + 1
+        if lo >= self.vocab_size:
+            raise ValueError("the vocabulary has no word pieces after its special tokens")
+        return lo, self.vocab_size
 
     def tokenize(self, text: str) -> list[str]:
         return self.backend.encode(text, add_special_tokens=False).tokens

@@ -71,21 +71,23 @@ class SingleStreamModel(EncoderModel):
         region_boxes: Tensor | None,
         region_mask: Tensor,
         region_masked: Tensor | None = None,
+        global_feats: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The joint sequence (B, T + R', D) and its key mask. The default places the whole-image region
         (config ``global_region``) and calls ``self.embeddings(text_ids, segment_ids, feats, boxes, masked)``;
         models whose embeddings need more (VisualBERT's alignment, VL-BERT's [END]) override it."""
-        feats, boxes, mask = self.with_global_region(region_feats, region_boxes, region_mask)
+        feats, boxes, mask = self.with_global_region(region_feats, region_boxes, region_mask, global_feats)
         x = self.embeddings(text_ids, segment_ids, feats, boxes, self.align_to_global(region_masked, False))
         return x, torch.cat([text_mask, mask], 1)
 
     def with_global_region(
-        self, feats: Tensor, boxes: Tensor | None, mask: Tensor
+        self, feats: Tensor, boxes: Tensor | None, mask: Tensor, whole: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Add the whole-image region where ``config.global_region`` says (no-op for "none")."""
+        """Add the whole-image region where ``config.global_region`` says (no-op for "none"); its feature
+        is ``whole`` (B, F) when given (``global_feats``), else the mean of the real regions."""
         if boxes is None:
             boxes = feats.new_zeros(*feats.shape[:2], 4)
-        return add_global_region(feats, boxes, mask, self.config.global_region)
+        return add_global_region(feats, boxes, mask, self.config.global_region, whole)
 
     def align_to_global(self, per_region: Tensor | None, fill: bool | int) -> Tensor | None:
         """Insert ``fill`` where the whole-image region goes, so a per-region input (B, R, ...) stays
@@ -97,10 +99,18 @@ class SingleStreamModel(EncoderModel):
         return torch.cat([filler, per_region] if where == "first" else [per_region, filler], 1)
 
     def check_extra_inputs(
-        self, region_feats: Tensor, region_masked: Tensor | None = None, **extra: Any
+        self,
+        region_feats: Tensor,
+        region_masked: Tensor | None = None,
+        global_feats: Tensor | None = None,
+        **extra: Any,
     ) -> None:
-        """Validate model-specific inputs: ``region_masked`` where the model takes it (subclasses add
-        their own, e.g. VisualBERT's alignment); anything else is refused by name."""
+        """Validate model-specific inputs: ``region_masked`` where the model takes it, ``global_feats``
+        (B, F) where it has a whole-image region (subclasses add their own, e.g. VisualBERT's alignment);
+        anything else is refused by name."""
+        if global_feats is not None and getattr(self.config, "global_region", "none") == "none":
+            raise TypeError(f"{type(self).__name__} has no whole-image region (global_region 'none'): "
+                            "global_feats has nowhere to go")  # fmt: skip
         if region_masked is not None:
             if not self.masked_region_input:
                 raise TypeError(f"{type(self).__name__} takes no region_masked input")

@@ -57,7 +57,9 @@ class UniterRegionEmbeddings(nn.Module):
         self.feat_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
         self.loc_proj = nn.Linear(7, c.dim)
         self.loc_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
-        self.mask_embedding = nn.Parameter(torch.zeros(c.region_feat_dim))
+        # model/model.py: nn.Embedding(2, img_dim, padding_idx=0) under init_weights, i.e. N(0, 0.02); its
+        # row 0 is zeroed at every forward, row 1 (this vector) is what a masked region receives
+        self.mask_embedding = nn.Parameter(torch.empty(c.region_feat_dim).normal_(0.0, c.init_std))
         self.norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
         self.dropout = c.dropout
 

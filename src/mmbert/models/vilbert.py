@@ -46,6 +46,8 @@ from mmbert.nn import (
     TextEmbeddings,
 )
 
+FUSION_DROPOUT = 0.1  # before the alignment head, fixed in the reference (not hidden_dropout_prob)
+
 Step = tuple[str, int]  # ("text", i) | ("vision", j) | ("co", k)
 
 
@@ -272,11 +274,13 @@ class ViLBert(DualStreamModel):
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         """MLM, alignment on the fused pooled vector, and the 1601-class distribution per region
-        (``region_class_logits`` (B, R+1, 1601), index 0 being the global region)."""
+        (``region_class_logits`` (B, R+1, 1601), index 0 being the global region). The alignment head
+        sees the fused vector through dropout 0.1 (vilbert/vilbert.py ``BertPreTrainingHeads``:
+        ``self.dropout(pooled_output_t * pooled_output_v)``, ``nn.Dropout(0.1)``)."""
         c = self.config
         heads = PretrainingHeads(
             mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
-            pair=PairHead(c.pooled_dim),
+            pair=PairHead(c.pooled_dim, dropout=FUSION_DROPOUT),
             region=RegionHeads(c.vision_dim, {"class": c.num_region_classes}, c.layer_norm_eps),
         )
         init_heads(heads, c.init_std)

@@ -136,9 +136,12 @@ class VisualBert(SingleStreamModel):
         region_boxes,
         region_mask,
         image_text_alignment: Tensor | None = None,
+        global_feats: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         # the whole-image region (if any) is aligned to no word
-        region_feats, _, region_mask = self.with_global_region(region_feats, region_boxes, region_mask)
+        region_feats, _, region_mask = self.with_global_region(
+            region_feats, region_boxes, region_mask, global_feats
+        )
         image_text_alignment = self.align_to_global(image_text_alignment, -1)
         x = self.embeddings(text_ids, segment_ids, region_feats, image_text_alignment)
         return x, torch.cat([text_mask, region_mask], 1)

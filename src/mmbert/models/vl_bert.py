@@ -25,7 +25,8 @@ says where it also sits among the regions ("first", as the original data put the
 VOLTA's VL-BERT uses "last").
 The original concatenates without padding; we keep text padding in place and mask it (same outputs), so
 ``Encoded.vision`` is [regions (with the global one) ; [END]] and ``vision_mask`` marks the input regions.
-Initialising from BERT copies words, positions and the LayerNorm, not the 3-type segment table.
+Initialising from BERT copies words, positions, the LayerNorm and BERT's two segment rows into the first
+two of the 3-type table (the image type stays new), as the original's ``load_language_pretrained_model``.
 """
 
 from __future__ import annotations
@@ -242,9 +243,20 @@ class VLBert(SingleStreamModel):
         return heads
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
-        # The segment table has 3 types here and 2 in BERT: it stays new.
+        # The segment table has 3 types here and 2 in BERT: ``init_rows_from_bert`` copies its rows.
         text = [(f"embeddings.text.{part}", f"embeddings.{part}") for part in ("word", "position", "norm")]
         return text + super().text_init_map(num_bert_layers)[1:]
+
+    def init_rows_from_bert(self, bert_state: dict[str, Tensor]) -> list[str]:
+        """BERT's segment rows into the first rows of the 3-type table; the image type (row 2) stays new
+        (common/visual_linguistic_bert.py ``load_language_pretrained_model``:
+        ``token_type_embeddings.weight.data[:v.size(0)] = v``)."""
+        rows = bert_state["embeddings.segment.weight"]
+        table = self.embeddings.text.segment.weight
+        if rows.shape[1] != table.shape[1] or rows.shape[0] > table.shape[0]:
+            raise ValueError(f"BERT's segment table {tuple(rows.shape)} does not fit VL-BERT's {tuple(table.shape)}")
+        table[: rows.shape[0]] = rows.to(table.dtype)
+        return ["embeddings.text.segment.weight"]
 
     def layer_plan(self) -> list[str]:
         c = self.config

@@ -64,14 +64,16 @@ class MLMHead(nn.Module):
 
 
 class PairHead(nn.Module):
-    """Two-way classifier over the pooled output: next sentence / image-text match. Index 1 = matches."""
+    """Two-way classifier over the pooled output: next sentence / image-text match. Index 1 = matches.
+    ``dropout``: applied to the pooled vector first (ViLBERT's fusion dropout; no parameters)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, 2)
+        self.dropout = dropout
 
     def forward(self, pooled: Tensor) -> Tensor:
-        return self.proj(pooled)
+        return self.proj(F.dropout(pooled, self.dropout, self.training))
 
 
 class RegionHeads(nn.Module):

@@ -15,9 +15,17 @@
 The first three average over target regions only (``targets`` bool (B, R)). Every one returns an exact,
 graph-connected 0 when a batch has no target (finite, no NaN, safe under DDP).
 
-Normalisation note: vilbert-multi-task divides its summed KL by (#masked regions x 1601), i.e. this
-per-region mean / 1601; we keep the per-region mean (as UNITER's MRC-KL) so that the
-region loss is on the scale of the MLM loss.
+Normalisation of the KL, as each repository computes it:
+* ``average="region"`` — vilbert-multi-task (vilbert/vilbert.py ``BertForMultiModalPreTraining``) and
+  VOLTA (volta/losses.py ``kl_1601``): the KL summed over classes and masked regions, divided by the
+  number of masked regions, i.e. the mean per-region KL.
+* ``average="region_class"`` — UNITER (model/pretrain.py ``mrc_kl``: ``F.kl_div(..., reduction='none')``
+  then the pretrain loop's ``.mean()``): the mean over masked regions AND classes, i.e. the per-region KL
+  divided by the number of classes (1601), ~1601x smaller.
+
+Hard labels: ``RegionClassification`` takes the arg-max of the detector's distribution over all classes,
+background included (VOLTA's target 6; ``moc`` / ``mvrc``), or with ``background=False`` over the
+classes after the background column, ``argmax(p[:, 1:]) + 1`` (UNITER's hard MRC, model/pretrain.py).
 """
 
 from __future__ import annotations
@@ -52,18 +60,23 @@ class RegionClassification(Objective):
     batch_fields = ("region_target_mask", "region_cls_prob", "region_labels")
     detector = DetectorNeed(("cls_prob", "obj_id"), "num_region_classes")
 
-    def __init__(self, name: str = "moc") -> None:
+    def __init__(self, name: str = "moc", background: bool = True) -> None:
         super().__init__()
-        self.name = name
+        self.name, self.background = name, background
+
+    def hard_labels(self, pred: Tensor, inputs: ScoringInputs) -> Tensor:
+        """The detector's hard label per region (see the module docstring)."""
+        probs = inputs.batch.region_cls_prob
+        if probs is not None and probs.shape[-1] == pred.shape[-1]:
+            return probs.argmax(-1) if self.background else probs[..., 1:].argmax(-1) + 1
+        if not self.background:
+            raise ValueError(f"objective {self.name!r} needs batch.region_cls_prob with the head's classes "
+                             "(background first)")  # fmt: skip
+        return inputs.need("region_labels", self.name)
 
     def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
         pred, targets = inputs.regions(pred, self.name)
-        probs = inputs.batch.region_cls_prob
-        if probs is not None and probs.shape[-1] == pred.shape[-1]:
-            labels = probs.argmax(-1)
-        else:
-            labels = inputs.need("region_labels", self.name)
-        return self(pred, labels, targets)
+        return self(pred, self.hard_labels(pred, inputs), targets)
 
     def forward(self, logits: Tensor, labels: Tensor, targets: Tensor) -> LossOutput:
         _check(self.name, logits, targets)
@@ -85,17 +98,20 @@ class RegionClassification(Objective):
 
 class RegionDistribution(Objective):
     """Match the detector distribution on target regions: logits (B, R, C), probs (B, R, C), targets
-    (B, R). ``kind="kl"``: sum_c p log(p / q) (0 log 0 = 0); ``kind="soft_ce"``: -sum_c p log q."""
+    (B, R). ``kind="kl"``: sum_c p log(p / q) (0 log 0 = 0); ``kind="soft_ce"``: -sum_c p log q.
+    ``average``: "region" (mean per-region value) or "region_class" (also divided by C; UNITER)."""
 
     output = "region_class_logits"
     batch_fields = ("region_target_mask", "region_cls_prob")
     detector = DetectorNeed(("cls_prob",), "num_region_classes")
 
-    def __init__(self, name: str = "mrc_kl", kind: str = "kl") -> None:
+    def __init__(self, name: str = "mrc_kl", kind: str = "kl", average: str = "region") -> None:
         super().__init__()
         if kind not in ("kl", "soft_ce"):
             raise ValueError(f"kind must be 'kl' or 'soft_ce', got {kind!r}")
-        self.name, self.kind = name, kind
+        if average not in ("region", "region_class"):
+            raise ValueError(f"average must be 'region' or 'region_class', got {average!r}")
+        self.name, self.kind, self.average = name, kind, average
 
     def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
         pred, targets = inputs.regions(pred, self.name)
@@ -114,6 +130,8 @@ class RegionDistribution(Objective):
         if self.kind == "kl":
             per_region = per_region + torch.xlogy(p, p).sum(-1)
         loss = per_region.mean()
+        if self.average == "region_class":
+            loss = loss / logits.shape[-1]
         with torch.no_grad():
             acc = (log_q.argmax(-1) == p.argmax(-1)).float().mean()
         return LossOutput(loss, {f"{self.name}_loss": float(loss.detach()), f"{self.name}_acc": float(acc),

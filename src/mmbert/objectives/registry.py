@@ -24,9 +24,11 @@ OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "nsp": partial(PairMatch, "nsp"),  # next-sentence prediction (BERT)
     "itm": partial(PairMatch, "itm"),  # image-text matching
     "moc": partial(RegionClassification, "moc"),  # Unicoder-VL: masked object classification
-    "mvrc": partial(RegionClassification, "mvrc"),  # VL-BERT: masked RoI classification
+    "mvrc": partial(RegionClassification, "mvrc"),  # VL-BERT: masked RoI classification (hard label)
+    "mrc": partial(RegionClassification, "mrc", background=False),  # UNITER hard MRC: background excluded
     "mvrc_soft": partial(RegionDistribution, "mvrc_soft", kind="soft_ce"),  # VL-BERT's original code
-    "mrc_kl": partial(RegionDistribution, "mrc_kl", kind="kl"),  # UNITER MRC-KL, ViLBERT
+    "mrc_kl": partial(RegionDistribution, "mrc_kl", kind="kl"),  # ViLBERT, VOLTA: mean per region
+    "mrckl": partial(RegionDistribution, "mrckl", kind="kl", average="region_class"),  # UNITER MRC-KL
     "mrfr": partial(FeatureRegression, "mrfr", kind="l2"),  # UNITER masked region feature regression
     "mrfr_smooth_l1": partial(FeatureRegression, "mrfr_smooth_l1", kind="smooth_l1"),
     "obj": partial(LxmertRegionLoss, "obj"),  # LXMERT masked object prediction: class

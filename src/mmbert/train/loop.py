@@ -270,29 +270,34 @@ def evaluate(
     env: DistEnv,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Metrics averaged over the eval set (each process takes every world_size-th batch)."""
+    """Metrics averaged over the eval set (each process takes every world_size-th batch); each metric over
+    the examples of the batches that report it (a task schedule gives each batch one task's metrics)."""
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(0)
     indices = list(range(len(dataset)))
     batches = [indices[i : i + config.batch_size] for i in range(0, len(indices), config.batch_size)]
     if config.eval_batches:
         batches = batches[: config.eval_batches]
+    eval_keys = getattr(dataset, "eval_keys", None)
+    if eval_keys is not None:  # one task per round of world_size batches: every process reports the same keys
+        batches = [eval_keys(j // env.world_size, b) for j, b in enumerate(batches)]
     mine = batches[env.rank :: env.world_size]
     was_training = task.training
     task.eval()
     sums: dict[str, float] = {}
-    count = 0
+    counts: dict[str, float] = {}
     for idx in mine:
         batch = collate_fn([dataset[i] for i in idx]).to(env.device)
         with _autocast(env.device, amp_dtype):
             out = task(batch)
         for k, v in {**out.metrics, "loss": out.loss.detach()}.items():
             sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
-        count += len(idx)
+            counts[k] = counts.get(k, 0.0) + len(idx)
     task.train(was_training)
-    totals = _sum_over_processes({**sums, "__count": float(count)}, env)
-    n = max(totals.pop("__count"), 1.0)
-    return {k: v / n for k, v in totals.items()}
+    names = sorted(sums)
+    totals = _sum_over_processes({**{k: sums.get(k, 0.0) for k in names},
+                                  **{f"__count_{k}": counts.get(k, 0.0) for k in names}}, env)  # fmt: skip
+    return {k: totals[k] / totals[f"__count_{k}"] for k in names if totals[f"__count_{k}"] > 0}
 
 
 def check_resumable(state: dict[str, Any], run_info: dict[str, Any], config: TrainConfig, env: DistEnv,
@@ -325,9 +330,14 @@ def _epoch_batches(dataset, collate_fn, sampler: StepSampler, epoch: int, offset
                    config: TrainConfig) -> Iterator[Batch]:
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)  # seeds per-example masking; workers are created after this
+    batches = sampler.micro_batches(epoch, offset)
+    step_keys = getattr(dataset, "step_keys", None)
+    if step_keys is not None:  # a task schedule (UNITER): each micro-batch's keys carry its step's task
+        first = epoch * sampler.steps_per_epoch + offset
+        batches = [step_keys(first + j // config.grad_accum, b) for j, b in enumerate(batches)]
     loader = DataLoader(
         dataset,
-        batch_sampler=sampler.micro_batches(epoch, offset),
+        batch_sampler=batches,
         collate_fn=collate_fn,
         num_workers=config.num_workers,
         # A private generator: creating a loader must not draw from the global RNG (exact resume).

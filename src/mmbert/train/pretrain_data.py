@@ -12,8 +12,16 @@ LXMERT also pre-trains on questions about the images (its image QA task): pass `
 they join the captions as sentences of their own, with soft answer targets; a caption, or a question
 swapped onto another image, has no answer.
 
+With a task ``schedule`` (UNITER, :class:`~mmbert.train.schedule.TaskSchedule`) every step computes one
+task and its examples are corrupted for that task alone (UNITER's conditional masking, data/mlm.py,
+data/mrm.py, data/itm.py): text masked for MLM, regions masked for the region tasks, nothing masked for
+ITM, whose negatives replace the image (``negative="image"``). The trainer asks ``step_keys(step,
+indices)`` for the keys of a step's examples, ``(index, task)``, so the task of a step is a function of
+(seed, step) and a resumed run keeps the schedule exactly.
+
 ``collate_pretraining`` pads like ``collate_captions`` and adds ``region_masked`` (for the models with
-a masked-region embedding) and ``answer_targets`` in a :class:`PretrainingBatch`.
+a masked-region embedding), ``global_feats`` (ViLBERT's pre-training whole-image feature),
+``answer_targets`` and the step's ``task`` in a :class:`PretrainingBatch`.
 """
 
 from __future__ import annotations
@@ -34,15 +42,33 @@ from torch.utils.data import Dataset
 from mmbert.data.batch import Batch, CaptionExample
 from mmbert.data.collate import collate_captions
 from mmbert.data.datasets import CaptionDataset
-from mmbert.data.masking import REGION_RULES, choose_mismatch, example_generator, mask_regions, mask_tokens
+from mmbert.data.masking import (
+    REGION_RULES,
+    choose_mismatch,
+    example_generator,
+    mask_regions,
+    mask_tokens,
+    whole_image_feature,
+)
+from mmbert.train.schedule import TaskSchedule
+
+# what a scheduled task corrupts: the text (masked LM), the regions (masked region modelling) or the pair
+TEXT_TASKS = frozenset({"mlm"})
+PAIR_TASKS = frozenset({"itm"})
+NEGATIVES = ("caption", "image")
+# the region rules whose pre-training loader computes the whole-image feature after masking
+GLOBAL_FEATURE_RULES = ("vilbert", "vilbert_beta")
 
 
 @dataclass
 class PretrainingExample(CaptionExample):
-    """A corrupted caption example; ``region_masked`` (R,) bool marks regions whose input was replaced."""
+    """A corrupted caption example; ``region_masked`` (R,) bool marks regions whose input was replaced;
+    ``global_feats`` (F,) the whole-image feature of the ViLBERT rules; ``task`` the scheduled task."""
 
     region_masked: Tensor | None = None
     answer_targets: Tensor | None = None
+    global_feats: Tensor | None = None
+    task: str | None = None
 
 
 class QAItem(NamedTuple):
@@ -110,23 +136,31 @@ def _read_json(path: Path):
 
 @dataclass
 class PretrainingBatch(Batch):
-    """A ``Batch`` plus ``region_masked`` (B, R), passed to models that take it (``masked_region_input``)."""
+    """A ``Batch`` plus ``region_masked`` (B, R), passed to models that take it (``masked_region_input``),
+    ``global_feats`` (B, F), the model's whole-image feature where the recipe computes it, and
+    ``task``: the one objective a scheduled step computes (None: all of them)."""
 
     region_masked: Tensor | None = None
+    global_feats: Tensor | None = None
+    task: str | None = None
+    text_batch: Batch | None = None  # a text-only corpus stream's examples for this step (VL-BERT)
 
     def to(self, device: torch.device | str) -> PretrainingBatch:
         return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
 
     def pin_memory(self) -> PretrainingBatch:
         pinned = {f.name: getattr(self, f.name) for f in fields(self)}
-        return type(self)(**{k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in pinned.items()})
+        return type(self)(**{k: v.pin_memory() if isinstance(v, (Tensor, Batch)) else v for k, v in pinned.items()})
 
 
 def _move(value, device):
-    return value.to(device) if isinstance(value, Tensor) else value
+    return value.to(device) if isinstance(value, (Tensor, Batch)) else value
 
 
 def collate_pretraining(examples: list[PretrainingExample], pad_token_id: int = 0) -> PretrainingBatch:
+    tasks = {e.task for e in examples}
+    if len(tasks) > 1:
+        raise ValueError(f"a batch mixes scheduled tasks {sorted(map(str, tasks))}; a step computes one task")
     batch = collate_captions(examples, pad_token_id)
     out = PretrainingBatch(**{f.name: getattr(batch, f.name) for f in fields(Batch)})
     if all(e.region_masked is not None for e in examples):
@@ -136,18 +170,24 @@ def collate_pretraining(examples: list[PretrainingExample], pad_token_id: int = 
         out.region_masked = flags
     if all(e.answer_targets is not None for e in examples):
         out.answer_targets = torch.stack([e.answer_targets for e in examples])
+    if all(e.global_feats is not None for e in examples):
+        out.global_feats = torch.stack([e.global_feats for e in examples])
+    out.task = tasks.pop()
     return out
 
 
 class PretrainingDataset(Dataset):
     """Corrupted caption-image pairs for pre-training (see the module docstring).
 
-    region_rule: "lxmert" | "vilbert" | "zero" | None (no region masking); match: build image-text
-    match pairs (50 % mismatched); mlm_prob / region_prob: the masking rates; whole_word: whole-word MLM;
-    dynamic: a fresh corruption every epoch (False: the same one every epoch, BERT's original static
-    masking, and what an over-fitting check wants); overlap_iou: the "vilbert" rule's overlap threshold
-    (UNIMO's ``overlap_ratio``: 0.4 base, 0.3 large); questions / num_answers: LXMERT's image QA data
-    (examples ``len(captions)`` onwards are the questions whose image the store holds).
+    region_rule: one of ``REGION_RULES`` or None (no region masking); match: build image-text match
+    pairs (50 % mismatched); negative: what a mismatch replaces, "caption" (ViLBERT, LXMERT, VisualBERT)
+    or "image" (UNITER); mlm_prob / region_prob: the masking rates; whole_word: whole-word MLM;
+    word_action / force_one / random_range: token-masking options (``mask_tokens``); dynamic: a fresh
+    corruption every epoch (False: the same one every epoch, BERT's original static masking, and what an
+    over-fitting check wants); questions / num_answers: LXMERT's image QA data (examples
+    ``len(captions)`` onwards are the questions whose image the store holds); schedule: one task per step
+    with conditional masking (UNITER); overlap_iou: the "vilbert" / "unimo" rules' overlap threshold
+    (UNIMO's ``overlap_ratio``: 0.4 base, 0.3 large).
     """
 
     def __init__(
@@ -163,16 +203,27 @@ class PretrainingDataset(Dataset):
         dynamic: bool = True,
         questions: Sequence[QAItem] | None = None,
         num_answers: int = 0,
+        negative: str = "caption",
+        word_action: bool = False,
+        force_one: bool = False,
+        random_range: tuple[int, int] | None = None,
+        schedule: TaskSchedule | None = None,
         overlap_iou: float = 0.4,
     ) -> None:
         if region_rule is not None and region_rule not in REGION_RULES:
             raise ValueError(f"unknown region masking rule {region_rule!r}; choose from {REGION_RULES}")
+        if negative not in NEGATIVES:
+            raise ValueError(f"negative must be one of {NEGATIVES}, got {negative!r}")
         self.base = captions
-        self.region_rule, self.match = region_rule, match
+        self.region_rule, self.match, self.negative = region_rule, match, negative
         self.seed, self.epoch = seed, 0
         self.mlm_prob, self.region_prob, self.match_prob = mlm_prob, region_prob, match_prob
         self.whole_word, self.dynamic = whole_word, dynamic
         self.overlap_iou = overlap_iou  # "vilbert" rule: zero regions overlapping a masked one beyond this IoU
+        self.word_action, self.force_one, self.random_range = word_action, force_one, random_range
+        self.schedule = schedule
+        if schedule is not None and "itm" in schedule.tasks and not match:
+            raise ValueError("the schedule has the itm task but match=False builds no image-text pairs")
         tok = captions.tokenizer
         self.mask_id, self.vocab_size = tok.mask_id, tok.vocab_size
         self.special = torch.tensor(sorted(tok.special_ids), dtype=torch.long)
@@ -180,6 +231,8 @@ class PretrainingDataset(Dataset):
         if questions is not None:
             if num_answers <= 0:
                 raise ValueError("questions need num_answers, the size of the answer vocabulary")
+            if schedule is not None:
+                raise ValueError("image QA questions and a task schedule do not go together (no paper does both)")
             store_ids = set(captions.store.keys())
             self.questions = [q for q in questions if q.image_id in store_ids]
             if len(self.questions) < len(questions):
@@ -192,7 +245,9 @@ class PretrainingDataset(Dataset):
         # every sentence (captions, then questions) and its image: the pool mismatches are drawn from
         self.image_ids = [c.image_id for c in captions.captions] + [q.image_id for q in self.questions]
         self.sentences = [c.caption for c in captions.captions] + [q.question for q in self.questions]
-        if match and len(set(self.image_ids)) < 2:
+        self.distinct_images = sorted(set(self.image_ids))
+        self._image_position = {im: i for i, im in enumerate(self.distinct_images)}
+        if match and len(self.distinct_images) < 2:
             raise ValueError("image-text matching needs captions of at least two different images")
 
     def set_epoch(self, epoch: int) -> None:
@@ -205,8 +260,40 @@ class PretrainingDataset(Dataset):
     def collate(self) -> partial:
         return partial(collate_pretraining, pad_token_id=self.base.tokenizer.pad_id)
 
-    def __getitem__(self, index: int) -> PretrainingExample:
+    @property
+    def step_keys(self):
+        """With a schedule: ``(step, indices) -> [(index, task), ...]`` (the trainer's hook); else None."""
+        if self.schedule is None:
+            return None
+        return self._keys_for_step
+
+    def _keys_for_step(self, step: int, indices: Sequence[int]) -> list[tuple[int, str]]:
+        task = self.schedule.task(step)
+        return [(int(i), task) for i in indices]
+
+    @property
+    def eval_keys(self):
+        """With a schedule: ``(round, indices) -> [(index, task), ...]`` cycling through the tasks, so an
+        evaluation of a few batches reports every task; else None."""
+        if self.schedule is None:
+            return None
+        return self._keys_for_round
+
+    def _keys_for_round(self, round_: int, indices: Sequence[int]) -> list[tuple[int, str]]:
+        task = self.schedule.tasks[round_ % len(self.schedule.tasks)]
+        return [(int(i), task) for i in indices]
+
+    def __getitem__(self, key: int | tuple[int, str]) -> PretrainingExample:
+        index, task = (key, None) if isinstance(key, int) else (int(key[0]), str(key[1]))
+        if task is None and self.schedule is not None:
+            raise KeyError(f"this dataset follows a task schedule: ask for (index, task), not {index}")
+        if task is not None and self.schedule is not None and task not in self.schedule.tasks:
+            raise KeyError(f"task {task!r} is not in the schedule {list(self.schedule.tasks)}")
         g = example_generator(self.seed, self.epoch if self.dynamic else 0, index)
+        # conditional masking: a scheduled task corrupts only what it predicts from
+        mask_text = task is None or task in TEXT_TASKS
+        make_pair = self.match and (task is None or task in PAIR_TASKS)
+        mask_image = self.region_rule is not None and (task is None or task not in TEXT_TASKS | PAIR_TASKS)
         answer_targets = None
         if index < len(self.base):
             item = self.base[index]
@@ -223,26 +310,40 @@ class PretrainingDataset(Dataset):
             for a, score in q.scores.items():
                 answer_targets[a] = score
         pair_label = None
-        if self.match:
-            other = choose_mismatch(index, self.image_ids, g, self.match_prob)
+        if make_pair:
+            if self.negative == "caption":
+                other = choose_mismatch(index, self.image_ids, g, self.match_prob)
+                if other is not None:  # the sentence of another image; its answer (if any) is not about this one
+                    caption = self.sentences[other]
+                    text_ids, segment_ids, word_ids = self.base.encode_text(caption)
+            else:  # UNITER data/itm.py: the image is replaced by a uniformly drawn other image
+                other = self._other_image(image_id, g)
+                if other is not None:
+                    image_id, regions = other, self.base.regions(other)
             pair_label = 1 if other is None else 0
-            if other is not None:  # the sentence of another image; its answer (if any) is not about this one
-                caption = self.sentences[other]
-                text_ids, segment_ids, word_ids = self.base.encode_text(caption)
-        maskable = ~torch.isin(text_ids, self.special)
-        text_ids, mlm_labels = mask_tokens(
-            text_ids, maskable, self.mask_id, self.vocab_size, g, self.mlm_prob,
-            word_ids=word_ids if self.whole_word else None,
-        )
-        region_targets = region_target_mask = region_masked = None
-        if self.region_rule is not None:
+        mlm_labels = None
+        if mask_text:
+            maskable = ~torch.isin(text_ids, self.special)
+            text_ids, mlm_labels = mask_tokens(
+                text_ids, maskable, self.mask_id, self.vocab_size, g, self.mlm_prob,
+                word_ids=word_ids if self.whole_word else None, word_action=self.word_action,
+                force_one=self.force_one, random_range=self.random_range,
+            )  # fmt: skip
+        region_targets = region_target_mask = region_masked = global_feat = None
+        if mask_image:
             def random_pool() -> Tensor:  # LXMERT: a feature of a random image
                 j = int(torch.randint(0, len(self.image_ids), (), generator=g))
                 return self.base.regions(self.image_ids[j]).feats
 
-            m = mask_regions(regions.feats, g, self.region_rule, prob=self.region_prob, boxes=regions.boxes,
-                             random_pool=random_pool, overlap_iou=self.overlap_iou)
+            h, w = regions.image_size
+            pixel = self.region_rule != "unimo"  # the authors' IoU on pixel boxes (+1); UNIMO's on normalised ones
+            boxes = regions.boxes * regions.boxes.new_tensor([w, h, w, h]) if pixel else regions.boxes
+            m = mask_regions(regions.feats, g, self.region_rule, prob=self.region_prob, boxes=boxes,
+                             random_pool=random_pool, overlap_iou=self.overlap_iou, pixel_boxes=pixel)  # fmt: skip
             region_targets, region_target_mask, region_masked = regions.feats, m.targets, m.masked
+            if self.region_rule in GLOBAL_FEATURE_RULES:
+                real = torch.ones(m.feats.shape[0], dtype=torch.bool)
+                global_feat = whole_image_feature(m.feats, real, m.overlap)
             regions.feats = m.feats
         return PretrainingExample(
             index=index,
@@ -258,4 +359,15 @@ class PretrainingDataset(Dataset):
             region_target_mask=region_target_mask,
             region_masked=region_masked,
             answer_targets=answer_targets,
+            global_feats=global_feat,
+            task=task,
         )
+
+    def _other_image(self, image_id: str, g: torch.Generator) -> str | None:
+        """With probability ``match_prob`` an image other than ``image_id`` (uniform over the images)."""
+        if float(torch.rand((), generator=g)) >= self.match_prob:
+            return None
+        others = len(self.distinct_images) - 1
+        j = int(torch.randint(0, others, (), generator=g))
+        own = self._image_position[image_id]
+        return self.distinct_images[j + (j >= own)]

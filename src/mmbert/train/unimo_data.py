@@ -5,7 +5,7 @@ so the trainer's shuffled sampler mixes them; ``collate_unimo`` groups a batch b
 ``UnimoBatch``. For example ``i`` of epoch ``e`` every random choice comes from
 ``example_generator(seed, e, i)``.
 
-- pair: span-masked caption (MLM), regions masked with overlap zeroing (the recipe's "vilbert" rule at
+- pair: span-masked caption (MLM), regions masked with overlap zeroing (the recipe's "unimo" rule at
   ``overlap_iou``), the clean caption (the seq2seq captioning target), and its CMCL text variants:
   positives — the caption, user paraphrases, texts of the text corpus retrieved by TF-IDF cosine >=
   ``retrieve_threshold``; hard negatives — user negatives, rewrites (scene-graph or lexicon) and the
@@ -144,8 +144,8 @@ class UnimoPretrainingData(Dataset):
         )
 
     def _regions(self, regions: Regions, g: torch.Generator) -> tuple[Regions, Tensor, Tensor, Tensor]:
-        m = mask_regions(regions.feats, g, "vilbert", prob=self.region_prob, boxes=regions.boxes,
-                         overlap_iou=self.overlap_iou)  # fmt: skip
+        m = mask_regions(regions.feats, g, "unimo", prob=self.region_prob, boxes=regions.boxes,
+                         overlap_iou=self.overlap_iou, pixel_boxes=False)  # fmt: skip
         original = regions.feats
         regions.feats = m.feats
         return regions, original, m.targets, m.masked
