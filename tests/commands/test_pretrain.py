@@ -56,15 +56,15 @@ def test_a_short_run_writes_run_json_metrics_checkpoints_and_the_final_model(wor
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 3
     run = json.loads((out / "run.json").read_text())
-    assert run["model"] == "uniter_tiny" and run["objectives"] == ["itm", "mlm", "mrfr", "mrckl"]
+    assert run["model"] == "uniter_tiny" and run["objectives"] == ["itm_wra", "mlm", "mrfr", "mrckl"]
     assert run["train"]["lr"] == 1e-3 and f"model.vocab_size={run['model_config']['vocab_size']}" == vocab_arg(world)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 3]
     # UNITER's recipe: one task per step by 2:2:1:1, the evaluation cycles through all four tasks
-    assert run["recipe"]["mix_ratio"] == {"itm": 2, "mlm": 2, "mrfr": 1, "mrckl": 1}
+    assert run["recipe"]["mix_ratio"] == {"itm_wra": 2, "mlm": 2, "mrfr": 1, "mrckl": 1}
     assert run["recipe"]["negative"] == "image" and run["recipe"]["region_rule"] == "uniter"
-    assert {"loss", "mlm_loss", "itm_loss", "mrfr_loss", "mrckl_loss"} <= set(summary["eval"])
+    assert {"loss", "mlm_loss", "itm_loss", "itm_ot_loss", "mrfr_loss", "mrckl_loss"} <= set(summary["eval"])
     assert all(sum(f"{t}_loss" in r for t in ("itm", "mlm", "mrfr", "mrckl")) == 1 for r in records if "loss" in r)
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["best.pt", "step-00000002.pt", "step-00000003.pt"]  # the first evaluation is a best
@@ -207,3 +207,23 @@ def test_recipe_deviations_are_named_settings_written_to_run_json(world, tmp_pat
     assert "not one of" in error_of(pretrain(world, tmp_path / "b", "region_rule=bogus"), capsys)
     assert "one weight per objective" in error_of(pretrain(world, tmp_path / "c", "mix_ratio=1,2"), capsys)
     assert "mix_ratio" in error_of(pretrain(world, tmp_path / "d", 'mix_ratio="x"'), capsys)
+
+
+def test_vl_bert_mixes_in_a_text_only_stream(world, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus, world)
+    out = tmp_path / "vlbert"
+    argv = ["pretrain", "--model", "vl_bert_tiny", "--captions", str(world / "captions_train.json"),
+            "--features", str(world / "features.tsv"), "--tokenizer", str(world), "--out", str(out),
+            "--text-corpus", str(corpus), "--batch-size", "4", "--max-steps", "2", "progress=false", "log_every=1",
+            vocab_arg(world), "model.num_region_classes=6"]  # fmt: skip
+    assert main(argv) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["recipe"]["text_ratio"] == 1.0 and run["recipe"]["region_rule"] == "vl_bert"
+    assert run["recipe"]["whole_word"] is True and run["objectives"] == ["mlm", "mvrc_soft"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all({"mlm_loss", "mlm_text_loss", "mvrc_soft_loss"} <= set(r) for r in records)
+    capsys.readouterr()
+    no_corpus = [a for a in argv if a not in ("--text-corpus", str(corpus))]
+    assert main([*no_corpus[:-6], "--out", str(tmp_path / "plain"), *no_corpus[-6:]]) == 0
+    assert "text-only corpus stream" in capsys.readouterr().out  # said, not silently dropped

@@ -93,3 +93,18 @@ def test_init_text_from_bert_fills_the_first_two_segment_rows(tmp_path):
     model = mmbert.build_model("vl_bert_tiny", init_text_from=tmp_path / "bert")
     assert "embeddings.text.segment" not in model.init_report.new  # VL-BERT copies BERT's rows 0 and 1
     assert torch.equal(model.embeddings.text.segment.weight[:2], bert.embeddings.segment.weight)
+
+
+def test_a_text_only_example_runs_with_its_own_visual_embedding():
+    torch.manual_seed(0)
+    model = mmbert.build_model("vl_bert_tiny").eval()
+    ids = torch.tensor([[2, 10, 11, 3, 0], [2, 12, 3, 0, 0]])
+    mask = ids > 0
+    enc = model(ids, text_mask=mask)
+    assert enc.text.shape == (2, 5, model.config.dim) and enc.vision.shape == (2, 1, model.config.dim)  # [END]
+    with torch.no_grad():
+        model.embeddings.text_only_visual.add_(1.0)
+    assert not torch.allclose(model(ids, text_mask=mask).text[mask], enc.text[mask])  # it is used
+    padded = model(torch.cat([ids, torch.zeros(2, 2, dtype=torch.long)], 1),
+                   text_mask=torch.cat([mask, torch.zeros(2, 2, dtype=torch.bool)], 1))  # fmt: skip
+    torch.testing.assert_close(padded.text[:, :5][mask], model(ids, text_mask=mask).text[mask], atol=1e-6, rtol=1e-6)

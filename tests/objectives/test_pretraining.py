@@ -53,7 +53,7 @@ def test_every_model_type_has_one_recipe_and_the_papers_objectives():
     assert RECIPES["visualbert"].objectives == ("mlm", "itm")
     assert RECIPES["unicoder_vl"].objectives == ("mlm", "moc", "itm")
     assert RECIPES["vl_bert"].objectives == ("mlm", "mvrc_soft")
-    assert RECIPES["uniter"].objectives == ("itm", "mlm", "mrfr", "mrckl")
+    assert RECIPES["uniter"].objectives == ("itm_wra", "mlm", "mrfr", "mrckl")
     assert RECIPES["uniter"].mix_ratio == (2, 2, 1, 1) and RECIPES["uniter"].negative == "image"
     assert RECIPES["vilbert"].objectives == ("mlm", "mrc_kl", "itm")
     assert RECIPES["lxmert"].objectives == ("mlm", "obj", "attr", "feat", "itm", "qa")

@@ -68,7 +68,7 @@ def test_lxmert_obj_attr_weighted_by_confidence_and_scaled():
     out = LxmertRegionLoss("obj")(LOGITS, labels, TARGETS, conf, real)
     ce0 = lse(1, 0) - 1.0
     ce2 = lse(0, 2) - 2.0
-    expected = (ce0 * 0.5 + ce2 * 0.25) / 3 * 6.67  # sum over targets / all regions x 6.67
+    expected = (ce0 * 0.5 + ce2 * 0.25) / 3 / 0.15  # sum over the scored regions / all regions x 1 / 0.15
     assert out.loss.item() == pytest.approx(expected, rel=1e-6)
     assert out.metrics["obj_acc"] == 1.0
     feat = LxmertRegionLoss("feat")(
@@ -78,7 +78,21 @@ def test_lxmert_obj_attr_weighted_by_confidence_and_scaled():
         None,
         real,
     )
-    assert feat.loss.item() == pytest.approx(((0 + 1.5) / 2 + (0.125 + 0) / 2) / 3 * 6.67, rel=1e-6)
+    assert feat.loss.item() == pytest.approx(((0 + 1.5) / 2 + (0.125 + 0) / 2) / 3 / 0.15, rel=1e-6)
+
+
+def test_lxmert_scores_classes_at_every_real_region_and_features_at_the_masked_ones():
+    from mmbert.data.batch import Batch
+    from mmbert.objectives.base import ScoringInputs
+
+    labels, conf = torch.tensor([[0, 1, 1]]), torch.tensor([[0.5, 1.0, 0.25]])
+    real = torch.tensor([[True, True, False]])
+    batch = Batch(torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool),
+                  torch.zeros(1, 2, dtype=torch.long), region_mask=real, region_labels=labels,
+                  region_obj_conf=conf, region_target_mask=TARGETS)  # fmt: skip
+    out = LxmertRegionLoss("obj").score(LOGITS, ScoringInputs(batch, None, TARGETS))
+    every_real = LxmertRegionLoss("obj")(LOGITS, labels, real, conf, real)  # lxmert_pretrain.py: (labels, confs)
+    assert out.loss.item() == pytest.approx(every_real.loss.item()) and out.metrics["obj_count"] == 2
 
 
 @pytest.mark.parametrize(
@@ -161,3 +175,18 @@ def test_vilbert_alignment_head_sees_the_fused_vector_through_dropout():
     assert not torch.equal(heads.pair(pooled), heads.pair(pooled))
     heads.eval()
     assert torch.equal(heads.pair(pooled), heads.pair.proj(pooled))
+
+
+def test_word_region_alignment_distance_ignores_padding_and_signs_by_label():
+    from mmbert.objectives.alignment import optimal_transport_distance
+
+    g = torch.Generator().manual_seed(0)
+    text, vision = torch.randn(2, 4, 8, generator=g), torch.randn(2, 3, 8, generator=g)
+    t_real = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    v_real = torch.tensor([[True, True, False], [True, True, True]])
+    d = optimal_transport_distance(text, vision, t_real, v_real)
+    noisy_t, noisy_v = text.clone(), vision.clone()
+    noisy_t[0, 3], noisy_v[0, 2] = 100.0, -100.0  # padding content changes nothing
+    torch.testing.assert_close(optimal_transport_distance(noisy_t, noisy_v, t_real, v_real), d)
+    same = optimal_transport_distance(vision, vision, v_real, v_real)
+    assert (d > 0).all() and (same < d).all()  # identical sets are closer than random ones

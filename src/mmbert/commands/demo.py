@@ -183,7 +183,7 @@ def pretrain(world: Path, tok, plan: DemoPlan, model_name: str, num_answers: int
     from mmbert.models.pretraining import PretrainingModel
     from mmbert.objectives.pretraining import Pretraining, recipe_for
     from mmbert.train.loop import train
-    from mmbert.train.pretrain_data import PretrainingDataset
+    from mmbert.train.pretrain_data import PretrainingDataset, builds_pairs
 
     config = demo_config(model_name, plan, tok.vocab_size, num_answers)
     torch.manual_seed(seed)
@@ -192,7 +192,7 @@ def pretrain(world: Path, tok, plan: DemoPlan, model_name: str, num_answers: int
     objectives = [o for o in recipe.objectives if o != "qa"]
     captions = CaptionDataset(read_coco_captions(world / "captions_train.json"), world / "features.tsv", tok,
                               max_text_length=plan.max_text_len, max_regions=None)  # fmt: skip
-    data = PretrainingDataset(captions, region_rule=recipe.region_rule, match="itm" in objectives, seed=seed)
+    data = PretrainingDataset(captions, region_rule=recipe.region_rule, match=builds_pairs(objectives), seed=seed)
     task = Pretraining(model, objectives)
     cfg = train_config(plan.pretrain_steps, plan.pretrain_batch, plan.pretrain_lr, seed, quiet, plan.workers)
     result = train(task, data, data.collate, cfg, run_dir, run_info={"demo": "pretrain", "model": model_name})
@@ -508,7 +508,9 @@ def run(args: argparse.Namespace) -> int:
     # zero-shot retrieval with the match head
     t = time.perf_counter()
     retrieval = None
-    if "itm" in objectives:  # VL-BERT pre-trains without matching: it has no match head to rank with
+    from mmbert.train.pretrain_data import builds_pairs
+
+    if builds_pairs(objectives):  # VL-BERT pre-trains without matching: it has no match head to rank with
         retrieval = zero_shot_retrieval(world, tok, pretrained, plan)
         retrieval["chance_r@1"] = 100.0 / retrieval["num_images"]
     timings["retrieval_s"] = time.perf_counter() - t

@@ -351,7 +351,7 @@ def _vl_data(args, settings: Resolved, tokenizer, config, recipe, corruption):
     """Captions + region features corrupted by the paper's recipe (and, where it has one, its text stream)."""
     from mmbert.data import features as features_api
     from mmbert.data.datasets import CaptionDataset
-    from mmbert.train.pretrain_data import PretrainingDataset
+    from mmbert.train.pretrain_data import PretrainingDataset, builds_pairs
     from mmbert.train.schedule import TaskSchedule
 
     store = features_api.open(args.features)
@@ -409,7 +409,7 @@ def _vl_data(args, settings: Resolved, tokenizer, config, recipe, corruption):
     random_range = tokenizer.word_piece_range() if corruption["random_tokens"] == "word_pieces" else None
 
     def corrupt(captions: CaptionDataset, seed: int, qa=None) -> PretrainingDataset:
-        return PretrainingDataset(captions, corruption["region_rule"], "itm" in objectives, seed, d.mlm_prob,
+        return PretrainingDataset(captions, corruption["region_rule"], builds_pairs(objectives), seed, d.mlm_prob,
                                   d.region_prob, d.match_prob, bool(corruption["whole_word"]), questions=qa,
                                   num_answers=len(answers), negative=corruption["negative"],
                                   word_action=bool(corruption["word_action"]), force_one=bool(corruption["force_one"]),

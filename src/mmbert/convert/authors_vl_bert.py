@@ -85,6 +85,7 @@ def encoder_rules(c: VLBertConfig) -> list[Rule]:
         Rule("embeddings.masked_token", ("object_mask_word_embedding.weight",), row=0),
         Rule("embeddings.masked_feature", ("object_mask_visual_embedding.weight",), row=0),
         Rule("embeddings.end_token", (f"{v}.end_embedding.weight",), row=0),
+        Rule("embeddings.text_only_visual", ("aux_text_visual_embedding.weight",), row=0),
     ]
     if c.visual_dim != c.dim:
         rules += [
@@ -113,8 +114,6 @@ def task_heads(c: VLBertConfig, state: Mapping[str, Tensor]) -> dict[str, tuple[
 def ignored(key: str) -> str | None:
     if key == "vlbert.mlm_head.predictions.decoder.weight":
         return "tied copy of the word embeddings"
-    if key == "aux_text_visual_embedding.weight":
-        return "visual embedding of the text-only corpus batches (mmbert's VL-BERT takes image-text input)"
     if key.startswith("image_feature_extractor.") and not key.startswith(FEATURES):
         return "image backbone of the end-to-end path (mmbert takes precomputed region features)"
     return None

@@ -32,6 +32,7 @@ two of the 3-type table (the image type stays new), as the original's ``load_lan
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,9 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, sinusoidal_box_embedding
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, check_text_inputs, init_heads
 from mmbert.models.heads import PretrainingHeads
+from mmbert.models.outputs import Encoded
 from mmbert.models.single_stream import SingleStreamModel
 from mmbert.nn import MLMHead, RegionHeads, TextEmbeddings
 
@@ -108,6 +110,8 @@ class VLBertEmbeddings(nn.Module):
         self.masked_token = nn.Parameter(torch.zeros(c.dim))  # token embedding of a masked region
         self.masked_feature = nn.Parameter(torch.zeros(c.region_feat_dim))  # its appearance feature
         self.end_token = nn.Parameter(torch.zeros(c.dim))  # [END]
+        # the visual feature embedding of text-only examples (the authors' ``aux_text_visual_embedding``)
+        self.text_only_visual = nn.Parameter(torch.zeros(c.visual_dim))
         self.dropout = c.dropout
 
     def visual(self, feats: Tensor, boxes: Tensor) -> Tensor:
@@ -175,11 +179,27 @@ class VLBertEmbeddings(nn.Module):
         joint = F.dropout(self.text.norm(joint), self.dropout, self.training)
         return joint, torch.cat([text_mask, region_mask, real], 1)
 
+    def text_only(self, text_ids: Tensor, text_mask: Tensor, segment_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+        """[text ; [END]] for a text-only example (the general-corpus stream): the text's visual feature
+        embedding is ``text_only_visual``, there are no regions, [END] sits at position n + 1
+        (pretrain/modules/resnet_vlbert_for_pretraining_multitask.py: ``aux_text_visual_embedding``,
+        ``box_mask`` all False for the auxiliary rows)."""
+        proj = self.visual_text_proj
+        visual = self.text_only_visual.to(self.end_token.dtype)
+        text_visual = self.visual_text_norm(proj(visual) if proj is not None else visual)  # (D,)
+        n_text = text_mask.sum(1, keepdim=True)
+        end = self.end_token + self.text.position(n_text + 1) + self.text.segment.weight[IMAGE_SEGMENT]
+        joint = torch.cat([self.text.summed(text_ids, segment_ids) + text_visual, end], 1)
+        joint = F.dropout(self.text.norm(joint), self.dropout, self.training)
+        return joint, torch.cat([text_mask, torch.ones_like(text_mask[:, :1])], 1)
+
 
 class VLBert(SingleStreamModel):
     config_class = VLBertConfig
     config: VLBertConfig
     masked_region_input = True
+    takes_image_size = True  # the optional (B, 2) pixel size: the authors' whole-image box and clamping
+    text_only_input = True  # forward without regions: a text-only example (the general-corpus stream)
     num_trailing_elements = 1  # [END]
     # regions sit at position n after n real tokens: a task that grows the text step by step (captioning)
     # keeps the text at a fixed length so the regions' embeddings do not move between steps
@@ -191,11 +211,34 @@ class VLBert(SingleStreamModel):
         self.init_weights()
         e = self.embeddings
         with torch.no_grad():
-            for p in (e.image_token, e.masked_token, e.end_token):
+            for p in (e.image_token, e.masked_token, e.end_token, e.text_only_visual):
                 nn.init.normal_(p, 0.0, config.init_std)
             e.masked_feature.zero_()  # as the original: the masked-region feature starts at 0
             e.visual_text_norm.weight.fill_(config.visual_scale_init)
             e.visual_object_norm.weight.fill_(config.visual_scale_init)
+
+    def forward(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        region_feats: Tensor | None = None,
+        region_boxes: Tensor | None = None,
+        region_mask: Tensor | None = None,
+        output_attentions: bool = False,
+        attention_mask: Tensor | None = None,
+        **extra: Any,
+    ) -> Encoded:
+        """As every single-stream model; without ``region_feats`` (and nothing else visual) a text-only
+        example, the general-corpus stream of VL-BERT's pre-training: ``Encoded.vision`` is then [END]."""
+        if region_feats is None and region_boxes is None and region_mask is None and not extra:  # text only
+            check_text_inputs(self.config, text_ids, text_mask, segment_ids)
+            if text_mask is None:
+                text_mask = torch.ones_like(text_ids, dtype=torch.bool)
+            x, mask = self.embeddings.text_only(text_ids, text_mask, segment_ids)
+            return self.encode(x, mask, text_ids.shape[1], output_attentions, attention_mask)
+        return super().forward(text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask,
+                               output_attentions, attention_mask, **extra)  # fmt: skip
 
     def embed(
         self,

@@ -4,6 +4,7 @@ it declares the model output and batch fields it reads and scores itself)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -38,6 +39,7 @@ class ScoringInputs:
     mlm_labels: Tensor | None
     region_targets: Tensor | None
     global_region: str = "none"
+    outputs: Any = None  # the model's whole PretrainingOutput, for objectives that also read the states
 
     def need(self, field: str, objective: str) -> Tensor:
         """``batch.<field>``, or a clear error naming the objective that needs it."""

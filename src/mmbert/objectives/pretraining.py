@@ -10,7 +10,8 @@ whether one task runs per step (UNITER's ``mix_ratio``) and whether a text-only 
 The objectives themselves (``mmbert.objectives.registry.OBJECTIVES``) say which model output and batch
 fields they read and score themselves; ``Pretraining`` runs the model once, applies the recipe's
 mismatched-pair rule and sums their weighted losses. Objective names: ``mlm``; ``nsp``; ``itm``
-(image-text match); ``moc`` / ``mvrc`` (region class, hard detector label over all classes);
+(image-text match); ``itm_wra`` (UNITER's ITM task: matching + 0.1 x word-region alignment by optimal
+transport); ``moc`` / ``mvrc`` (region class, hard detector label over all classes);
 ``mrc`` (UNITER's hard MRC, background excluded); ``mvrc_soft`` (soft CE to the detector distribution,
 VL-BERT's original code); ``mrc_kl`` (KL to the detector distribution, mean per region: ViLBERT,
 VOLTA); ``mrckl`` (UNITER's MRC-KL: mean over regions x classes); ``mrfr`` (feature regression, L2);
@@ -76,11 +77,12 @@ RECIPES: dict[str, Recipe] = {
                       source="jackroos/VL-BERT pretrain/data/datasets/conceptual_captions.py, general_corpus.py, "
                              "pretrain/modules/resnet_vlbert_for_pretraining_multitask.py, common/utils/misc.py"),
     # UNITER: one task per step (itm : mlm : mrfr : mrckl = 2 : 2 : 1 : 1), conditional masking, image
-    # negatives, at least one masked token / region, replacement tokens from its v_range.
-    "uniter": Recipe(("itm", "mlm", "mrfr", "mrckl"), "uniter", False, negative="image", mix_ratio=(2, 2, 1, 1),
+    # negatives, at least one masked token / region, replacement tokens from its v_range; its ITM task adds
+    # 0.1 x the word-region alignment (optimal transport) loss (itm_ot_lambda in its pre-training configs).
+    "uniter": Recipe(("itm_wra", "mlm", "mrfr", "mrckl"), "uniter", False, negative="image", mix_ratio=(2, 2, 1, 1),
                      force_one=True, random_tokens="word_pieces",
                      source="ChenRocks/UNITER pretrain.py, data/mlm.py, data/mrm.py, data/itm.py, model/pretrain.py, "
-                            "config/pretrain-*.json"),
+                            "model/ot.py, config/pretrain-*.json"),
     # ViLBERT: masks and scores every pair; 90 % zeroed / 10 % kept regions, IoU > 0.4 overlaps only in the
     # whole-image feature's divisor; KL region target.
     "vilbert": Recipe(("mlm", "mrc_kl", "itm"), "vilbert", True,
@@ -157,6 +159,10 @@ class Pretraining(nn.Module):
         self.score_mismatched = (
             score_mismatched if score_mismatched is not None else (recipe.score_mismatched if recipe else True)
         )
+        for objective in self.objectives.values():
+            check = getattr(objective, "check_model", None)  # objectives that run on some models only
+            if check is not None:
+                check(model.config)
         produced = self._produced_outputs()
         missing = [n for n, o in self.objectives.items() if produced is not None and o.output not in produced]
         if missing:
@@ -209,6 +215,9 @@ class Pretraining(nn.Module):
         region_masked = getattr(batch, "region_masked", None)
         if region_masked is not None and getattr(self.model.encoder, "masked_region_input", False):
             inputs["region_masked"] = region_masked  # the model's masked-region embedding (VL-BERT, UNITER, ...)
+        image_size = getattr(batch, "image_size", None)
+        if image_size is not None and getattr(self.model.encoder, "takes_image_size", False):
+            inputs["image_size"] = image_size  # pixel sizes for the authors' box conventions (VL-BERT)
         global_feats = getattr(batch, "global_feats", None)
         if global_feats is not None:
             inputs["global_feats"] = global_feats  # the loader's whole-image feature (ViLBERT's rules)
@@ -216,7 +225,7 @@ class Pretraining(nn.Module):
         out = self._run_model(inputs, mlm_labels, token_objective)
         # Text-only BERT has no regions, hence no global_region; its objectives never align regions.
         where = getattr(self.model.config, "global_region", "none")
-        scoring = ScoringInputs(batch, mlm_labels, region_targets, where)
+        scoring = ScoringInputs(batch, mlm_labels, region_targets, where, out)
         total: Tensor | None = None
         metrics: dict[str, float] = {}
         for name in names:

@@ -36,7 +36,8 @@ from torch import Tensor
 
 from mmbert.objectives.base import DetectorNeed, LossOutput, Objective, ScoringInputs
 
-LXMERT_VISUAL_LOSS_NORMALIZER = 6.67
+# src/lxrt/entry.py VISUAL_CONFIG.visual_loss_config: every visual loss weighted 1 / 0.15 (~6.67)
+LXMERT_VISUAL_LOSS_NORMALIZER = 1 / 0.15
 
 
 def _check(name: str, pred: Tensor, targets: Tensor) -> None:
@@ -182,7 +183,10 @@ class LxmertRegionLoss(Objective):
 
     obj/attr: ``pred`` logits (B, R, C), ``target`` labels (B, R), ``weight`` detector confidence (B, R);
     feat: ``pred`` (B, R, F), ``target`` original features (B, R, F), ``weight`` ignored.
-    loss = factor * sum over targets of (per-region loss x weight) / number of real regions.
+    loss = factor * sum over the scored regions of (per-region loss x weight) / number of real regions.
+    As src/lxrt/modeling.py ``LXRTPretraining`` with lxmert_pretrain.py's labels: obj / attr are scored at
+    EVERY real region (``obj_labels['obj'] = (labels, confidences)``, no mask), the feature only at the
+    masked ones (``(feat, feat_mask)``); ``.mean()`` over all regions, times 1 / 0.15.
     """
 
     def __init__(self, kind: str, factor: float = LXMERT_VISUAL_LOSS_NORMALIZER) -> None:
@@ -198,7 +202,10 @@ class LxmertRegionLoss(Objective):
         pred, targets = inputs.regions(pred, self.name)
         target = inputs.need(self._target, self.name)
         weight = getattr(inputs.batch, self._confidence) if self._confidence else None
-        return self(pred, target, targets, weight, inputs.batch.region_mask)
+        real = inputs.batch.region_mask
+        if self.kind != "feat":  # class labels at every real region, the feature at the masked ones
+            targets = real.clone() if real is not None else torch.ones_like(targets)
+        return self(pred, target, targets, weight, real)
 
     def forward(
         self, pred: Tensor, target: Tensor, targets: Tensor, weight: Tensor | None = None, real: Tensor | None = None

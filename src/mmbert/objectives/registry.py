@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from mmbert.objectives.alignment import MatchWithAlignment
 from mmbert.objectives.base import Objective
 from mmbert.objectives.image_qa import ImageQA
 from mmbert.objectives.mlm import MaskedLM
@@ -23,6 +24,7 @@ OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "mlm": MaskedLM,
     "nsp": partial(PairMatch, "nsp"),  # next-sentence prediction (BERT)
     "itm": partial(PairMatch, "itm"),  # image-text matching
+    "itm_wra": MatchWithAlignment,  # UNITER's ITM task: matching + 0.1 x word-region alignment (OT)
     "moc": partial(RegionClassification, "moc"),  # Unicoder-VL: masked object classification
     "mvrc": partial(RegionClassification, "mvrc"),  # VL-BERT: masked RoI classification (hard label)
     "mrc": partial(RegionClassification, "mrc", background=False),  # UNITER hard MRC: background excluded

@@ -54,8 +54,13 @@ from mmbert.train.schedule import TaskSchedule
 
 # what a scheduled task corrupts: the text (masked LM), the regions (masked region modelling) or the pair
 TEXT_TASKS = frozenset({"mlm"})
-PAIR_TASKS = frozenset({"itm"})
+PAIR_TASKS = frozenset({"itm", "itm_wra"})
 NEGATIVES = ("caption", "image")
+
+
+def builds_pairs(objectives) -> bool:
+    """Whether these objectives score image-text pairs (so the data builds mismatched ones)."""
+    return bool(PAIR_TASKS & set(objectives))
 # the region rules whose pre-training loader computes the whole-image feature after masking
 GLOBAL_FEATURE_RULES = ("vilbert", "vilbert_beta")
 
@@ -144,6 +149,7 @@ class PretrainingBatch(Batch):
     global_feats: Tensor | None = None
     task: str | None = None
     text_batch: Batch | None = None  # a text-only corpus stream's examples for this step (VL-BERT)
+    image_size: Tensor | None = None  # (B, 2) height, width in pixels, for models that take it (VL-BERT)
 
     def to(self, device: torch.device | str) -> PretrainingBatch:
         return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
@@ -170,6 +176,7 @@ def collate_pretraining(examples: list[PretrainingExample], pad_token_id: int = 
         out.region_masked = flags
     if all(e.answer_targets is not None for e in examples):
         out.answer_targets = torch.stack([e.answer_targets for e in examples])
+    out.image_size = torch.tensor([list(e.regions.image_size) for e in examples], dtype=torch.long)
     if all(e.global_feats is not None for e in examples):
         out.global_feats = torch.stack([e.global_feats for e in examples])
     out.task = tasks.pop()
@@ -222,7 +229,7 @@ class PretrainingDataset(Dataset):
         self.overlap_iou = overlap_iou  # "vilbert" rule: zero regions overlapping a masked one beyond this IoU
         self.word_action, self.force_one, self.random_range = word_action, force_one, random_range
         self.schedule = schedule
-        if schedule is not None and "itm" in schedule.tasks and not match:
+        if schedule is not None and PAIR_TASKS & set(schedule.tasks) and not match:
             raise ValueError("the schedule has the itm task but match=False builds no image-text pairs")
         tok = captions.tokenizer
         self.mask_id, self.vocab_size = tok.mask_id, tok.vocab_size
