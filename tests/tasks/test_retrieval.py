@@ -158,3 +158,21 @@ def test_fast_dual_stream_scores_equal_the_full_forward(tmp_path, tokenizer, sto
     fast = task.score_matrix(model, ds, batch_size=4, fast=True)
     slow = task.score_matrix(model, ds, batch_size=5, fast=False)
     assert fast.shape == (6, 3) and torch.allclose(fast, slow, atol=1e-5)
+
+
+def test_unimo_retrieval_trains_its_match_head_with_the_circle_loss(tmp_path, tokenizer, store):
+    from mmbert.tasks.unimo_heads import UnimoMatchHead, circle_loss
+
+    task = RetrievalTask(split="train", negatives=2)
+    ds = task.load({"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, store)
+    encoder = tiny_encoder("unimo_tiny")
+    model = TaskModel(encoder, task.build_head(encoder))
+    assert isinstance(model.head, UnimoMatchHead)
+    with torch.no_grad():  # every pair scores 0.3: sigmoid(0.3) for the positive and both negatives
+        model.head.fc.weight.zero_()
+        model.head.fc.bias.fill_(0.3)
+    batch = collate([ds[i] for i in range(5)])
+    out = task.model_step(model.eval(), batch)
+    p = torch.sigmoid(torch.tensor(0.3))
+    expected = circle_loss(p.expand(5, 1), p.expand(5, 2))
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)

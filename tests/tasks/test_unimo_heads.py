@@ -35,7 +35,7 @@ def test_heads_fuse_the_two_poolers_as_the_scripts_do():
     text, image = torch.randn(3, 8), torch.randn(3, 8)
     enc = Encoded(text=torch.randn(3, 4, 8), vision=torch.randn(3, 2, 8), pooled=text, pooled_vision=image)
     match = UnimoMatchHead(8).eval()
-    torch.testing.assert_close(match(enc), match.fc(text * image).squeeze(-1))
+    torch.testing.assert_close(match(enc)[:, 1] - match(enc)[:, 0], match.fc(text * image).squeeze(-1))
     ve = UnimoClassifierHead(8, 3, hidden=16).eval()
     torch.testing.assert_close(ve(enc), ve.fc2(ve.fc1(text + image)))
     with pytest.raises(ValueError, match="image-text forward"):
@@ -47,4 +47,9 @@ def test_heads_on_unimo_tiny():
     enc = model(torch.tensor([[0, 5, 6, 2]]), region_feats=torch.randn(1, 3, 16),
                 region_boxes=torch.tensor([[[0.1, 0.1, 0.5, 0.6]] * 3]))  # fmt: skip
     assert UnimoClassifierHead(model.config.dim, 3)(enc).shape == (1, 3)
-    assert UnimoMatchHead(model.config.dim)(enc).shape == (1,)
+    assert UnimoMatchHead(model.config.dim)(enc).shape == (1, 2)
+    from mmbert.tasks.retrieval import RetrievalTask
+    from mmbert.tasks.snli_ve import SNLIVETask
+
+    assert isinstance(SNLIVETask().build_head(model), UnimoClassifierHead)
+    assert isinstance(RetrievalTask().build_head(model), UnimoMatchHead)

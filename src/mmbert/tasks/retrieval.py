@@ -181,6 +181,10 @@ class RetrievalTask(Task):
 
     # model ------------------------------------------------------------------------------------------
     def build_head(self, encoder: EncoderModel) -> nn.Module:
+        if encoder.config.model_type == "unimo":  # retrieval.py: match_fc on [CLS] x [IMG], circle loss
+            from mmbert.tasks.unimo_heads import UnimoMatchHead
+
+            return UnimoMatchHead(encoder.config.dim)
         return MatchHead(probe_encoder(encoder).pooled)
 
     def head_from_pretraining(self, pretraining: nn.Module) -> MatchHead:
@@ -226,7 +230,15 @@ class RetrievalTask(Task):
         text_index = torch.tensor([i for i in rows for _ in range(k + 1)])
         image_index = torch.tensor([j for i, ns in zip(rows, negs) for j in [i, *ns]])
         logits = match_score(model(select_pairs(batch, text_index, image_index))).view(len(rows), k + 1)
-        out = self.loss(logits, batch)
+        if getattr(getattr(model, "head", None), "circle_loss", False):  # UNIMO: its circle loss
+            from mmbert.tasks.unimo_heads import circle_loss
+
+            p = torch.sigmoid(logits)
+            loss = circle_loss(p[:, :1], p[:, 1:])
+            acc = float((logits.argmax(1) == 0).float().mean())
+            out = LossOutput(loss, {"retrieval_loss": float(loss.detach()), "retrieval_acc": acc})
+        else:
+            out = self.loss(logits, batch)
         out.metrics["retrieval_captions_without_negative"] = b - len(rows)
         return out
 

@@ -123,6 +123,10 @@ class SNLIVETask(Task):
         return TaskDataset(records, build, report, {"labelled": True, "labels": labels})
 
     def build_head(self, encoder: EncoderModel) -> nn.Module:
+        if encoder.config.model_type == "unimo":  # visual_entailment.py: fc(2048) on [CLS] + [IMG]
+            from mmbert.tasks.unimo_heads import UnimoClassifierHead
+
+            return UnimoClassifierHead(encoder.config.dim, len(LABELS))
         return VQAHead(probe_encoder(encoder).pooled, len(LABELS), self.options.dropout)
 
     def loss(self, logits: Tensor, batch: Batch) -> LossOutput:

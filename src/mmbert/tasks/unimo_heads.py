@@ -37,9 +37,13 @@ class UnimoMatchHead(nn.Module):
         self.fc = nn.Linear(dim, 1)
         self.dropout = dropout
 
+    circle_loss = True  # the retrieval task trains it with UNIMO's circle loss
+
     def forward(self, enc: Encoded, batch=None) -> Tensor:
+        """(B, 2) as every match head: [0, score], so ``match_score`` (index 1 - index 0) is the score."""
         text, image = _pooled_pair(enc)
-        return self.fc(F.dropout(text * image, self.dropout, self.training)).squeeze(-1)
+        score = self.fc(F.dropout(text * image, self.dropout, self.training))
+        return torch.cat([torch.zeros_like(score), score], -1)
 
 
 class UnimoClassifierHead(nn.Module):

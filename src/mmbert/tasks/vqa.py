@@ -247,6 +247,10 @@ class VQATask(Task):
     def build_head(self, encoder: EncoderModel) -> nn.Module:
         from mmbert.tasks.base import probe_encoder
 
+        if encoder.config.model_type == "unimo":  # UNIMO's classifier on [CLS] + [IMG] (unimo_heads)
+            from mmbert.tasks.unimo_heads import UnimoClassifierHead
+
+            return UnimoClassifierHead(encoder.config.dim, len(self.answers))
         return VQAHead(probe_encoder(encoder).pooled, len(self.answers), self.options.dropout)
 
     def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
