@@ -1,18 +1,17 @@
-"""LXMERT speed and memory, mmbert vs Hugging Face ``transformers.LxmertForPreTraining``, side by side.
+"""LXMERT pre-training step, mmbert vs Hugging Face ``transformers.LxmertForPreTraining``, in one run.
 
-Same config, same weights (the HF model is converted), same inputs. Measures
-  * the pre-training step with every LXMERT objective: masked LM, cross-modality matching, masked
-    object prediction (object CE x confidence, attribute CE x confidence, feature SmoothL1; each
-    x 6.67 and averaged over all B x R regions, as HF does), image QA; then backward and an AdamW step
-    (train mode, dropout on). Ours computes the MLM and region heads only at the masked tokens and
-    regions (the same loss value: HF multiplies every other position by zero);
-  * inference: the encoder forward in eval mode under no_grad;
-alternating the two implementations and taking medians (the machine is shared; absolute times drift),
-and the peak resident memory of each pre-training step in a process of its own. ViLBERT (no Hugging Face
-counterpart) is measured alone on the same batch: MLM + alignment + KL to the detector's 1601-class
-distribution at the masked regions, backward, AdamW; and inference.
+Same config, same weights (the HF model is saved and loaded by ``mmbert.load_pretraining``), same batch:
+captions of 7 to 20 tokens padded to the batch's longest, 36 regions of 2048-d features, 15 % of tokens
+and regions masked, every LXMERT objective: masked LM, cross-modality matching, masked object prediction
+(object CE x confidence, attribute CE x confidence, feature SmoothL1; x 6.67, over all B x R regions as in
+LXMERT's code) and image QA (dropped for mismatched pairs on both sides). Each side runs its library's
+public training path: mmbert's ``Pretraining`` (recipe "lxmert") and ``LxmertForPreTraining(labels=,
+obj_labels=, matched_label=, ans=)``; the same optimizer (``mmbert.train.optim.build_optimizer``). Loss
+and hidden states are asserted equal (eval mode) before anything is timed. ViLBERT (no Hugging Face
+counterpart) is timed alone on the same batch through ``Pretraining`` (MLM + ITM + KL to the detector's
+class distribution). Harness: ``benchmarks/common.py``.
 
-    python benchmarks/bench_lxmert.py                                   # lxmert_base, batch 8 x 20 tokens, 36 regions
+    python benchmarks/bench_lxmert.py                                   # lxmert_base, batch 8, 36 regions
     python benchmarks/bench_lxmert.py --preset lxmert_tiny --vilbert vilbert_tiny --repeats 2  # quick check
 Prints a table, then one JSON object on the last line.
 """
@@ -22,294 +21,232 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 
+import common
 import torch
-import torch.nn.functional as F
 import transformers
-from common import peak_rss_mib, print_table, timed
 
 import mmbert
 from mmbert.convert.hf_lxmert import to_hf_config
-from mmbert.objectives import MaskedLM, PairMatch
+from mmbert.data.batch import Batch
+from mmbert.nn import set_gradient_checkpointing
+from mmbert.objectives import Pretraining
+from mmbert.train.optim import build_optimizer
 
-VISUAL_LOSS_NORMALIZER = 6.67  # LXMERT's 1 / 0.15
+COMPUTES = {
+    common.MMBERT: {
+        "entry": "mmbert.Pretraining(load_pretraining(dir))(batch).loss; recipe lxmert: mlm obj attr feat itm qa",
+        "scored_positions": "MLM transform + vocabulary projection only at the labelled tokens; region heads "
+        "at every region (as HF)",
+        "padding": "padded text tokens skipped in every projection and FFN (masked as keys)",
+        "attention": "training: mmbert.nn.attention.dropout_attention (boolean dropout mask); eval: SDPA",
+        "memory": "boolean dropout masks, GELU recomputed in backward, sparse word-lookup gradient",
+        "optimizer": "mmbert.train.optim.build_optimizer: AdamW fused, wd 0.01 (not biases/LayerNorm)",
+    },
+    common.HF: {
+        "entry": "transformers.LxmertForPreTraining(labels=, obj_labels=, matched_label=, ans=).loss",
+        "scored_positions": "MLM logits at every token, region heads at every region, losses weighted",
+        "padding": "every padded position computed (additive key mask)",
+        "attention": "eager matmul + softmax (the only implementation HF LXMERT has)",
+        "optimizer": "the same build_optimizer (fused AdamW, same groups)",
+    },
+}
+SHAPE_ARGS = ("preset", "batch", "seq", "regions")
 
 
 def hf_config(preset: str) -> transformers.LxmertConfig:
-    config = mmbert.MODELS[preset]()
-    return transformers.LxmertConfig(
-        **{k: v for k, v in to_hf_config(config, True).items() if k != "architectures"}
-    )
+    fields = to_hf_config(mmbert.MODELS[preset](), True)
+    return transformers.LxmertConfig(**{k: v for k, v in fields.items() if k != "architectures"})
 
 
-def save_reference(preset: str, path: str, seed: int = 0) -> None:
-    torch.manual_seed(seed)
-    transformers.LxmertForPreTraining(hf_config(preset)).save_pretrained(path)
-
-
-def load(which: str, path: str):
-    if which == "mmbert":
-        model = mmbert.load_pretraining(path)
-        model.encoder.word_embeddings.sparse = True  # what mmbert's Pretraining does when MLM is trained
-        return model
-    return transformers.LxmertForPreTraining.from_pretrained(path)
-
-
-def make_batch(config, batch: int, seq: int, regions: int, seed: int = 1) -> dict:
+def make_batch(config, batch: int, seq: int, regions: int, device: str, seed: int = 1) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    low = 1000 if config.vocab_size > 2000 else 5
-    ids = torch.randint(low, config.vocab_size, (batch, seq), generator=g)
-    lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g)
+    ids = torch.randint(1000 if config.vocab_size > 2000 else 5, config.vocab_size, (batch, seq), generator=g)
+    lengths = torch.randint(min(7, seq), seq + 1, (batch,), generator=g)
     lengths[0] = seq
     mask = torch.arange(seq)[None] < lengths[:, None]
     ids[~mask] = 0
-    seg = torch.zeros(batch, seq, dtype=torch.long)
     selected = (torch.rand(batch, seq, generator=g) < 0.15) & mask
     selected[:, 1] = True
-    labels = torch.where(selected, ids, torch.full_like(ids, -100))
     feats = torch.rand(batch, regions, config.region_feat_dim, generator=g) * 2  # ReLU-like detector features
     xy = torch.rand(batch, regions, 2, generator=g) * 0.7
-    boxes = torch.cat([xy, xy + torch.rand(batch, regions, 2, generator=g) * 0.3], -1)
     region_sel = torch.rand(batch, regions, generator=g) < 0.15
     region_sel[:, 0] = True
-    return {
-        "ids": ids,
-        "mask": mask,
-        "seg": seg,
-        "labels": labels,
-        "feats": feats,
-        "boxes": boxes,
-        "matched": torch.randint(0, 2, (batch,), generator=g),
-        "obj": torch.randint(0, config.num_object_labels, (batch, regions), generator=g),
-        "obj_conf": torch.rand(batch, regions, generator=g),
-        "attr": torch.randint(0, config.num_attr_labels, (batch, regions), generator=g),
-        "attr_conf": torch.rand(batch, regions, generator=g),
-        "region_sel": region_sel,
-        "answer": torch.randint(0, config.num_qa_labels, (batch,), generator=g),
-        "cls_prob": torch.randn(batch, regions, 1601, generator=g).softmax(-1),  # ViLBERT's KL target
-    }
+    pair = torch.randint(0, 2, (batch,), generator=g)
+    num_obj = getattr(config, "num_object_labels", 1600)
+    num_attr = getattr(config, "num_attr_labels", 400)
+    num_qa = getattr(config, "num_qa_labels", 0) or 1
+    num_cls = getattr(config, "num_region_classes", num_obj)
+    return Batch(
+        text_ids=ids,
+        text_mask=mask,
+        segment_ids=torch.zeros(batch, seq, dtype=torch.long),
+        region_feats=feats,
+        region_boxes=torch.cat([xy, xy + torch.rand(batch, regions, 2, generator=g) * 0.3], -1),
+        region_mask=torch.ones(batch, regions, dtype=torch.bool),
+        mlm_labels=torch.where(selected, ids, torch.full_like(ids, -100)),
+        pair_labels=pair,
+        region_labels=torch.randint(0, num_obj, (batch, regions), generator=g),
+        region_obj_conf=torch.rand(batch, regions, generator=g),
+        region_attr_labels=torch.randint(0, num_attr, (batch, regions), generator=g),
+        region_attr_conf=torch.rand(batch, regions, generator=g),
+        region_targets=feats,
+        region_target_mask=region_sel,
+        region_cls_prob=torch.randn(batch, regions, num_cls, generator=g).softmax(-1),
+        answer_targets=torch.randint(0, num_qa, (batch,), generator=g),
+    ).to(device)
 
 
-def ours_loss(model, b: dict) -> torch.Tensor:
-    enc = model.encoder(b["ids"], b["mask"], b["seg"], b["feats"], b["boxes"])
-    heads = model.heads
-    sel = b["region_sel"]
-    n_regions = sel.numel()  # HF averages over every region, masked or not
-    loss = MaskedLM()(heads.mlm(enc.text, b["labels"] != -100), b["labels"]).loss
-    loss = loss + PairMatch()(heads.pair(enc.pooled), b["matched"]).loss
-    region = heads.region(enc.vision[sel])  # only the masked regions: (N, .)
-    obj = F.cross_entropy(region["class"], b["obj"][sel], reduction="none") * b["obj_conf"][sel]
-    attr = F.cross_entropy(region["attr"], b["attr"][sel], reduction="none") * b["attr_conf"][sel]
-    feat = F.smooth_l1_loss(region["feat"], b["feats"][sel], reduction="none").mean(-1)
-    loss = loss + (obj.sum() + attr.sum() + feat.sum()) / n_regions * VISUAL_LOSS_NORMALIZER
-    return loss + F.cross_entropy(heads.answer(enc.pooled), b["answer"])
-
-
-def hf_loss(model, b: dict) -> torch.Tensor:
-    sel = b["region_sel"].float()
-    out = model(
-        input_ids=b["ids"],
-        attention_mask=b["mask"].long(),
-        token_type_ids=b["seg"],
-        visual_feats=b["feats"],
-        visual_pos=b["boxes"],
-        labels=b["labels"],
-        matched_label=b["matched"],
-        ans=b["answer"],
-        obj_labels={
-            "obj": (b["obj"], b["obj_conf"] * sel),
-            "attr": (b["attr"], b["attr_conf"] * sel),
-            "feat": (b["feats"], sel),
-        },
+def hf_inputs(b: Batch) -> dict:
+    return dict(
+        input_ids=b.text_ids,
+        attention_mask=b.text_mask.long(),
+        token_type_ids=b.segment_ids,
+        visual_feats=b.region_feats,
+        visual_pos=b.region_boxes,
     )
-    return out.loss
 
 
-def vilbert_loss(model, b: dict) -> torch.Tensor:
-    feats = b["feats"][..., : model.config.region_feat_dim]
-    enc = model.encoder(b["ids"], b["mask"], b["seg"], feats, b["boxes"])
-    heads = model.heads
-    sel = b["region_sel"]
-    loss = MaskedLM()(heads.mlm(enc.text, b["labels"] != -100), b["labels"]).loss
-    loss = loss + PairMatch()(heads.pair(enc.pooled), b["matched"]).loss
-    logits = heads.region(enc.vision[:, 1:][sel])["class"]  # skip the global region at index 0
-    target = b["cls_prob"][sel]
-    return loss + F.kl_div(logits.log_softmax(-1), target, reduction="batchmean")
+def hf_loss(ref, b: Batch) -> torch.Tensor:
+    sel = b.region_target_mask.float()
+    return ref(
+        **hf_inputs(b),
+        labels=b.mlm_labels,
+        matched_label=b.pair_labels,  # HF LXMERT: 1 = matches, as mmbert
+        ans=b.answer_targets.masked_fill(b.pair_labels == 0, -100),  # no QA on mismatched pairs (LXMERT)
+        obj_labels={
+            "obj": (b.region_labels, b.region_obj_conf * sel),
+            "attr": (b.region_attr_labels, b.region_attr_conf * sel),
+            "feat": (b.region_targets, sel),
+        },
+    ).loss
 
 
-def vilbert_infer(model, b: dict) -> torch.Tensor:
-    with torch.no_grad():
-        feats = b["feats"][..., : model.config.region_feat_dim]
-        return model.encoder(b["ids"], b["mask"], b["seg"], feats, b["boxes"]).text
+def build_side(args, side: str, weights_dir: str | None = None):
+    config = mmbert.MODELS[args.preset]()
+    batch = make_batch(config, args.batch, args.seq, args.regions, args.device)
+    torch.manual_seed(0)
+    if side == common.MMBERT:
+        model = (
+            mmbert.load_pretraining(weights_dir)
+            if weights_dir
+            else mmbert.PretrainingModel(mmbert.build_model(args.preset))
+        )
+        if args.checkpointing:
+            set_gradient_checkpointing(model)
+        objective = Pretraining(model.to(args.device).train())
+        return model, lambda: objective(batch).loss
+    ref = (
+        transformers.LxmertForPreTraining.from_pretrained(weights_dir)
+        if weights_dir
+        else transformers.LxmertForPreTraining(hf_config(args.preset))
+    )
+    ref.to(args.device).train()
+    return ref, lambda: hf_loss(ref, batch)
 
 
-def step(loss_fn, model, opt, b: dict) -> float:
-    loss = loss_fn(model, b)
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
-
-
-def ours_infer(model, b: dict) -> torch.Tensor:
-    with torch.no_grad():
-        return model.encoder(b["ids"], b["mask"], b["seg"], b["feats"], b["boxes"]).text
-
-
-def hf_infer(model, b: dict) -> torch.Tensor:
-    with torch.no_grad():
-        return model.lxmert(
-            input_ids=b["ids"],
-            attention_mask=b["mask"].long(),
-            token_type_ids=b["seg"],
-            visual_feats=b["feats"],
-            visual_pos=b["boxes"],
-        ).language_output
-
-
-def memory_worker(args) -> None:
-    """Load one implementation, run a few pre-training steps, print its peak RSS in MiB."""
-    model = load(args.worker, args.checkpoint).train()
-    b = make_batch(mmbert.MODELS[args.preset](), args.batch, args.seq, args.regions)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # as mmbert's trainer
-    loss_fn = ours_loss if args.worker == "mmbert" else hf_loss
-    for _ in range(2):
-        step(loss_fn, model, opt, b)
-    print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
+def time_vilbert(args) -> dict:
+    """ViLBERT's pre-training step through ``Pretraining`` (no reference implementation to compare)."""
+    torch.manual_seed(0)
+    model = mmbert.PretrainingModel(mmbert.build_model(args.vilbert)).to(args.device).train()
+    c = model.config
+    b = make_batch(c, args.batch, args.seq, args.regions, args.device)
+    b.region_feats = b.region_feats[..., : c.region_feat_dim]
+    objective = Pretraining(model)
+    opt = build_optimizer(model, lr=1e-5)
+    times = common.alternate(
+        {"vilbert": lambda: common.train_step(lambda: objective(b).loss, opt, args.device, args.dtype)}, args.repeats
+    )
+    return {
+        "preset": args.vilbert,
+        "objectives": list(objective.objective_names),
+        "parameters": model.encoder.num_parameters(),
+        "step_s_median": statistics.median(times["vilbert"]),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--preset", default="lxmert_base", choices=[m for m in mmbert.MODELS if m.startswith("lxmert")]
-    )
+    p.add_argument("--preset", default="lxmert_base", choices=[m for m in mmbert.MODELS if m.startswith("lxmert")])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=20)
     p.add_argument("--regions", type=int, default=36)
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per implementation (alternating)")
-    p.add_argument("--vilbert", default="vilbert_base", help="ViLBERT preset measured alone ('none' to skip)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--worker", choices=["mmbert", "hf"], help=argparse.SUPPRESS)
-    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    p.add_argument("--vilbert", default="vilbert_base", help="ViLBERT preset timed alone ('none' to skip)")
+    common.add_common_args(p, repeats=5)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
-        memory_worker(args)
+        common.memory_worker(args, lambda side: build_side(args, side))
         return
 
-    config = mmbert.MODELS[args.preset]()
-    b = make_batch(config, args.batch, args.seq, args.regions)
-    with tempfile.TemporaryDirectory() as checkpoint:
-        save_reference(args.preset, checkpoint)
-        ours, ref = load("mmbert", checkpoint), load("hf", checkpoint)
-
-        # parity on this very batch before timing (eval mode: no dropout)
-        ours.eval()
-        ref.eval()
-        real = b["mask"]  # outputs at padded tokens are meaningless (mmbert leaves zeros there)
-        hidden_diff = float((ours_infer(ours, b)[real] - hf_infer(ref, b)[real]).abs().max())
-        with torch.no_grad():
-            loss_diff = abs(float(ours_loss(ours, b)) - float(hf_loss(ref, b)))
-
-        ours.train()
-        ref.train()
-        opt_o = torch.optim.AdamW(ours.parameters(), lr=1e-5, fused=True)  # as mmbert's trainer
-        opt_r = torch.optim.AdamW(ref.parameters(), lr=1e-5, fused=True)  # as mmbert's trainer
-        step(ours_loss, ours, opt_o, b)  # warm-up (also allocates the optimiser state)
-        step(hf_loss, ref, opt_r, b)
-        step_o, step_r, inf_o, inf_r = [], [], [], []
-        for i in range(args.repeats):  # alternate, and swap who goes first every round
-            for which in ("mmbert", "hf") if i % 2 == 0 else ("hf", "mmbert"):
-                if which == "mmbert":
-                    step_o.append(timed(step, ours_loss, ours, opt_o, b))
-                else:
-                    step_r.append(timed(step, hf_loss, ref, opt_r, b))
-        ours.eval()
-        ref.eval()
-        ours_infer(ours, b)
-        hf_infer(ref, b)
-        for _ in range(args.repeats):
-            inf_o.append(timed(ours_infer, ours, b))
-            inf_r.append(timed(hf_infer, ref, b))
-        del ours, ref, opt_o, opt_r
-
-        def peak(worker: str) -> float:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                worker,
-                "--checkpoint",
-                checkpoint,
-                "--preset",
-                args.preset,
-                "--batch",
-                str(args.batch),
-                "--seq",
-                str(args.seq),
-                "--regions",
-                str(args.regions),
-                "--threads",
-                str(args.threads),
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
-
-        mem_o, mem_r = peak("mmbert"), peak("hf")
-
-    vilbert = None
-    if args.vilbert != "none":
+    memory = None if args.no_memory else common.measure_memory(__file__, args, SHAPE_ARGS, checkpointing=True)
+    with tempfile.TemporaryDirectory() as d:
         torch.manual_seed(0)
-        model = mmbert.PretrainingModel(mmbert.build_model(args.vilbert)).train()
-        b["cls_prob"] = b["cls_prob"][..., : model.config.num_region_classes].softmax(-1)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # as mmbert's trainer
-        step(vilbert_loss, model, opt, b)
-        vstep = [timed(step, vilbert_loss, model, opt, b) for _ in range(args.repeats)]
-        model.eval()
-        vilbert_infer(model, b)
-        vinf = [timed(vilbert_infer, model, b) for _ in range(args.repeats)]
-        vilbert = {
-            "preset": args.vilbert,
-            "parameters": model.encoder.num_parameters(),
-            "step_s_median": statistics.median(vstep),
-            "inference_s_median": statistics.median(vinf),
-            "step_examples_per_s": args.batch / statistics.median(vstep),
-        }
-        del model, opt
+        transformers.LxmertForPreTraining(hf_config(args.preset)).save_pretrained(d)
+        ours, ours_loss = build_side(args, common.MMBERT, d)
+        ref, ref_loss = build_side(args, common.HF, d)
+    b = make_batch(ours.config, args.batch, args.seq, args.regions, args.device)
 
-    n = args.batch
+    ours.eval()
+    ref.eval()
+    with torch.no_grad():
+        text = ours.encoder(**b.model_inputs()).text
+        text_ref = ref.lxmert(**hf_inputs(b)).language_output
+        real = b.text_mask  # mmbert leaves zeros at padded tokens; their values are meaningless either way
+        parity = common.assert_parity(
+            {
+                "language_output_max_abs_diff_real_tokens": (common.max_abs_diff(text[real], text_ref[real]), 1e-4),
+                "loss_abs_diff": (abs(float(ours_loss()) - float(ref_loss())), 1e-4),
+            }
+        )
+    saved = {}
+    for side, model, loss_fn, layers in (
+        (
+            common.MMBERT,
+            ours,
+            ours_loss,
+            [*ours.encoder.text_layers, *ours.encoder.vision_layers, *ours.encoder.cross_layers],
+        ),
+        (
+            common.HF,
+            ref,
+            ref_loss,
+            [*ref.lxmert.encoder.layer, *ref.lxmert.encoder.r_layers, *ref.lxmert.encoder.x_layers],
+        ),
+    ):
+        model.train()
+        meter = common.SavedActivations(layers)
+        meter.run(loss_fn)
+        saved[side] = meter.summary()
+
+    opt_o, opt_r = build_optimizer(ours, lr=1e-5), build_optimizer(ref, lr=1e-5)
+    times = common.alternate(
+        {
+            common.MMBERT: lambda: common.train_step(ours_loss, opt_o, args.device, args.dtype),
+            common.HF: lambda: common.train_step(ref_loss, opt_r, args.device, args.dtype),
+        },
+        args.repeats,
+    )
     result = {
-        "benchmark": "lxmert_pretraining_step_and_inference",
+        "benchmark": "lxmert_pretraining_step",
         "preset": args.preset,
         "batch": args.batch,
-        "seq": args.seq,
+        "text_tokens_max": args.seq,
+        "text_tokens_real_fraction": float(b.text_mask.float().mean()),
         "regions": args.regions,
-        "region_feat_dim": config.region_feat_dim,
-        "dtype": "float32",
-        "threads": args.threads,
+        **common.environment(args.threads, args.device, args.dtype),
         "repeats": args.repeats,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "parity_max_abs_diff_language_output": hidden_diff,
-        "parity_abs_diff_total_loss": loss_diff,
-        "step_s_median": {"mmbert": statistics.median(step_o), "hf": statistics.median(step_r)},
-        "step_examples_per_s": {"mmbert": n / statistics.median(step_o), "hf": n / statistics.median(step_r)},
-        "step_speedup": statistics.median(step_r) / statistics.median(step_o),
-        "inference_s_median": {"mmbert": statistics.median(inf_o), "hf": statistics.median(inf_r)},
-        "inference_speedup": statistics.median(inf_r) / statistics.median(inf_o),
-        "step_peak_rss_mib": {"mmbert": mem_o, "hf": mem_r},
-        "step_memory_ratio": mem_o / mem_r,
-        "vilbert_alone": vilbert,
+        "parity": parity,
+        "computes": COMPUTES,
+        "step_s": times,
+        "step_s_median": common.medians(times),
+        "step_speedup": common.speedup(times),
+        "saved_for_backward": saved,
+        **(memory or {}),
+        "vilbert_alone": None if args.vilbert == "none" else time_vilbert(args),
     }
-    print_table(result, mem_o, mem_r)
-    if vilbert:
-        print(
-            f"{args.vilbert + ' step / inference (s)':<26}{vilbert['step_s_median']:>12.3f}"
-            f"{vilbert['inference_s_median']:>14.3f}"
-        )
+    common.print_rows(common.pretraining_rows(result))
     print(json.dumps(result))
 
 

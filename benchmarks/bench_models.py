@@ -1,13 +1,15 @@
-"""BERT speed and memory, mmbert vs Hugging Face transformers, side by side in one run.
+"""BERT pre-training step, mmbert vs Hugging Face ``transformers.BertForPreTraining``, in one run.
 
-Same config, same weights (the HF model is converted), same inputs. Measures
-  * the pre-training step: forward + MLM/NSP loss + backward + AdamW step (train mode, dropout on);
-  * inference: encoder forward in eval mode under no_grad;
-alternating the two implementations and taking medians (the machine is shared; absolute times drift),
-and the peak resident memory of each pre-training step in a process of its own.
+Same config, same weights (the HF model is saved and loaded by ``mmbert.load_pretraining``), same batch:
+full 128-token sequences (pre-training packs sentences to the maximum length), 15 % MLM targets, NSP.
+Each side runs its library's public training path: mmbert's ``Pretraining`` objective (recipe "bert":
+MLM + NSP) and ``BertForPreTraining(labels=..., next_sentence_label=...)``; the same optimizer on both
+(``mmbert.train.optim.build_optimizer``: fused AdamW, weight decay 0.01 except biases / LayerNorm).
+The loss and hidden states are asserted equal (eval mode) before anything is timed; the JSON's
+``computes`` says what each side computes. Harness: ``benchmarks/common.py``.
 
-    python benchmarks/bench_models.py                      # bert_base, batch 16 x 128, fp32
-    python benchmarks/bench_models.py --preset bert_tiny --batch 4 --seq 32 --repeats 3   # quick check
+    python benchmarks/bench_models.py                                   # bert_base, batch 16 x 128, fp32
+    python benchmarks/bench_models.py --preset bert_tiny --batch 4 --seq 32 --repeats 2   # quick check
 Prints a table, then one JSON object on the last line.
 """
 
@@ -15,197 +17,164 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
 import tempfile
 
+import common
 import torch
 import transformers
-from common import peak_rss_mib, print_table, timed
 
 import mmbert
 from mmbert.convert.hf_bert import to_hf_config
-from mmbert.objectives import MaskedLM, PairMatch
+from mmbert.data.batch import Batch
+from mmbert.nn import set_gradient_checkpointing
+from mmbert.objectives import Pretraining
+from mmbert.train.optim import build_optimizer
+
+COMPUTES = {
+    common.MMBERT: {
+        "entry": "mmbert.Pretraining(load_pretraining(dir))(batch).loss; recipe bert: mlm + nsp",
+        "scored_positions": "MLM transform + vocabulary projection only at the labelled tokens (mlm_positions)",
+        "padding": "none in this batch (full sequences); padded tokens would be skipped in projections/FFN",
+        "attention": "training: mmbert.nn.attention.dropout_attention (boolean dropout mask); eval: SDPA",
+        "memory": "boolean dropout masks, GELU recomputed in backward, sparse word-lookup gradient",
+        "optimizer": "mmbert.train.optim.build_optimizer: AdamW fused, wd 0.01 (not biases/LayerNorm)",
+    },
+    common.HF: {
+        "entry": "transformers.BertForPreTraining(labels=, next_sentence_label=).loss",
+        "scored_positions": "MLM logits at every one of the B x T positions, loss over the labelled ones",
+        "padding": "none in this batch",
+        "attention": "attn_implementation='sdpa' (with dropout in training: SDPA's unfused path)",
+        "optimizer": "the same build_optimizer (fused AdamW, same groups)",
+    },
+}
+SHAPE_ARGS = ("preset", "batch", "seq")
 
 
-def make_models(preset: str, seed: int = 0):
-    config = mmbert.MODELS[preset]()
-    hf_cfg = transformers.BertConfig(
-        **{k: v for k, v in to_hf_config(config, True).items() if k != "architectures"}
-    )
-    hf_cfg._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    ref = transformers.BertForPreTraining(hf_cfg)
-    with tempfile.TemporaryDirectory() as d:
-        ref.save_pretrained(d)
-        ours = mmbert.load_pretraining(d)
-    ours.encoder.word_embeddings.sparse = True  # what mmbert's Pretraining does when MLM is trained
-    return ours, ref, config
+def hf_config(preset: str) -> transformers.BertConfig:
+    fields = to_hf_config(mmbert.MODELS[preset](), True)
+    cfg = transformers.BertConfig(**{k: v for k, v in fields.items() if k != "architectures"})
+    cfg._attn_implementation = "sdpa"
+    return cfg
 
 
-def make_batch(config, batch: int, seq: int, seed: int = 1):
+def make_batch(config, batch: int, seq: int, device: str, seed: int = 1) -> Batch:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000 if config.vocab_size > 2000 else 5, config.vocab_size, (batch, seq), generator=g)
-    mask = torch.ones(batch, seq, dtype=torch.bool)
     seg = torch.zeros(batch, seq, dtype=torch.long)
     seg[:, seq // 2 :] = 1
     selected = torch.rand(batch, seq, generator=g) < 0.15
-    selected[:, 0] = True
+    selected[:, 1] = True
     labels = torch.where(selected, ids, torch.full_like(ids, -100))
-    nsp = torch.randint(0, 2, (batch,), generator=g)
-    return ids, mask, seg, labels, nsp
+    return Batch(
+        text_ids=ids,
+        text_mask=torch.ones(batch, seq, dtype=torch.bool),
+        segment_ids=seg,
+        mlm_labels=labels,
+        pair_labels=torch.randint(0, 2, (batch,), generator=g),
+    ).to(device)
 
 
-def ours_step(model, opt, batch):
-    ids, mask, seg, labels, nsp = batch
-    out = model(ids, mask, seg, mlm_positions=labels != -100)
-    loss = MaskedLM()(out.mlm_logits, labels).loss + PairMatch("nsp")(out.pair_logits, nsp).loss
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
+def hf_loss(ref, b: Batch) -> torch.Tensor:
+    return ref(
+        input_ids=b.text_ids,
+        attention_mask=b.text_mask.long(),
+        token_type_ids=b.segment_ids,
+        labels=b.mlm_labels,
+        next_sentence_label=1 - b.pair_labels,  # HF: 0 = is the next sentence
+    ).loss
 
 
-def hf_step(model, opt, batch):
-    ids, mask, seg, labels, nsp = batch
-    out = model(
-        input_ids=ids,
-        attention_mask=mask.long(),
-        token_type_ids=seg,
-        labels=labels,
-        next_sentence_label=1 - nsp,
-    )  # HF: 0 = is next
-    out.loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(out.loss.detach())
-
-
-def ours_infer(model, batch):
-    ids, mask, seg, _, _ = batch
-    with torch.no_grad():
-        return model.encoder(ids, mask, seg).text
-
-
-def hf_infer(model, batch):
-    ids, mask, seg, _, _ = batch
-    with torch.no_grad():
-        return model.bert(input_ids=ids, attention_mask=mask.long(), token_type_ids=seg).last_hidden_state
-
-
-def memory_worker(args) -> None:
-    """Run a few pre-training steps of ONE implementation in this process; print its peak RSS in MiB.
-    Only that model is ever built here (weights do not matter for memory), so the peak is the step's."""
+def build_side(args, side: str, weights_dir: str | None = None):
+    """(model, zero-argument loss function) for one side; weights from ``weights_dir`` or random."""
     config = mmbert.MODELS[args.preset]()
+    batch = make_batch(config, args.batch, args.seq, args.device)
     torch.manual_seed(0)
-    if args.worker == "mmbert":
-        model, step = mmbert.PretrainingModel(mmbert.build_model(args.preset)), ours_step
-        model.encoder.word_embeddings.sparse = True
-    else:
-        hf_cfg = transformers.BertConfig(
-            **{k: v for k, v in to_hf_config(config, True).items() if k != "architectures"}
+    if side == common.MMBERT:
+        model = (
+            mmbert.load_pretraining(weights_dir)
+            if weights_dir
+            else mmbert.PretrainingModel(mmbert.build_model(args.preset))
         )
-        hf_cfg._attn_implementation = "sdpa"
-        model, step = transformers.BertForPreTraining(hf_cfg), hf_step
-    model.train()
-    batch = make_batch(config, args.batch, args.seq)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # as mmbert's trainer
-    for _ in range(2):
-        step(model, opt, batch)
-    print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
+        if args.checkpointing:
+            set_gradient_checkpointing(model)
+        objective = Pretraining(model.to(args.device).train())
+        return model, lambda: objective(batch).loss
+    ref = (
+        transformers.BertForPreTraining.from_pretrained(weights_dir)
+        if weights_dir
+        else transformers.BertForPreTraining(hf_config(args.preset))
+    )
+    ref.to(args.device).train()
+    return ref, lambda: hf_loss(ref, batch)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--preset", default="bert_base", choices=[m for m in mmbert.MODELS if m.startswith("bert")]
-    )
+    p.add_argument("--preset", default="bert_base", choices=[m for m in mmbert.MODELS if m.startswith("bert")])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per implementation (alternating)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--worker", choices=["mmbert", "hf"], help=argparse.SUPPRESS)
+    common.add_common_args(p, repeats=5)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
-        memory_worker(args)
+        common.memory_worker(args, lambda side: build_side(args, side))
         return
 
-    ours, ref, config = make_models(args.preset)
-    batch = make_batch(config, args.batch, args.seq)
-    ours.train()
-    ref.train()
-    opt_o = torch.optim.AdamW(ours.parameters(), lr=1e-5, fused=True)  # as mmbert's trainer
-    opt_r = torch.optim.AdamW(ref.parameters(), lr=1e-5, fused=True)  # as mmbert's trainer
-    # parity check on this very batch before timing (eval mode: no dropout)
+    memory = None if args.no_memory else common.measure_memory(__file__, args, SHAPE_ARGS, checkpointing=True)
+    with tempfile.TemporaryDirectory() as d:
+        torch.manual_seed(0)
+        transformers.BertForPreTraining(hf_config(args.preset)).save_pretrained(d)
+        ours, ours_loss = build_side(args, common.MMBERT, d)
+        ref, ref_loss = build_side(args, common.HF, d)
+    batch = make_batch(ours.config, args.batch, args.seq, args.device)
+
     ours.eval()
     ref.eval()
-    diff = float((ours_infer(ours, batch) - hf_infer(ref, batch)).abs().max())
     with torch.no_grad():
-        o, r = (
-            ours(*batch[:3]),
-            ref(input_ids=batch[0], attention_mask=batch[1].long(), token_type_ids=batch[2]),
+        hidden = ours.encoder(batch.text_ids, batch.text_mask, batch.segment_ids).text
+        hidden_ref = ref.bert(
+            input_ids=batch.text_ids, attention_mask=batch.text_mask.long(), token_type_ids=batch.segment_ids
+        ).last_hidden_state
+        parity = common.assert_parity(
+            {
+                "hidden_max_abs_diff": (common.max_abs_diff(hidden, hidden_ref), 1e-4),
+                "loss_abs_diff": (abs(float(ours_loss()) - float(ref_loss())), 1e-4),
+            }
         )
-    logit_diff = float((o.mlm_logits - r.prediction_logits).abs().max())
-    ours.train()
-    ref.train()
-    ours_step(ours, opt_o, batch)  # warm-up
-    hf_step(ref, opt_r, batch)
-    step_o, step_r, inf_o, inf_r = [], [], [], []
-    for _ in range(args.repeats):
-        step_o.append(timed(ours_step, ours, opt_o, batch))
-        step_r.append(timed(hf_step, ref, opt_r, batch))
-    ours.eval()
-    ref.eval()
-    ours_infer(ours, batch)
-    hf_infer(ref, batch)
-    for _ in range(args.repeats):
-        inf_o.append(timed(ours_infer, ours, batch))
-        inf_r.append(timed(hf_infer, ref, batch))
-    del ours, ref, opt_o, opt_r
+    saved = {}
+    for side, model, loss_fn, layers in (
+        (common.MMBERT, ours, ours_loss, ours.encoder.layers),
+        (common.HF, ref, ref_loss, ref.bert.encoder.layer),
+    ):
+        model.train()
+        meter = common.SavedActivations(layers)
+        meter.run(loss_fn)
+        saved[side] = meter.summary()
 
-    def peak(worker: str) -> float:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--worker",
-            worker,
-            "--preset",
-            args.preset,
-            "--batch",
-            str(args.batch),
-            "--seq",
-            str(args.seq),
-            "--threads",
-            str(args.threads),
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
-
-    mem_o, mem_r = peak("mmbert"), peak("hf")
-    n = args.batch
+    opt_o, opt_r = build_optimizer(ours, lr=1e-5), build_optimizer(ref, lr=1e-5)
+    times = common.alternate(
+        {
+            common.MMBERT: lambda: common.train_step(ours_loss, opt_o, args.device, args.dtype),
+            common.HF: lambda: common.train_step(ref_loss, opt_r, args.device, args.dtype),
+        },
+        args.repeats,
+    )
     result = {
-        "benchmark": "bert_pretraining_step_and_inference",
+        "benchmark": "bert_pretraining_step",
         "preset": args.preset,
         "batch": args.batch,
         "seq": args.seq,
-        "dtype": "float32",
-        "threads": args.threads,
+        **common.environment(args.threads, args.device, args.dtype),
         "repeats": args.repeats,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "parity_max_abs_diff_hidden": diff,
-        "parity_max_abs_diff_mlm_logits": logit_diff,
-        "step_s_median": {"mmbert": statistics.median(step_o), "hf": statistics.median(step_r)},
-        "step_examples_per_s": {"mmbert": n / statistics.median(step_o), "hf": n / statistics.median(step_r)},
-        "step_speedup": statistics.median(step_r) / statistics.median(step_o),
-        "inference_s_median": {"mmbert": statistics.median(inf_o), "hf": statistics.median(inf_r)},
-        "inference_speedup": statistics.median(inf_r) / statistics.median(inf_o),
-        "step_peak_rss_mib": {"mmbert": mem_o, "hf": mem_r},
-        "step_memory_ratio": mem_o / mem_r,
+        "parity": parity,
+        "computes": COMPUTES,
+        "step_s": times,
+        "step_s_median": common.medians(times),
+        "step_speedup": common.speedup(times),
+        "saved_for_backward": saved,
+        **(memory or {}),
     }
-    print_table(result, mem_o, mem_r)
+    common.print_rows(common.pretraining_rows(result))
     print(json.dumps(result))
 
 

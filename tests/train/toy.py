@@ -72,14 +72,15 @@ def collate(items: list[dict]) -> Batch:
 
 def run(out: str | Path, max_steps: int = 12, resume: bool = False, batch_size: int = 8, grad_accum: int = 1,
         objectives: list[str] | None = None, save_every: int = 3, dropout: float = 0.1, delay: float = 0.0,
-        lr: float = 1e-3, precision: str = "fp32", stop_rank_at: int = 0, dist_timeout: float = 5.0):  # fmt: skip
+        lr: float = 1e-3, precision: str = "fp32", stop_rank_at: int = 0, dist_timeout: float = 5.0,
+        gradient_checkpointing: bool = False):  # fmt: skip
     torch.manual_seed(0)
     model = PretrainingModel(build_model("bert_tiny", dropout=dropout, attn_dropout=dropout))
     task = Pretraining(model, objectives)
     config = TrainConfig(
         max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=2,
         save_every=save_every, log_every=1, progress=False, keep_last=2, seed=0, device="cpu", precision=precision,
-        dist_timeout_minutes=dist_timeout,
+        dist_timeout_minutes=dist_timeout, gradient_checkpointing=gradient_checkpointing,
     )  # fmt: skip
     info = {"model": "bert_tiny", "objectives": list(task.objective_names)}
     stop_after = stop_rank_at * batch_size * grad_accum if os.environ.get("RANK") == "1" else 0

@@ -14,6 +14,7 @@ from mmbert.atomic import atomic_write, atomic_write_json
 from mmbert.config import ModelConfig
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.outputs import Encoded as Encoded  # re-exported: models and tasks import it from here
+from mmbert.nn.block import set_gradient_checkpointing
 
 # The text-side sizes every ``*_tiny`` preset shares (tests, quick experiments): DESIGN.md section 8.
 TINY_SIZES: dict[str, int] = dict(
@@ -60,6 +61,9 @@ class EncoderModel(nn.Module):
 
     config_class: ClassVar[type[ModelConfig]]
     config: ModelConfig
+    # Skip padded tokens / regions in every projection and FFN (the same real outputs, zeros at padding).
+    # Off: the plain path that computes every position, as the reference implementations do.
+    skip_padding: bool = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -95,6 +99,11 @@ class EncoderModel(nn.Module):
         """(our prefix, BERT prefix) pairs saying where a BERT checkpoint's weights go
         (``build_model(..., init_text_from=DIR)``). Each model overrides."""
         raise NotImplementedError(f"{type(self).__name__} cannot be initialised from BERT")
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each Transformer layer in the backward pass instead of keeping its activations
+        (``mmbert.nn.set_gradient_checkpointing``): for the large presets and long inputs."""
+        set_gradient_checkpointing(self, enabled)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -55,7 +55,8 @@ class Bert(EncoderModel):
         check_text_inputs(self.config, text_ids, text_mask, segment_ids)
         x = self.embeddings(text_ids, segment_ids)
         bias = key_padding_bias(text_mask, x.dtype)
-        rows = None if bias is None else text_mask  # skip padded tokens in the projections and FFNs
+        # skip padded tokens in the projections and FFNs
+        rows = text_mask if bias is not None and self.skip_padding else None
         maps: list[Tensor] = []
         for layer in self.layers:
             x, probs = layer(x, bias, need_weights=output_attentions, rows=rows)

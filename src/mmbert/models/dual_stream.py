@@ -31,10 +31,11 @@ class StreamStates:
         """The rows ``index`` (pairs of retrieval: the same caption or image repeated)."""
         return StreamStates(self.states[index], None if self.mask is None else self.mask[index])
 
-    def bias_and_rows(self) -> tuple[Tensor | None, Tensor | None]:
-        """The attention bias of the mask, and the rows the sublayers may skip (None without padding)."""
+    def bias_and_rows(self, skip_padding: bool = True) -> tuple[Tensor | None, Tensor | None]:
+        """The attention bias of the mask, and the rows the sublayers may skip (None without padding,
+        or when ``skip_padding`` is off)."""
         bias = key_padding_bias(self.mask, self.states.dtype)
-        return bias, None if bias is None else self.mask
+        return bias, self.mask if bias is not None and skip_padding else None
 
 
 def new_maps(output_attentions: bool) -> dict[str, list[Tensor]] | None:

@@ -167,7 +167,7 @@ class Lxmert(DualStreamModel):
         """Embeddings + the language encoder: (B, T, D)."""
         check_text_inputs(self.config, text_ids, text_mask, segment_ids)
         text = StreamStates(self.embeddings(text_ids, segment_ids), text_mask, new_maps(output_attentions))
-        bias, rows = text.bias_and_rows()
+        bias, rows = text.bias_and_rows(self.skip_padding)
         for layer in self.text_layers:
             text.states, probs = layer(text.states, bias, output_attentions, rows)
             if text.attentions is not None:
@@ -188,7 +188,7 @@ class Lxmert(DualStreamModel):
         vision = StreamStates(
             self.region_embeddings(region_feats, region_boxes), region_mask, new_maps(output_attentions)
         )
-        bias, rows = vision.bias_and_rows()
+        bias, rows = vision.bias_and_rows(self.skip_padding)
         for layer in self.vision_layers:
             vision.states, probs = layer(vision.states, bias, output_attentions, rows)
             if vision.attentions is not None:
@@ -200,7 +200,8 @@ class Lxmert(DualStreamModel):
         ``output_attentions``: ``text_text`` holds the language layers' maps then the cross-modality layers'
         text self-attention; ``vision_vision`` the object-relationship layers' then the cross-modality
         layers'; ``text_vision`` (B, H, T, R) and ``vision_text`` (B, H, R, T) one per cross-modality layer."""
-        (text_bias, text_rows), (vision_bias, vision_rows) = text.bias_and_rows(), vision.bias_and_rows()
+        text_bias, text_rows = text.bias_and_rows(self.skip_padding)
+        vision_bias, vision_rows = vision.bias_and_rows(self.skip_padding)
         t, v = text.states, vision.states
         maps = new_maps(output_attentions)
         for layer in self.cross_layers:

@@ -180,7 +180,8 @@ class SingleStreamModel(EncoderModel):
         ``attention_mask`` (B, T + R', T + R') further restricts who sees whom."""
         visible = mask if attention_mask is None else joint_visibility(attention_mask, mask)
         bias = key_padding_bias(visible, x.dtype)
-        rows = None if bias is None else mask  # skip padded tokens and regions in the projections and FFNs
+        # skip padded tokens and regions in the projections and FFNs
+        rows = mask if bias is not None and self.skip_padding else None
         maps: list[Tensor] = []
         for layer in self.layers:
             x, probs = layer(x, bias, need_weights=output_attentions, rows=rows)

@@ -208,7 +208,7 @@ class ViLBert(DualStreamModel):
         """Embeddings + the text layers that run before the first co-attention: (B, T, D)."""
         check_text_inputs(self.config, text_ids, text_mask, segment_ids)
         text = StreamStates(self.embeddings(text_ids, segment_ids), text_mask, new_maps(output_attentions))
-        bias, rows = text.bias_and_rows()
+        bias, rows = text.bias_and_rows(self.skip_padding)
         for kind, i in self.single_modality_steps:
             if kind == "text":
                 text.states, probs = self.text_layers[i](text.states, bias, output_attentions, rows)
@@ -236,7 +236,7 @@ class ViLBert(DualStreamModel):
             region_feats, region_boxes, region_mask, c.global_region, global_feats
         )
         vision = StreamStates(self.region_embeddings(feats, boxes), real, new_maps(output_attentions))
-        bias, rows = vision.bias_and_rows()
+        bias, rows = vision.bias_and_rows(self.skip_padding)
         for kind, i in self.single_modality_steps:
             if kind == "vision":
                 vision.states, probs = self.vision_layers[i](vision.states, bias, output_attentions, rows)
@@ -249,7 +249,8 @@ class ViLBert(DualStreamModel):
         (B, R+1, Dv) with the global region first, pooled (B, pooled_dim). With ``output_attentions``: one
         map per text layer (``text_text``), per vision layer (``vision_vision``) and per co-attention layer
         (``text_vision`` (B, H, T, R+1), ``vision_text`` (B, H, R+1, T)), each list in run order."""
-        (text_bias, text_rows), (vision_bias, vision_rows) = text.bias_and_rows(), vision.bias_and_rows()
+        text_bias, text_rows = text.bias_and_rows(self.skip_padding)
+        vision_bias, vision_rows = vision.bias_and_rows(self.skip_padding)
         t, v = text.states, vision.states
         maps = new_maps(output_attentions)
         for kind, i in self.cross_modal_steps:

@@ -1,7 +1,7 @@
 """Model-agnostic building blocks shared by every mmbert model."""
 
 from mmbert.nn.attention import Attention, key_padding_bias
-from mmbert.nn.block import Block, CrossBlock
+from mmbert.nn.block import Block, CrossBlock, set_gradient_checkpointing
 from mmbert.nn.embeddings import TextEmbeddings
 from mmbert.nn.feedforward import FeedForward
 from mmbert.nn.heads import MLMHead, MLPClassifier, PairHead, Pooler, PredictionTransform, RegionHeads
@@ -24,4 +24,5 @@ __all__ = [
     "captioning_mask",
     "key_padding_bias",
     "seq2seq_mask",
+    "set_gradient_checkpointing",
 ]

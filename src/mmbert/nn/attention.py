@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmbert.nn.dropout import keep_mask
+
 
 def key_padding_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     """Turn a boolean attention mask, True = attend, into the additive bias SDPA takes.
@@ -103,6 +105,11 @@ class Attention(nn.Module):
                 scores = scores + bias
             probs = scores.softmax(dim=-1)
             out = F.dropout(probs, self.dropout, self.training) @ v
+        elif self.training and self.dropout > 0 and torch.is_grad_enabled() and q.device.type == "cpu":
+            # SDPA's fused CPU kernel has no dropout: it would fall back to its unfused path, which keeps
+            # scaled copies of q and k, the probabilities, float noise and the dropped probabilities.
+            # (CUDA's fused kernels do dropout themselves.)
+            out = dropout_attention(q, k, v, bias, self.dropout)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0
@@ -119,3 +126,48 @@ def unpack_rows(packed: Tensor, rows: Tensor | None) -> Tensor:
     full = packed.new_zeros(*rows.shape, packed.shape[-1])
     full[rows] = packed
     return full
+
+
+class _DropoutAttention(torch.autograd.Function):
+    """``(softmax(q k^T * s + bias) * keep / (1 - p)) v`` with a hand-written backward pass.
+
+    Keeps for the backward only q, k, v (views of the projection, alive anyway), the probabilities and
+    the boolean keep mask; the dropped probabilities are rebuilt from those two when needed. ``bias``
+    is a mask (it gets no gradient)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, p: float) -> Tensor:  # type: ignore[override]
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+        if bias is not None:
+            scores.add_(bias)
+        probs = scores.softmax(dim=-1)
+        del scores
+        keep = keep_mask(probs.shape, p, probs.device)
+        drop_scale = 1.0 / (1.0 - p)
+        out = torch.matmul(torch.where(keep, probs, 0.0).mul_(drop_scale), v)
+        ctx.save_for_backward(q, k, v, probs, keep)
+        ctx.scale, ctx.drop_scale = scale, drop_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:  # type: ignore[override]
+        q, k, v, probs, keep = ctx.saved_tensors
+        dropped = torch.where(keep, probs, 0.0).mul_(ctx.drop_scale)
+        grad_v = torch.matmul(dropped.transpose(-1, -2), grad)
+        del dropped
+        grad_probs = torch.where(keep, torch.matmul(grad, v.transpose(-1, -2)), 0.0).mul_(ctx.drop_scale)
+        # softmax backward: dS = P * (dP - sum(dP * P))
+        grad_scores = grad_probs.mul_(probs)
+        grad_scores.sub_(probs * grad_scores.sum(-1, keepdim=True))
+        grad_scores.mul_(ctx.scale)
+        grad_q = torch.matmul(grad_scores, k)
+        grad_k = torch.matmul(grad_scores.transpose(-1, -2), q)
+        return grad_q, grad_k, grad_v, None, None
+
+
+def dropout_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, p: float) -> Tensor:
+    """Attention with dropout on the probabilities, for training: q (B, H, T, Dh), k and v (B, H, S, Dh),
+    bias (B, 1, 1, S) or (B, 1, T, S) or None -> (B, H, T, Dh). The same distribution as SDPA's dropout
+    path, with a quarter of its saved activations (see ``_DropoutAttention``)."""
+    return _DropoutAttention.apply(q, k, v, bias, p)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from mmbert.nn.attention import Attention, unpack_rows
+from mmbert.nn.dropout import dropout
 from mmbert.nn.feedforward import FeedForward
+
+
+def run_sublayers(layer: nn.Module, need_weights: bool, *args: object) -> tuple[Tensor, Tensor | None]:
+    """``layer._sublayers(*args)``, recomputed in the backward pass instead of kept when the layer's
+    ``checkpointing`` is on (training with gradients; ``EncoderModel.set_gradient_checkpointing``).
+    The recomputation replays the same dropout masks (the RNG state is restored)."""
+    if layer.checkpointing and layer.training and torch.is_grad_enabled() and not need_weights:
+        return checkpoint(layer._sublayers, *args, use_reentrant=False)
+    return layer._sublayers(*args)
 
 
 class Block(nn.Module):
@@ -27,6 +38,7 @@ class Block(nn.Module):
         self.ffn = FeedForward(dim, ffn_dim)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.dropout = dropout
+        self.checkpointing = False
 
     def forward(
         self, x: Tensor, bias: Tensor | None = None, need_weights: bool = False, rows: Tensor | None = None
@@ -38,15 +50,15 @@ class Block(nn.Module):
         every projection and in the FFN: real positions get the same values, padded ones zeros.
         """
         if rows is not None and not need_weights:
-            return unpack_rows(self._sublayers(x[rows], bias, False, rows)[0], rows), None
-        return self._sublayers(x, bias, need_weights, None)
+            return unpack_rows(run_sublayers(self, False, x[rows], bias, False, rows)[0], rows), None
+        return run_sublayers(self, need_weights, x, bias, need_weights, None)
 
     def _sublayers(
         self, x: Tensor, bias: Tensor | None, need_weights: bool, rows: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
         h, probs = self.attn(x, bias=bias, need_weights=need_weights, rows=rows)
-        x = self.norm1(x + F.dropout(h, self.dropout, self.training))
-        x = self.norm2(x + F.dropout(self.ffn(x), self.dropout, self.training))
+        x = self.norm1(x + dropout(h, self.dropout, self.training))
+        x = self.norm2(x + dropout(self.ffn(x), self.dropout, self.training))
         return x, probs
 
 
@@ -74,6 +86,7 @@ class CrossBlock(nn.Module):
         self.ffn = FeedForward(dim, ffn_dim) if ffn_dim else None
         self.norm2 = nn.LayerNorm(dim, eps=eps) if ffn_dim else None
         self.dropout = dropout
+        self.checkpointing = False
 
     def forward(
         self,
@@ -86,14 +99,24 @@ class CrossBlock(nn.Module):
         """x (B, T, D) queries; context (B, S, Dc); bias (B, 1, 1, S) or (B, 1, T, S) over the context's keys.
         ``rows`` (bool (B, T), the real queries) skips the padded queries, as in ``Block``."""
         if rows is not None and not need_weights:
-            return unpack_rows(self._sublayers(x[rows], context, bias, False, rows)[0], rows), None
-        return self._sublayers(x, context, bias, need_weights, None)
+            return unpack_rows(run_sublayers(self, False, x[rows], context, bias, False, rows)[0], rows), None
+        return run_sublayers(self, need_weights, x, context, bias, need_weights, None)
 
     def _sublayers(
         self, x: Tensor, context: Tensor, bias: Tensor | None, need_weights: bool, rows: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
         h, probs = self.attn(x, context, bias=bias, need_weights=need_weights, rows=rows)
-        x = self.norm1(x + F.dropout(h, self.dropout, self.training))
+        x = self.norm1(x + dropout(h, self.dropout, self.training))
         if self.ffn is not None:
-            x = self.norm2(x + F.dropout(self.ffn(x), self.dropout, self.training))
+            x = self.norm2(x + dropout(self.ffn(x), self.dropout, self.training))
         return x, probs
+
+
+def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> int:
+    """Turn activation checkpointing on (or off) in every ``Block`` / ``CrossBlock`` inside ``module``:
+    each layer keeps only its input for the backward pass and recomputes the rest there (about a third
+    more compute for a fraction of the activation memory). Returns how many layers it changed."""
+    layers = [m for m in module.modules() if isinstance(m, (Block, CrossBlock))]
+    for layer in layers:
+        layer.checkpointing = enabled
+    return len(layers)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mmbert.nn.dropout import dropout
 
 
 class TextEmbeddings(nn.Module):
@@ -59,4 +60,4 @@ class TextEmbeddings(nn.Module):
     def forward(
         self, ids: Tensor, segment_ids: Tensor | None = None, positions: Tensor | None = None
     ) -> Tensor:
-        return F.dropout(self.norm(self.summed(ids, segment_ids, positions)), self.dropout, self.training)
+        return dropout(self.norm(self.summed(ids, segment_ids, positions)), self.dropout, self.training)

@@ -37,6 +37,7 @@ class TrainConfig:
     keep_last: int = 3  # step checkpoints kept, besides best.pt
     progress: bool = True  # tqdm progress bar on the main process
     find_unused_parameters: bool | None = None  # DDP: None = decide from the objectives' use of the heads
+    gradient_checkpointing: bool = False  # recompute each Transformer layer in backward: less memory, ~1/3 more compute
     dist_timeout_minutes: float = 5.0  # DDP: a collective waiting longer than this ends the job (names the rank)
 
     def __post_init__(self) -> None:

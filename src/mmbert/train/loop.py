@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmbert.atomic import atomic_write_text
 from mmbert.data.batch import Batch
 from mmbert.lock import PathLock
+from mmbert.nn.block import set_gradient_checkpointing
 from mmbert.objectives.base import LossOutput
 from mmbert.train import checkpoint as ckpt
 from mmbert.train.config import TrainConfig
@@ -108,6 +109,8 @@ def _train(task, dataset, collate_fn, config: TrainConfig, run_dir: Path, eval_d
     _seed_everything(config.seed + env.rank)
 
     task.to(env.device)
+    if config.gradient_checkpointing:
+        set_gradient_checkpointing(task, True)
     optimizer = build_optimizer(
         task, config.lr, config.weight_decay, (config.adam_beta1, config.adam_beta2), config.adam_eps
     )
