@@ -181,6 +181,9 @@ def main() -> None:
         return
 
     memory = None if args.no_memory else common.measure_memory(__file__, args, SHAPE_ARGS, checkpointing=True)
+    if args.memory_only:
+        print(json.dumps({"benchmark": "pretraining_step_memory", **common.worker_shape(args, SHAPE_ARGS), **memory}))
+        return
     with tempfile.TemporaryDirectory() as d:
         torch.manual_seed(0)
         transformers.LxmertForPreTraining(hf_config(args.preset)).save_pretrained(d)

@@ -181,6 +181,7 @@ def add_common_args(p, repeats: int) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory workers")
+    p.add_argument("--memory-only", action="store_true", help="only the peak-memory workers (no timing)")
     p.add_argument("--worker", choices=[MMBERT, HF], help="internal: one side's memory measurement")
     p.add_argument("--checkpointing", action="store_true", help="internal: the worker's mmbert side checkpoints")
 
@@ -225,6 +226,10 @@ def worker_args(args, names: Sequence[str]) -> list[str]:
     for name in names:
         out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return out + ["--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype]
+
+
+def worker_shape(args, names: Sequence[str]) -> dict:
+    return {name: getattr(args, name) for name in names} | {"device": args.device, "dtype": args.dtype}
 
 
 def measure_memory(script: str, args, shape_names: Sequence[str], checkpointing: bool) -> dict:
