@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,18 @@ class DataConfig:
     text_ratio: float | None = None  # text-only examples per caption example each step (with --text-corpus)
     cmcl_temperature: float = 0.07  # UNIMO's contrastive temperature (the paper does not state it)
     cmcl_negatives: int = 4  # UNIMO: rewritten hard negatives per caption (+ one similar caption)
+    skip_bad_records: bool = False  # scan the store first and leave out images with NaN/inf, flipped boxes ...
+
+    def __post_init__(self) -> None:
+        for name in ("mlm_prob", "region_prob", "match_prob"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"setting {name!r} is a probability, within [0, 1]; got {value!r}")
+        if self.max_regions < 1:
+            raise ValueError(f"setting 'max_regions' must be >= 1, got {self.max_regions}")
+        if self.max_text_length < 3:
+            raise ValueError(f"setting 'max_text_length' must be >= 3 ([CLS], a token, [SEP]), got "
+                             f"{self.max_text_length}")  # fmt: skip
 
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
@@ -162,6 +175,8 @@ def resolve_settings(args: argparse.Namespace) -> Resolved:
         elif key.startswith("weights."):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"setting {key!r} expects a number, got {value!r}")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"setting {key!r}: a loss weight must be finite and >= 0, got {value!r}")
             weights[key.split(".", 1)[1]] = float(value)
         elif key.startswith("model."):
             model[key.split(".", 1)[1]] = value
@@ -391,12 +406,19 @@ def _vl_data(args, settings: Resolved, tokenizer, config, recipe, corruption):
         raise ValueError("objective 'qa' needs question-answer data: pass --questions (and --answer-vocab)")
     _check_store(store[first_id], config, [o for o in objectives if not unimo or o in SINGLE_FORWARD], args.features)
     d = settings.data
-    data = CaptionDataset(args.captions, store, tokenizer, d.max_text_length, d.max_regions)
+    data = CaptionDataset(args.captions, store, tokenizer, d.max_text_length, d.max_regions,
+                          feat_dim=config.region_feat_dim, skip_bad_records=d.skip_bad_records)
+    if data.bad_records:
+        shown = "; ".join(f"{i}: {m}" for i, m in data.bad_records[:5])
+        print(f"skipped {len(data.bad_records)} images with bad features (skip_bad_records): {shown}"
+              f"{' ...' if len(data.bad_records) > 5 else ''}")  # fmt: skip
     if len(data) == 0:
         raise ValueError(f"{args.captions}: no caption has its image in {args.features}")
     eval_data = None
     if args.eval_captions:
-        eval_data = CaptionDataset(args.eval_captions, store, tokenizer, d.max_text_length, d.max_regions)
+        eval_data = CaptionDataset(args.eval_captions, store, tokenizer, d.max_text_length, d.max_regions,
+                                   feat_dim=config.region_feat_dim, skip_bad_records=d.skip_bad_records)
+    bad = {"bad_records_skipped": [list(b) for b in data.bad_records]}
 
     schedule = None
     ratio = corruption["mix_ratio"]
@@ -425,11 +447,11 @@ def _vl_data(args, settings: Resolved, tokenizer, config, recipe, corruption):
             seed = settings.train.seed + 1
             eval_set = read_unimo_corpora(eval_data, args, d, seed, config.region_overlap_ratio, False)
         corruption.update(mix_ratio=None, text_ratio=0.0)
-        return train_data, eval_set, objectives, {"region_rule": corruption["region_rule"]}
+        return train_data, eval_set, objectives, {"region_rule": corruption["region_rule"], **bad}
     train_data = corrupt(data, settings.train.seed, questions)
     eval_set = corrupt(eval_data, settings.train.seed + 1) if eval_data is not None else None
     extra = {"questions": args.questions, "answers": args.answers, "answer_vocab": args.answer_vocab,
-             "region_rule": corruption["region_rule"]}  # fmt: skip
+             "region_rule": corruption["region_rule"], **bad}  # fmt: skip
     text_ratio = corruption["text_ratio"]
     if args.text_corpus is not None or (d.text_ratio or 0) > 0:
         if args.text_corpus is None:

@@ -33,6 +33,7 @@ from mmbert.data.boxes import normalise_boxes
 from mmbert.data.captions import Caption, join_with_store, read_captions
 from mmbert.data.collate import collate_captions
 from mmbert.data.features.base import OPTIONAL_FIELDS, FeatureStoreError
+from mmbert.data.features.validate import training_problem
 from mmbert.data.tokenizer import Tokenizer
 
 
@@ -110,7 +111,13 @@ class CaptionDataset(Dataset):
     max_text_length: token budget including [CLS]/[SEP]; max_regions: regions kept per image (None = all).
     region_fields: the optional detector arrays to read (default all of ``OPTIONAL_FIELDS``; ``()`` reads
     only features and boxes, the fastest). Captions whose image the store lacks are left out and counted
-    in ``self.missing`` (and warned about once)."""
+    in ``self.missing`` (and warned about once).
+
+    Every record read is checked for what would break or poison training (NaN/inf, flipped boxes,
+    non-positive image sizes, a width other than ``feat_dim``): a bad one raises an error naming the
+    store and the image. ``skip_bad_records=True`` instead scans the store once up front and leaves
+    those images' captions out, listed in ``self.bad_records`` (image id, problem): the set is a function
+    of the store alone, so a resumed run skips exactly the same examples and keeps the same data order."""
 
     def __init__(
         self,
@@ -121,6 +128,8 @@ class CaptionDataset(Dataset):
         max_regions: int | None = 36,
         region_fields: Collection[str] = OPTIONAL_FIELDS,
         trust_pickle: bool = False,
+        feat_dim: int | None = None,
+        skip_bad_records: bool = False,
     ) -> None:
         if isinstance(store, (str, os.PathLike)):
             store = features_api.open(store, trust_pickle=trust_pickle)
@@ -131,14 +140,37 @@ class CaptionDataset(Dataset):
         self.max_text_length = max_text_length
         self.max_regions = max_regions
         self.region_fields = tuple(region_fields)
+        self.feat_dim = feat_dim
         self.captions, self.missing = join_with_store(captions, set(store.keys()))
         if self.missing:
             warnings.warn(f"{getattr(store, 'path', 'feature store')}: {self.missing}", stacklevel=2)
+        self.bad_records: list[tuple[str, str]] = []
+        if skip_bad_records:
+            self.bad_records = self._scan(dict.fromkeys(i for i, _ in self.captions))
+            bad = {i for i, _ in self.bad_records}
+            self.captions = [c for c in self.captions if c[0] not in bad]
         if hasattr(store, "close"):
             store.close()  # workers open their own handles; the parent re-opens lazily if it reads
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def _scan(self, image_ids: Iterable[str]) -> list[tuple[str, str]]:
+        """(image id, problem) for every unusable image among ``image_ids`` (features and boxes only)."""
+        from tqdm import tqdm
+
+        bad = []
+        ids = list(image_ids)
+        for image_id in tqdm(ids, desc="scan features", unit="img", disable=len(ids) < 10000):
+            try:
+                record = self.store.read(image_id, ()) if hasattr(self.store, "read") else self.store[image_id]
+            except FeatureStoreError as e:
+                bad.append((image_id, str(e)))
+                continue
+            problem = training_problem(record, self.feat_dim)
+            if problem is not None:
+                bad.append((image_id, problem))
+        return bad
 
     def encode_text(self, text: str) -> tuple[Tensor, Tensor, list[int | None]]:
         """Caption -> (text_ids (T,), segment_ids (T,), word_ids) with [CLS]/[SEP], truncated."""
@@ -158,7 +190,12 @@ class CaptionDataset(Dataset):
             record = self.store.read(image_id, fields)
         else:  # any mapping of image id -> RegionFeatures (e.g. a dict in tests)
             record = self.store[image_id]
-        regions = prepare_regions(record, self.max_regions, where=f"{getattr(self.store, 'path', '')}: ")
+        where = f"{getattr(self.store, 'path', 'feature store')}: "
+        problem = training_problem(record, self.feat_dim)
+        if problem is not None:
+            raise FeatureStoreError(f"{where}image {image_id!r}: {problem} (`mmbert features check` lists every "
+                                    "such record; skip_bad_records=true leaves them out)")  # fmt: skip
+        regions = prepare_regions(record, self.max_regions, where=where)
         if need_conf:
             regions.obj_conf = None
         return regions

@@ -138,3 +138,28 @@ def check_store(
             feat_dim = int(record.feats.shape[1])
         for message in check_record(record, feat_dim, min_boxes, max_boxes, tolerance):
             yield Problem(image_id, message)
+
+
+def training_problem(record: RegionFeatures, feat_dim: int | None = None) -> str | None:
+    """The first defect that would break or poison training (None = usable): NaN/inf features or boxes,
+    a box with x2 < x1 or y2 < y1, a non-positive image size, a feature width other than ``feat_dim``.
+    Cheaper than :func:`check_record` (no per-region listing), so it runs on every record read."""
+    h, w = record.image_size
+    if not (h > 0 and w > 0):
+        return f"image size (height={h}, width={w}) is not positive"
+    feats, boxes = np.asarray(record.feats), np.asarray(record.boxes)
+    if feats.ndim != 2:
+        return f"features have shape {feats.shape}, expected (boxes, width)"
+    if feat_dim is not None and len(feats) and feats.shape[1] != feat_dim:
+        return f"feature width {feats.shape[1]}, expected {feat_dim} (a record from another detector?)"
+    if not np.isfinite(feats).all():
+        return f"features contain NaN or inf in {_where(~np.isfinite(feats).all(axis=1))}"
+    if boxes.ndim != 2 or boxes.shape[1:] != (4,):
+        return f"boxes have shape {boxes.shape}, expected ({len(feats)}, 4)"
+    if not np.isfinite(boxes).all():
+        return f"boxes contain NaN or inf in {_where(~np.isfinite(boxes).all(axis=1))}"
+    flipped = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if flipped.any():
+        example = boxes[int(np.flatnonzero(flipped)[0])].tolist()
+        return f"box with x2 < x1 or y2 < y1 in {_where(flipped)} (e.g. {example})"
+    return None
