@@ -43,6 +43,13 @@ class CaptionFormatError(ValueError):
     """A caption file that does not follow its format; the message names the file and the record."""
 
 
+def _text(value: object, where: str) -> str:
+    """A caption must be text: an int or null would pass loading and fail (or mislead) later."""
+    if not isinstance(value, str):
+        raise CaptionFormatError(f"{where}: the caption must be a string, got {type(value).__name__} {value!r:.80}")
+    return value.strip()
+
+
 def read_coco_captions(path: str | os.PathLike, image_key: str = "id") -> Iterator[Caption]:
     """COCO captions JSON -> captions in annotation order. ``image_key``: "id" or "file_name" (stem)."""
     path = Path(path)
@@ -67,9 +74,9 @@ def read_coco_captions(path: str | os.PathLike, image_key: str = "id") -> Iterat
                 raise CaptionFormatError(
                     f"{path}: annotations[{i}] refers to image {raw_id!r}, absent from 'images'"
                 )
-            yield Caption(names[raw_id], text.strip())
+            yield Caption(names[raw_id], _text(text, f"{path}: annotations[{i}]"))
         else:
-            yield Caption(str(raw_id), text.strip())
+            yield Caption(str(raw_id), _text(text, f"{path}: annotations[{i}]"))
 
 
 def read_conceptual_captions(path: str | os.PathLike, image_key: str = "row") -> Iterator[Caption]:
@@ -135,7 +142,7 @@ def read_karpathy(
                 text = " ".join(sent.get("tokens", [])) if isinstance(sent, dict) else None
             if text is None:
                 raise CaptionFormatError(f"{path}: images[{i}] has a sentence without 'raw' or 'tokens'")
-            yield Caption(image_id, text.strip())
+            yield Caption(image_id, _text(text, f"{path}: images[{i}]"))
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[Caption]:
@@ -147,11 +154,12 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Caption]:
                 continue
             try:
                 item = json.loads(line)
-                yield Caption(str(item["image_id"]), str(item["caption"]).strip())
+                image_id, text = item["image_id"], item["caption"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise CaptionFormatError(
                     f"{path}: line {line_no}: expected {{'image_id', 'caption'}} ({e})"
                 ) from None
+            yield Caption(str(image_id), _text(text, f"{path}: line {line_no}"))
 
 
 def detect_caption_format(path: str | os.PathLike) -> str:
@@ -180,8 +188,12 @@ def detect_caption_format(path: str | os.PathLike) -> str:
 
 
 def read_captions(path: str | os.PathLike, format: str | None = None, **kwargs) -> Iterator[Caption]:
-    """Any supported caption file; ``format`` in ``CAPTION_FORMATS`` overrides the detection."""
-    fmt = format or detect_caption_format(path)
+    """Any supported caption file; ``format`` in ``CAPTION_FORMATS`` overrides the detection. A file that
+    is not UTF-8 is refused naming it (the decoder's own error names no file)."""
+    try:
+        fmt = format or detect_caption_format(path)
+    except UnicodeDecodeError as e:
+        raise CaptionFormatError(_not_utf8(path, e)) from None
     readers = {
         "coco": read_coco_captions,
         "cc": read_conceptual_captions,
@@ -190,7 +202,18 @@ def read_captions(path: str | os.PathLike, format: str | None = None, **kwargs) 
     }
     if fmt not in readers:
         raise ValueError(f"unknown caption format {fmt!r}; choose from {CAPTION_FORMATS}")
-    return readers[fmt](path, **kwargs)
+    return _naming_encoding_errors(readers[fmt](path, **kwargs), path)
+
+
+def _not_utf8(path: object, e: UnicodeDecodeError) -> str:
+    return f"{path}: not UTF-8 text ({e.reason}: byte {e.object[e.start : e.start + 1]!r}); re-encode it as UTF-8"
+
+
+def _naming_encoding_errors(captions: Iterator[Caption], path: object) -> Iterator[Caption]:
+    try:
+        yield from captions
+    except UnicodeDecodeError as e:
+        raise CaptionFormatError(_not_utf8(path, e)) from None
 
 
 @dataclass

@@ -18,19 +18,29 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise TaskDataError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise TaskDataError(not_utf8(path, e)) from None
+
+
+def not_utf8(path: Any, e: UnicodeDecodeError) -> str:
+    """The decoder's own message names no file."""
+    return f"{path}: not UTF-8 text ({e.reason}: byte {e.object[e.start : e.start + 1]!r}); re-encode it as UTF-8"
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) for every non-empty line."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise TaskDataError(f"{path}:{n}: not valid JSON ({e})") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise TaskDataError(f"{path}:{n}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise TaskDataError(not_utf8(path, e)) from None
     return out
 
 

@@ -47,6 +47,7 @@ from mmbert.tasks.base import (
     require_fields,
     write_json,
 )
+from mmbert.tasks.fields import text_field, xywh_box
 from mmbert.tasks.metrics import box_iou, grounding_accuracy, xywh_to_xyxy
 
 PAD_LOGIT = -10000.0
@@ -116,8 +117,9 @@ class RefExpTask(Task):
             raise TaskDataError(f"{paths['instances']}: not a COCO instances file (no 'annotations')")
         boxes = {}
         for i, a in enumerate(inst["annotations"]):
-            require_fields(a, ("id", "bbox"), f"{paths['instances']}: annotations[{i}]")
-            boxes[a["id"]] = xywh_to_xyxy(a["bbox"])
+            where = f"{paths['instances']}: annotations[{i}]"
+            require_fields(a, ("id", "bbox"), where)
+            boxes[a["id"]] = xywh_to_xyxy(xywh_box(a["bbox"], where))
         split = self.options.split
         records = []
         for i, r in enumerate(refs):
@@ -131,6 +133,7 @@ class RefExpTask(Task):
                 text = s.get("sent", s.get("raw")) if isinstance(s, Mapping) else None
                 if text is None:
                     raise TaskDataError(f"{where}.sentences[{j}]: missing field 'sent' (or 'raw')")
+                text = text_field({"sent": text}, "sent", f"{where}.sentences[{j}]")
                 records.append(
                     {
                         "ref_id": r["ref_id"],

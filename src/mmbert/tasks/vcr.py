@@ -49,6 +49,7 @@ from mmbert.tasks.base import (
     require_fields,
     write_json,
 )
+from mmbert.tasks.fields import token_list
 from mmbert.tasks.metrics import vcr_scores
 
 NUM_CHOICES = 4
@@ -121,9 +122,10 @@ class VCRTask(Task):
             if mode == "qa2r" and not all_answers:
                 require_fields(d, ("answer_label",), where)
             objects = d["objects"]
-            question = render(d["question"], objects, f"{where} question")
+            question = render(token_list(d["question"], "question", where), objects, f"{where} question")
             answers = [
-                render(a, objects, f"{where} answer_choices[{k}]") for k, a in enumerate(d["answer_choices"])
+                render(token_list(a, f"answer_choices[{k}]", where), objects, f"{where} answer_choices[{k}]")
+                for k, a in enumerate(d["answer_choices"])
             ]
             choices = answers
             label_field = "answer_label"

@@ -44,6 +44,7 @@ from mmbert.tasks.base import (
     require_fields,
     write_json,
 )
+from mmbert.tasks.fields import refuse_duplicates, text_field
 from mmbert.tasks.metrics import normalize_answer, vqa_evaluate, vqa_soft_scores
 
 
@@ -52,14 +53,23 @@ def read_answer_vocab(path: str | os.PathLike) -> list[str]:
     ``trainval_ans2label.json``). Labels must be 0..A-1 without gaps or repeats."""
     data = read_json(Path(path))
     if isinstance(data, list):
-        answers = [str(a) for a in data]
+        wrong = [(i, a) for i, a in enumerate(data) if not isinstance(a, str)]
+        if wrong:
+            raise TaskDataError(f"{path}: answers must be strings; entry {wrong[0][0]} is "
+                                f"{type(wrong[0][1]).__name__} {wrong[0][1]!r:.60}")  # fmt: skip
+        answers = list(data)
     elif isinstance(data, dict):
+        wrong = [(a, v) for a, v in data.items() if isinstance(v, bool) or not isinstance(v, int)]
+        if wrong:
+            raise TaskDataError(f"{path}: labels must be integers; answer {wrong[0][0]!r} has {wrong[0][1]!r:.60}")
         labels = sorted(data.values())
         if labels != list(range(len(labels))):
             raise TaskDataError(f"{path}: answer labels must be 0..{len(labels) - 1} without gaps or repeats")
         answers = [a for a, _ in sorted(data.items(), key=lambda kv: kv[1])]
     else:
         raise TaskDataError(f"{path}: expected a list of answers or an {{answer: label}} object")
+    if not answers:
+        raise TaskDataError(f"{path}: the answer vocabulary is empty")
     if len(set(answers)) != len(answers):
         raise TaskDataError(f"{path}: the answer vocabulary repeats answers")
     return answers
@@ -188,23 +198,31 @@ class VQATask(Task):
                 {
                     "question_id": q["question_id"],
                     "image": self._image_key(q["image_id"]),
-                    "question": q["question"],
+                    "question": text_field(q, "question", f"{path}: questions[{i}]"),
                 }
             )
+        refuse_duplicates(((q["question_id"], f"{path}: questions[{i}]") for i, q in enumerate(out)), "question_id")
         return out
 
     def _read_annotations(self, path: Path, records: list[dict]) -> dict:
         data = read_json(path)
         if not isinstance(data, dict) or "annotations" not in data:
             raise TaskDataError(f"{path}: not a VQA annotations file (no top-level 'annotations' list)")
-        anns = {}
+        anns: dict = {}
+        places: dict = {}
         for i, a in enumerate(data["annotations"]):
             where = f"{path}: annotations[{i}]"
             require_fields(a, ("question_id", "answers", "multiple_choice_answer"), where)
-            if not a["answers"]:
-                raise TaskDataError(f"{where}: empty 'answers' list")
+            if a["question_id"] in places:
+                refuse_duplicates([(a["question_id"], places[a["question_id"]]), (a["question_id"], where)],
+                                  "question_id")  # fmt: skip
+            places[a["question_id"]] = where
+            if not isinstance(a["answers"], list) or not a["answers"]:
+                raise TaskDataError(f"{where}: 'answers' must be a non-empty list")
             for j, h in enumerate(a["answers"]):
                 require_fields(h, ("answer",), f"{where}.answers[{j}]")
+                text_field(h, "answer", f"{where}.answers[{j}]")
+            text_field(a, "multiple_choice_answer", where)
             human = [h["answer"] for h in a["answers"]]
             anns[a["question_id"]] = {
                 "answers": a["answers"],
@@ -228,15 +246,20 @@ class VQATask(Task):
         records, anns = [], {}
         for i, d in enumerate(data):
             require_fields(d, ("question_id", "img_id", "sent"), f"{path}[{i}]")
-            records.append(
-                {"question_id": d["question_id"], "image": str(d["img_id"]), "question": d["sent"]}
-            )
+            records.append({"question_id": d["question_id"], "image": str(d["img_id"]),
+                            "question": text_field(d, "sent", f"{path}[{i}]")})  # fmt: skip
             if "label" in d:
+                label = d["label"]
+                if not isinstance(label, Mapping) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in label.values()
+                ):
+                    raise TaskDataError(f"{path}[{i}]: 'label' must be {{answer: score}}, got {label!r:.80}")
                 anns[d["question_id"]] = {
                     "scores": {str(k): float(v) for k, v in d["label"].items()},
                     "answer_type": d.get("answer_type", "unknown"),
                     "question_type": d.get("question_type", "unknown"),
                 }
+        refuse_duplicates(((r["question_id"], f"{path}[{i}]") for i, r in enumerate(records)), "question_id")
         if anns and len(anns) != len(records):
             raise TaskDataError(
                 f"{path}: {len(records) - len(anns)} items lack a 'label' while others have one"

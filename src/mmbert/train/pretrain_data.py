@@ -105,8 +105,10 @@ def read_pretraining_questions(
             if not isinstance(d, dict) or not {"img_id", "sent"} <= set(d):
                 raise ValueError(f"{path}[{i}]: a question needs 'img_id' and 'sent', got {d!r:.200}")
             label = d.get("label") or {}
+            if not isinstance(label, dict):
+                raise ValueError(f"{path}[{i}]: 'label' must be {{answer: score}}, got {label!r:.80}")
             scores = {index[a]: float(v) for a, v in label.items() if a in index}
-            items.append(QAItem(str(d["img_id"]), str(d["sent"]), scores))
+            items.append(QAItem(str(d["img_id"]), _text(d["sent"], f"{path}[{i}]: 'sent'"), scores))
         return items
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         raise ValueError(f"{path}: not a VQA questions file (no 'questions' list)")
@@ -118,16 +120,32 @@ def read_pretraining_questions(
     for i, a in enumerate(ann["annotations"]):
         if not isinstance(a, dict) or "question_id" not in a or not isinstance(a.get("answers"), list):
             raise ValueError(f"{ann_path}: annotations[{i}] needs 'question_id' and an 'answers' list")
+        if a["question_id"] in by_id:
+            raise ValueError(f"{ann_path}: annotations[{i}]: question_id {a['question_id']!r} is annotated twice")
         by_id[a["question_id"]] = a
+    seen = set()
     for i, q in enumerate(data["questions"]):
         if not isinstance(q, dict) or not {"question_id", "image_id", "question"} <= set(q):
             raise ValueError(f"{path}: questions[{i}] needs 'question_id', 'image_id' and 'question'")
         if q["question_id"] not in by_id:
             raise ValueError(f"{path}: question {q['question_id']} has no annotation in {ann_path}")
-        human = [normalize_answer(str(h.get("answer", ""))) for h in by_id[q["question_id"]]["answers"]]
+        if q["question_id"] in seen:
+            raise ValueError(f"{path}: questions[{i}]: question_id {q['question_id']!r} appears twice")
+        seen.add(q["question_id"])
+        answers_of = by_id[q["question_id"]]["answers"]
+        human = [normalize_answer(_text(h.get("answer") if isinstance(h, dict) else h,
+                                        f"{ann_path}: question {q['question_id']}: an answer"))
+                 for h in answers_of]  # fmt: skip
         scores = {index[a]: v for a, v in vqa_soft_scores(human).items() if a in index}
-        items.append(QAItem(str(q["image_id"]), str(q["question"]), scores))
+        items.append(QAItem(str(q["image_id"]), _text(q["question"], f"{path}: questions[{i}]: 'question'"), scores))
     return items
+
+
+def _text(value, where: str) -> str:
+    """A question or answer must be a string: an int or null would pass loading and fail (or mislead) later."""
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {type(value).__name__} {value!r:.80}")
+    return value
 
 
 def _read_json(path: Path):
@@ -137,6 +155,8 @@ def _read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason}); re-encode it as UTF-8") from None
 
 
 @dataclass
