@@ -86,6 +86,11 @@ _OS_ERROR_TEXTS = {
 def _disk_error(e: BaseException, target: Path) -> OSError | None:
     """safetensors, torch.save and h5py wrap a failed write in their own exception types (``os error 27``,
     ``PytorchStreamWriter failed writing file``); find the OS error inside so it is reported with the file."""
+    inner: BaseException | None = e
+    while inner is not None:  # torch.save: the OSError, then a RuntimeError from closing the zip writer
+        if isinstance(inner, OSError) and inner.errno:
+            return OSError(inner.errno, os.strerror(inner.errno), str(target))
+        inner = inner.__cause__ or inner.__context__
     text = str(e)
     match = re.search(r"os error (\d+)", text)
     code = int(match.group(1)) if match else next((c for t, c in _OS_ERROR_TEXTS.items() if t in text), None)

@@ -53,6 +53,47 @@ def score_setup(tmp: Path) -> list[str]:
             "--out", str(tmp / "out" / "metrics.json")]  # fmt: skip
 
 
+_WORLD: list[Path] = []  # one synthetic world per test process, made on first use (it takes seconds)
+
+
+def synthetic_world() -> Path:
+    if not _WORLD:
+        import atexit
+        import shutil
+        import tempfile
+
+        from mmbert.data.synthetic.generate import generate
+        from mmbert.data.synthetic.scenes import WorldConfig
+
+        root = Path(tempfile.mkdtemp(prefix="mmbert-faults-world-"))
+        atexit.register(shutil.rmtree, root, True)
+        generate(root, num_images=6, seed=0, config=WorldConfig(feat_dim=16, max_objects=3), render_images=False,
+                 nlvr2_pairs=0)  # fmt: skip
+        _WORLD.append(root)
+    return _WORLD[0]
+
+
+def pretrain_setup(tmp: Path) -> list[str]:
+    """A tiny pretrain run; the inputs exist only once a fault needs a real run (``_real_world``)."""
+    world = tmp / "no-world"
+    return ["pretrain", "--model", "uniter_tiny", "--captions", str(world / "captions_train.json"),
+            "--features", str(world / "features.tsv"), "--tokenizer", str(world), "--out", str(tmp / "out"),
+            "--batch-size", "2", "--max-steps", "2", "progress=false", "save_every=1",
+            "model.num_region_classes=6"]  # fmt: skip
+
+
+def _real_world(tmp: Path, argv: list[str]) -> list[str]:
+    world = synthetic_world()
+    vocab = len((world / "vocab.txt").read_text().splitlines())
+    return [a.replace(str(tmp / "no-world"), str(world)) for a in argv] + [f"model.vocab_size={vocab}"]
+
+
+def finetune_setup(tmp: Path) -> list[str]:
+    """Faults that must stop a fine-tuning run before it reads anything (the output is checked first)."""
+    return ["finetune", "--task", "vqa", "--init", "uniter_tiny", "--out", str(tmp / "out"), "--train",
+            f"questions={tmp / 'q.json'}", f"annotations={tmp / 'a.json'}"]  # fmt: skip
+
+
 def _out_is_a_file(tmp: Path, argv: list[str]) -> list[str]:
     (tmp / "out").write_text("I am a file")
     return argv
@@ -118,6 +159,16 @@ COMMAND_FAULTS: dict[str, tuple[Callable[[Path], list[str]], list[CommandFault]]
         CommandFault("ulimit -f (HDF5 crashed with SIGSEGV)", 9, lambda t, a: [*a[:3], str(t / "out.h5"), *a[4:]],
                      "file size limit",
                      subprocess=True, limit_file_bytes=3000),
+    ]),
+    "pretrain": (pretrain_setup, [
+        CommandFault("--out is a file", 9, _out_is_a_file, "a file stands where a directory is needed"),
+        CommandFault("read-only --out", 9, lambda t, a: a, "Read-only file system", read_only="out"),
+        CommandFault("ulimit -f (checkpoint write fails)", 9, _real_world, "file size limit", subprocess=True,
+                     limit_file_bytes=60000),
+    ]),
+    "finetune": (finetune_setup, [
+        CommandFault("--out is a file", 9, _out_is_a_file, "a file stands where a directory is needed"),
+        CommandFault("read-only --out", 9, lambda t, a: a, "Read-only file system", read_only="out"),
     ]),
     "score": (score_setup, [
         CommandFault("output folder is a file", 9, _out_is_a_file, "a file stands where a directory is needed"),

@@ -117,3 +117,22 @@ def test_a_vcr_question_given_as_a_plain_string_is_refused(tmp_path, tokenizer):
     path = write_vcr(tmp_path / "val.jsonl", bad={"question": "why is he standing?"})
     with pytest.raises(TaskDataError, match=r"val\.jsonl:3: 'question' must be a list of tokens"):
         VCRTask().load({"data": path}, tokenizer, make_store(["val-0", "val-1", "val-2"]))
+
+
+def test_a_bad_region_record_names_the_store_and_the_image(tmp_path, tokenizer):
+    """Item 10 (fine-tuning side): NaN features found while building a batch name the image."""
+    import numpy as np
+
+    files = write_official(tmp_path)
+    store = make_store([10, 11, 12, 13])
+    store["12"].feats[1, 3] = np.nan
+    ds = VQATask(min_answer_count=1).load(files, tokenizer, store)
+    with pytest.raises(TaskDataError, match=r"image '12': features contain NaN or inf in region 1"):
+        [ds[i] for i in range(len(ds))]
+
+
+@pytest.mark.parametrize("value", [0, -3, "36", True])
+def test_task_size_options_must_be_positive_integers(value):
+    """Item 11: max_regions <= 0 was accepted."""
+    with pytest.raises(TaskDataError, match="'max_regions' must be a positive integer"):
+        VQATask(max_regions=value)

@@ -74,6 +74,14 @@ class Task(ABC):
         if options is not None and not isinstance(options, self.options_class):
             raise TypeError(f"task {self.name!r} takes {self.options_class.__name__}, got {type(options).__name__}")
         self.options = options if options is not None else self.options_class(**self._checked(settings))
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """The size options every task shares are positive integers (``max_regions`` None = all)."""
+        for key in ("max_regions", "max_text_len"):
+            value = getattr(self.options, key, None)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise TaskDataError(f"task {self.name!r}: option {key!r} must be a positive integer, got {value!r}")
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -91,6 +99,7 @@ class Task(ABC):
     def update_options(self, **changes: Any) -> None:
         """Change some options by name (unknown names are refused, naming the valid ones)."""
         self.options = dataclasses.replace(self.options, **self._checked(changes))
+        self._check_sizes()
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable settings to rebuild this task (``Task(**state)``)."""

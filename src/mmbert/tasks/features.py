@@ -9,7 +9,8 @@ from typing import Any
 
 from mmbert.data import features as features_api
 from mmbert.data.batch import RegionFeatures
-from mmbert.tasks.records import LoadReport
+from mmbert.data.features.validate import training_problem
+from mmbert.tasks.records import LoadReport, TaskDataError
 
 
 def open_features(source: Any, trust_pickle: bool = False) -> Mapping[str, RegionFeatures]:
@@ -40,8 +41,15 @@ def check_feature_width(store: Mapping[str, RegionFeatures], config: Any, source
 def region_lookup(
     store: Mapping[str, RegionFeatures], image_id: str, max_regions: int | None
 ) -> RegionFeatures:
-    """``store[image_id]`` with at most ``max_regions`` regions (the detector's order, best first)."""
+    """``store[image_id]`` with at most ``max_regions`` regions (the detector's order, best first). A record
+    that would break or poison training (NaN/inf, flipped boxes, a non-positive size) names the store
+    and the image here, not as a batch position inside the model."""
     feats = store[image_id]
+    problem = training_problem(feats)
+    if problem is not None:
+        where = getattr(store, "path", "feature store")
+        raise TaskDataError(f"{where}: image {image_id!r}: {problem} (`mmbert features check` lists every such "
+                            "record)")  # fmt: skip
     if max_regions is not None and feats.num_regions > max_regions:
         keep = slice(0, max_regions)
         feats = RegionFeatures(
