@@ -128,7 +128,7 @@ def _dual_stream(fx: Fixture, model) -> Computed:
         if out.region_class_logits is not None
         else None,
     }
-    if hasattr(model.encoder, "text_pooler"):
+    if hasattr(model.encoder, "text_pooler"):  # ViLBERT, and VOLTA's fused pooler on single-stream models
         ours["pooled_text"] = model.encoder.text_pooler(enc.text)
         ours["pooled_vision"] = model.encoder.vision_pooler(enc.vision)
     for name, value in ours.items():

@@ -22,13 +22,19 @@ IDS = [str(p.relative_to(p.parents[1] if p.parent.name == "volta" else p.parent)
 
 
 def _unsupported_volta_layout(folder) -> bool:
-    """VOLTA layouts with shared sublayers (its LXMERT and single-stream controlled models): refused by
-    the loader until mmbert has their VOLTA embeddings and fused pooler (read from the fixture's config,
-    not its name)."""
+    """VOLTA layouts with shared sublayers other than the single-stream VisualBERT (its LXMERT, UNITER and
+    VL-BERT controlled models): refused by the loader until mmbert has their VOLTA embeddings (read from
+    the fixture's config, not its name)."""
     fx = read_fixture(folder)
     if not fx.meta["source"].startswith("volta"):
         return False
-    return bool(json.loads(fx.config.read_text()).get("shared_sublayers"))
+    from mmbert.convert.volta import SINGLE_STREAM
+
+    raw = json.loads(fx.config.read_text())
+    shared = raw.get("shared_sublayers")
+    return bool(shared) and not (
+        raw.get("image_embeddings") in SINGLE_STREAM and len(shared) == len(raw["t_ff_sublayers"]) * 2
+    )
 
 
 def _marks(folder):
@@ -150,17 +156,20 @@ def test_inspect_shows_the_detected_source():
 @pytest.mark.parametrize("folder", [f for f in FOLDERS if _unsupported_volta_layout(f)], ids=str)
 def test_unsupported_volta_layouts_are_refused_clearly(folder):
     fx = read_fixture(folder)
-    with pytest.raises(CheckpointError, match="VOLTA layout .* only ViLBERT-built layouts"):
+    with pytest.raises(CheckpointError, match="VOLTA layout .* the layouts that load"):
         load(fx)
 
 
-def test_ctrl_vilbert_preset_is_voltas_controlled_config():
-    """The VOLTA loader reads ctrl_vilbert_base.json's sublayer lists (recorded in the fixture's meta.json)
-    at base sizes into exactly the ``ctrl_vilbert`` preset."""
+@pytest.mark.parametrize("model", ["vilbert", "visualbert"])
+def test_ctrl_presets_are_voltas_controlled_configs(model):
+    """The VOLTA loader reads ctrl_<model>_base.json's sublayer lists (recorded in the fixture's meta.json)
+    at base sizes into exactly the ``ctrl_<model>`` preset."""
     from mmbert.convert import volta
     from mmbert.models import MODELS
 
-    fx = read_fixture(next(f for f in FOLDERS if read_fixture(f).meta["source"] == "volta/ctrl_vilbert_base"))
+    fx = read_fixture(
+        next(f for f in FOLDERS if read_fixture(f).meta["source"] == f"volta/ctrl_{model}_base")
+    )
     raw = json.loads(fx.config.read_text())
     raw.update(fx.meta["config"]["original_sublayer_lists"])
     raw.update(
@@ -176,8 +185,8 @@ def test_ctrl_vilbert_preset_is_voltas_controlled_config():
         vocab_size=30522,
         max_position_embeddings=512,
     )
-    config, _ = volta.config_from(raw, {}, "ctrl_vilbert_base.json", {})
-    assert config == MODELS["ctrl_vilbert"]()
+    config, _ = volta.config_from(raw, {}, f"ctrl_{model}_base.json", {})
+    assert config == MODELS[f"ctrl_{model}"]()
 
 
 def test_lxmert_file_exports_to_hugging_face_with_the_authors_outputs(tmp_path):

@@ -14,11 +14,14 @@ into mmbert's named blocks, one attention sublayer and the feed-forward after it
 * tv and vt, not shared (+ ff for both): a ViLBERT co-attention layer (text queries over ``v_key`` /
   ``v_value``, vision queries over ``key`` / ``value``, as volta/encoders.py ``BertGatedSelfAttention``).
 
-Layouts built from those blocks (ViLBERT: ``ctrl_vilbert_base``, ``vilbert_base``) load into
-``ViLBert``. The others (LXMERT's shared cross-attention sublayers, the single-stream models whose every
-sublayer is shared) are recognised and refused with a message saying what is missing: their VOLTA
-embeddings (5-d locations, the whole-image region first) and the fused ReLU pooler on
-[CLS] x whole-image region have no mmbert model yet.
+* tt, tv, vt and vv, shared, with a shared feed-forward: one single-stream ``Block`` over [text ; vision].
+
+Layouts built from the first kinds (``ctrl_vilbert_base``, ``vilbert_base``) load into ``ViLBert``; the
+single-stream ``ctrl_visualbert_base`` into ``VisualBert`` with the whole-image region first, VOLTA's
+fused ReLU pooler ([CLS] x whole-image region, ``pooling="volta"``) and its region head. The others
+(LXMERT's shared cross-attention sublayers; single-stream UNITER / VL-BERT, whose VOLTA embeddings
+differ from mmbert's: a separate image type table and 5-d locations, VOLTA's VL-BERT position shift) are
+recognised and refused with a message saying so.
 
 The matching head ``cls.bi_seq_relationship`` puts "matches" at index 0 (``is_match`` 0); rows swapped.
 """
@@ -29,18 +32,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from mmbert.config import ModelConfig
 from mmbert.convert.authors_common import bert_fields, require
 from mmbert.convert.common import CheckpointError, Rule, fused, hf_mlm_head, linear
 from mmbert.convert.hf_bert import hf_text_embeddings
 from mmbert.models.vilbert import ViLBertConfig
+from mmbert.models.visualbert import VisualBertConfig
 
 NAME = "volta"
 TITLE = "VOLTA (e-bug/volta: ctrl_* and original configs)"
 FILES = "pytorch_model_<epoch>.bin + config/ctrl_vilbert_base.json, vilbert_base.json, ..."
 SIGNATURE = "bert.encoder.layer.<n>.attention_self.*, .attention_output.v_dense (flat sublayers)"
 MATCH_ORDER = 0
+# single-stream VOLTA layouts mmbert reproduces, by their image_embeddings
+SINGLE_STREAM = ("visualbert",)
 LISTS = (
     "tt_attn_sublayers",
     "tv_attn_sublayers",
@@ -76,6 +84,17 @@ def plan(raw: Mapping[str, Any], source: str) -> list[Step]:
     tt, tv, vt, vv = (sets[f"{k}_attn_sublayers"] for k in ("tt", "tv", "vt", "vv"))
     t_ff, v_ff = sets["t_ff_sublayers"], sets["v_ff_sublayers"]
     depth = 1 + max(max(s) for s in sets.values() if s)
+    single = {"tt", "tv", "vt", "vv"}
+    if shared and len(shared) == depth and raw.get("image_embeddings") in SINGLE_STREAM:
+        steps = []
+        for i in range(0, depth, 2):
+            a = {name for name, s in (("tt", tt), ("tv", tv), ("vt", vt), ("vv", vv)) if i in s}
+            if a != single or i + 1 not in t_ff or i + 1 not in v_ff:
+                raise CheckpointError(
+                    f"{source}: single-stream sublayers {i}, {i + 1} are not attention + feed-forward"
+                )
+            steps.append(Step("joint", i, i + 1, i // 2))
+        return steps
     if shared:
         what = (
             "single-stream (every sublayer shared)"
@@ -84,8 +103,8 @@ def plan(raw: Mapping[str, Any], source: str) -> list[Step]:
         )
         raise CheckpointError(
             f"{source}: a {what} VOLTA layout ({raw.get('image_embeddings')} embeddings). mmbert has no model "
-            "with VOLTA's controlled embeddings (5-d locations, whole-image region first) and its fused ReLU pooler "
-            "for it yet; only ViLBERT-built layouts (ctrl_vilbert_base, vilbert_base) load"
+            "with these VOLTA embeddings yet; the layouts that load: ViLBERT-built (ctrl_vilbert_base, "
+            "vilbert_base) and single-stream visualbert (ctrl_visualbert_base)"
         )
     steps: list[Step] = []
     counts = {"text": 0, "vision": 0, "co": 0}
@@ -112,9 +131,12 @@ def plan(raw: Mapping[str, Any], source: str) -> list[Step]:
 
 def config_from(
     raw: Mapping[str, Any] | None, state: Mapping[str, Tensor], source: str, options: Mapping[str, Any]
-) -> ViLBertConfig:
+) -> tuple[ModelConfig, list[Step]]:
+    """The mmbert config and the block layout (``encoder_rules`` needs the sublayer ids)."""
     raw = require(raw, ("hidden_size", "tt_attn_sublayers", "image_embeddings"), source, "VOLTA")
     steps = plan(raw, source)
+    if steps and steps[0].kind == "joint":
+        return _single_stream_config(raw, state, steps, source), steps
     checks = {
         "image_embeddings": "vilbert",
         "num_locs": 5,
@@ -163,6 +185,37 @@ def config_from(
     return config, steps
 
 
+def _single_stream_config(
+    raw: Mapping[str, Any], state: Mapping[str, Tensor], steps: list[Step], source: str
+) -> VisualBertConfig:
+    """VOLTA's controlled VisualBERT: mmbert's VisualBERT with the whole-image region first, VOLTA's
+    fused ReLU pooler and its region head. Shared sublayers list each tensor under both names: checked
+    equal, loaded once."""
+    for key, want in {"add_global_imgfeat": "first", "fusion_method": "mul"}.items():
+        if raw.get(key, want) != want:
+            raise CheckpointError(f"{source}: {key} = {raw[key]!r}; mmbert reproduces {want!r} only")
+    for k, v in state.items():
+        if k.startswith("bert.encoder.layer.") and ".v_" in k:
+            text = k.replace(".v_", ".")
+            if text not in state or not torch.equal(state[text], v):
+                raise CheckpointError(f"{source}: shared sublayer key {k} differs from {text}")
+    if raw.get("pooler_size") != raw.get("v_pooler_size"):
+        raise CheckpointError(
+            f"{source}: pooler_size and v_pooler_size differ; the 'mul' fusion needs them equal"
+        )
+    classes = state.get("cls.imagePredictions.decoder_dict.0.weight")
+    return VisualBertConfig(
+        **{**bert_fields(raw), "num_layers": len(steps)},
+        region_feat_dim=raw["v_feature_size"],
+        special_visual_initialize=False,
+        global_region="first",
+        region_segment=1,  # VOLTA's VisualBertEmbeddings: visual token type 1, visual position 0
+        pooling="volta",
+        pooled_dim=raw["pooler_size"],
+        num_region_classes=classes.shape[0] if classes is not None else 1601,
+    )
+
+
 def _stream_block(ours: str, attn: int, ff: int, v: str) -> list[Rule]:
     """A ``Block`` from one stream's half of an attention and a feed-forward sublayer (``v`` = "" or "v_")."""
     a, f = f"bert.encoder.layer.{attn}", f"bert.encoder.layer.{ff}"
@@ -194,8 +247,23 @@ def _co_layer(ours: str, attn: int, ff: int) -> list[Rule]:
     return rules
 
 
-def encoder_rules(c: ViLBertConfig, steps: list[Step]) -> list[Rule]:
+def encoder_rules(c: ModelConfig, steps: list[Step]) -> list[Rule]:
     """``steps``: the layout ``config_from`` read (the config keeps no sublayer ids)."""
+    if isinstance(c, VisualBertConfig):
+        e = "bert.embeddings"
+        rules = [
+            *hf_text_embeddings("embeddings.text", e),
+            Rule("embeddings.visual_segment.weight", (f"{e}.token_type_embeddings_visual.weight",)),
+            Rule("embeddings.visual_position.weight", (f"{e}.position_embeddings_visual.weight",)),
+            *linear("embeddings.visual_proj", f"{e}.projection"),
+        ]
+        for s in steps:
+            rules += _stream_block(f"layers.{s.index}", s.attn, s.ff, "")
+        return (
+            rules
+            + linear("text_pooler.dense", "bert.t_pooler.dense")
+            + linear("vision_pooler.dense", "bert.v_pooler.dense")
+        )
     rules = hf_text_embeddings("embeddings", "bert.embeddings")
     rules += [
         *linear("region_embeddings.feat", "bert.v_embeddings.image_embeddings"),
@@ -231,4 +299,6 @@ def task_heads(c: ViLBertConfig, state: Mapping[str, Tensor]) -> dict[str, tuple
 def ignored(key: str) -> str | None:
     if key == "cls.predictions.decoder.weight":
         return "tied copy of the word embeddings"
+    if key.startswith("bert.encoder.layer.") and ".v_" in key:
+        return "shared sublayer: the same tensor as its text name (checked equal)"
     return None

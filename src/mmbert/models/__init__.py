@@ -27,6 +27,7 @@ MODELS: dict[str, Callable[[], ModelConfig]] = {
     "lxmert_base": lxmert.lxmert_base,
     "lxmert_tiny": lxmert.lxmert_tiny,
     "visualbert_base": visualbert.visualbert_base,
+    "ctrl_visualbert": visualbert.ctrl_visualbert,
     "visualbert_tiny": visualbert.visualbert_tiny,
     "unicoder_vl_base": unicoder_vl.unicoder_vl_base,
     "unicoder_vl_tiny": unicoder_vl.unicoder_vl_tiny,

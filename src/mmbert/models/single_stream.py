@@ -61,6 +61,16 @@ class SingleStreamModel(EncoderModel):
         )
         # VL-BERT's pre-training configs build no pooler (``with_pooler: false``): pooled is then [CLS]'s state
         self.pooler = Pooler(c.dim) if getattr(c, "with_pooler", True) else None
+        # VOLTA's controlled models (``pooling="volta"``): ReLU(Linear([CLS])) * ReLU(Linear(whole image))
+        if getattr(c, "pooling", "cls") == "volta":
+            if c.global_region != "first":
+                raise ValueError(
+                    f"{type(c).__name__}: pooling='volta' pools the whole-image region: global_region='first'"
+                )
+            width = c.pooled_dim or c.dim
+            self.pooler = None
+            self.text_pooler = Pooler(c.dim, width, activation="relu")
+            self.vision_pooler = Pooler(c.dim, width, activation="relu")
 
     def embed(
         self,
@@ -190,9 +200,15 @@ class SingleStreamModel(EncoderModel):
         return Encoded(
             text=x[:, :text_len],
             vision=x[:, text_len:],
-            pooled=self.pooler(x) if self.pooler is not None else x[:, 0],
+            pooled=self.pool(x, text_len),
             attentions=split_attention(maps, text_len) if output_attentions else None,
         )
+
+    def pool(self, x: Tensor, text_len: int) -> Tensor:
+        """tanh pooler on [CLS]; [CLS]'s state without a pooler; or VOLTA's fused product (B, pooled_dim)."""
+        if hasattr(self, "text_pooler"):
+            return self.text_pooler(x[:, :text_len]) * self.vision_pooler(x[:, text_len:])
+        return self.pooler(x) if self.pooler is not None else x[:, 0]
 
     def vision_mask(self, inputs: dict[str, Tensor]) -> Tensor:
         """Which elements of ``Encoded.vision`` are input regions (True) for these inputs: (B, R').

@@ -29,7 +29,7 @@ from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, init_heads
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.single_stream import SingleStreamModel
-from mmbert.nn import MLMHead, PairHead, TextEmbeddings
+from mmbert.nn import MLMHead, PairHead, RegionHeads, TextEmbeddings
 
 
 @dataclass
@@ -42,6 +42,11 @@ class VisualBertConfig(ModelConfig):
     # Row of the visual segment table regions use: 1 (Hugging Face); 0 in the original uclanlp
     # pre-training, whose data passes no visual token types (its checkpoints load with 0).
     region_segment: int = 1
+    # VOLTA's controlled VisualBERT: "volta" pooling (ReLU text x ReLU whole-image pooler, pooled_dim wide;
+    # needs global_region "first") and a region head over the detector's classes (0 = none, as the paper)
+    pooling: str = "cls"
+    pooled_dim: int = 0
+    num_region_classes: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +55,8 @@ class VisualBertConfig(ModelConfig):
             raise ValueError("VisualBertConfig.type_vocab_size must be >= 2 (regions use segment type 1)")
         if self.region_feat_dim <= 0:
             raise ValueError(f"VisualBertConfig.region_feat_dim must be positive, got {self.region_feat_dim}")
+        if self.pooling not in ("cls", "volta"):
+            raise ValueError(f"VisualBertConfig.pooling must be 'cls' or 'volta', got {self.pooling!r}")
         if not 0 <= self.region_segment < self.type_vocab_size:
             raise ValueError(
                 f"VisualBertConfig.region_segment {self.region_segment} is outside 0..{self.type_vocab_size - 1}"
@@ -106,9 +113,17 @@ class VisualBert(SingleStreamModel):
                 self.embeddings.visual_position.weight.copy_(self.embeddings.text.position.weight)
 
     def check_extra_inputs(
-        self, region_feats: Tensor, image_text_alignment: Tensor | None = None, **extra
+        self,
+        region_feats: Tensor,
+        image_text_alignment: Tensor | None = None,
+        global_feats: Tensor | None = None,
+        **extra,
     ) -> None:
         super().check_extra_inputs(region_feats, **extra)
+        if global_feats is not None and self.config.global_region == "none":
+            raise ValueError(
+                "global_feats given, but this VisualBERT has no whole-image region (global_region='none')"
+            )
         if image_text_alignment is None:
             return
         b, r = region_feats.shape[:2]
@@ -151,7 +166,11 @@ class VisualBert(SingleStreamModel):
         region objectives."""
         c = self.config
         heads = PretrainingHeads(
-            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps), pair=PairHead(c.dim)
+            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+            pair=PairHead((c.pooled_dim or c.dim) if c.pooling == "volta" else c.dim),
+            region=RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps)
+            if c.num_region_classes
+            else None,
         )
         init_heads(heads, c.init_std)
         return heads
@@ -227,6 +246,19 @@ class VisualBertTaskHead(nn.Module):
 def visualbert_base() -> VisualBertConfig:
     """VisualBERT-base with 2048-d detector features (the VQA checkpoints; MMF's default)."""
     return VisualBertConfig()
+
+
+def ctrl_visualbert() -> VisualBertConfig:
+    """VOLTA's controlled VisualBERT (config/ctrl_visualbert_base.json): BERT-base sizes, the whole-image
+    region first, pooled = ReLU(Linear([CLS])) * ReLU(Linear(whole image)) at 1024, and a region head over
+    the detector's 1601 classes (VOLTA's visual target 0)."""
+    return VisualBertConfig(
+        special_visual_initialize=False,
+        global_region="first",
+        pooling="volta",
+        pooled_dim=1024,
+        num_region_classes=1601,
+    )
 
 
 def visualbert_tiny() -> VisualBertConfig:
