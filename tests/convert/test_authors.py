@@ -160,7 +160,7 @@ def test_unsupported_volta_layouts_are_refused_clearly(folder):
         load(fx)
 
 
-@pytest.mark.parametrize("model", ["vilbert", "visualbert"])
+@pytest.mark.parametrize("model", ["vilbert", "visualbert", "uniter"])
 def test_ctrl_presets_are_voltas_controlled_configs(model):
     """The VOLTA loader reads ctrl_<model>_base.json's sublayer lists (recorded in the fixture's meta.json)
     at base sizes into exactly the ``ctrl_<model>`` preset."""

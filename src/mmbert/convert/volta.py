@@ -17,11 +17,11 @@ into mmbert's named blocks, one attention sublayer and the feed-forward after it
 * tt, tv, vt and vv, shared, with a shared feed-forward: one single-stream ``Block`` over [text ; vision].
 
 Layouts built from the first kinds (``ctrl_vilbert_base``, ``vilbert_base``) load into ``ViLBert``; the
-single-stream ``ctrl_visualbert_base`` into ``VisualBert`` with the whole-image region first, VOLTA's
-fused ReLU pooler ([CLS] x whole-image region, ``pooling="volta"``) and its region head. The others
-(LXMERT's shared cross-attention sublayers; single-stream UNITER / VL-BERT, whose VOLTA embeddings
-differ from mmbert's: a separate image type table and 5-d locations, VOLTA's VL-BERT position shift) are
-recognised and refused with a message saying so.
+single-stream ``ctrl_visualbert_base`` / ``ctrl_uniter_base`` into ``VisualBert`` / ``Uniter`` with the
+whole-image region first, VOLTA's fused ReLU pooler ([CLS] x whole-image region, ``pooling="volta"``)
+and its region head (UNITER also with 5-d locations, its own region type table, no mask embedding). The
+others (LXMERT's shared cross-attention sublayers; VL-BERT's VOLTA embeddings with their position shift)
+are recognised and refused with a message saying so.
 
 The matching head ``cls.bi_seq_relationship`` puts "matches" at index 0 (``is_match`` 0); rows swapped.
 """
@@ -39,6 +39,7 @@ from mmbert.config import ModelConfig
 from mmbert.convert.authors_common import bert_fields, require
 from mmbert.convert.common import CheckpointError, Rule, fused, hf_mlm_head, linear
 from mmbert.convert.hf_bert import hf_text_embeddings
+from mmbert.models.uniter import UniterConfig
 from mmbert.models.vilbert import ViLBertConfig
 from mmbert.models.visualbert import VisualBertConfig
 
@@ -48,7 +49,7 @@ FILES = "pytorch_model_<epoch>.bin + config/ctrl_vilbert_base.json, vilbert_base
 SIGNATURE = "bert.encoder.layer.<n>.attention_self.*, .attention_output.v_dense (flat sublayers)"
 MATCH_ORDER = 0
 # single-stream VOLTA layouts mmbert reproduces, by their image_embeddings
-SINGLE_STREAM = ("visualbert",)
+SINGLE_STREAM = ("visualbert", "uniter")
 LISTS = (
     "tt_attn_sublayers",
     "tv_attn_sublayers",
@@ -104,7 +105,7 @@ def plan(raw: Mapping[str, Any], source: str) -> list[Step]:
         raise CheckpointError(
             f"{source}: a {what} VOLTA layout ({raw.get('image_embeddings')} embeddings). mmbert has no model "
             "with these VOLTA embeddings yet; the layouts that load: ViLBERT-built (ctrl_vilbert_base, "
-            "vilbert_base) and single-stream visualbert (ctrl_visualbert_base)"
+            "vilbert_base) and single-stream visualbert / uniter (ctrl_visualbert_base, ctrl_uniter_base)"
         )
     steps: list[Step] = []
     counts = {"text": 0, "vision": 0, "co": 0}
@@ -204,6 +205,21 @@ def _single_stream_config(
             f"{source}: pooler_size and v_pooler_size differ; the 'mul' fusion needs them equal"
         )
     classes = state.get("cls.imagePredictions.decoder_dict.0.weight")
+    if raw.get("image_embeddings") == "uniter":
+        if raw.get("num_locs", 5) != 5:
+            raise CheckpointError(f"{source}: num_locs = {raw['num_locs']}; VOLTA's UNITER runs with 5")
+        return UniterConfig(
+            **{**bert_fields(raw), "num_layers": len(steps)},
+            region_feat_dim=raw["v_feature_size"],
+            num_region_classes=classes.shape[0] if classes is not None else 1601,
+            global_region="first",
+            location_dims=5,
+            own_region_segment=True,
+            mask_embedding=False,
+            pooling="volta",
+            pooled_dim=raw["pooler_size"],
+            region_head="volta",
+        )
     return VisualBertConfig(
         **{**bert_fields(raw), "num_layers": len(steps)},
         region_feat_dim=raw["v_feature_size"],
@@ -249,14 +265,25 @@ def _co_layer(ours: str, attn: int, ff: int) -> list[Rule]:
 
 def encoder_rules(c: ModelConfig, steps: list[Step]) -> list[Rule]:
     """``steps``: the layout ``config_from`` read (the config keeps no sublayer ids)."""
-    if isinstance(c, VisualBertConfig):
-        e = "bert.embeddings"
+    e = "bert.embeddings"
+    if isinstance(c, UniterConfig):  # VOLTA's UniterEmbeddings
+        rules = [
+            *hf_text_embeddings("embeddings.text", e),
+            *linear("embeddings.region.feat_proj", f"{e}.image_embeddings"),
+            *linear("embeddings.region.feat_norm", f"{e}.image_layer_norm"),
+            *linear("embeddings.region.loc_proj", f"{e}.image_location_embeddings"),
+            *linear("embeddings.region.loc_norm", f"{e}.image_location_layer_norm"),
+            *linear("embeddings.region.norm", f"{e}.v_LayerNorm"),
+            Rule("embeddings.region_segment.weight", (f"{e}.image_token_type_embeddings.weight",)),
+        ]
+    elif isinstance(c, VisualBertConfig):
         rules = [
             *hf_text_embeddings("embeddings.text", e),
             Rule("embeddings.visual_segment.weight", (f"{e}.token_type_embeddings_visual.weight",)),
             Rule("embeddings.visual_position.weight", (f"{e}.position_embeddings_visual.weight",)),
             *linear("embeddings.visual_proj", f"{e}.projection"),
         ]
+    if isinstance(c, (UniterConfig, VisualBertConfig)):
         for s in steps:
             rules += _stream_block(f"layers.{s.index}", s.attn, s.ff, "")
         return (

@@ -36,6 +36,7 @@ MODELS: dict[str, Callable[[], ModelConfig]] = {
     "vl_bert_tiny": vl_bert.vl_bert_tiny,
     "uniter_base": uniter.uniter_base,
     "uniter_large": uniter.uniter_large,
+    "ctrl_uniter": uniter.ctrl_uniter,
     "uniter_tiny": uniter.uniter_tiny,
     "unimo_base": unimo.unimo_base,
     "unimo_large": unimo.unimo_large,

@@ -27,7 +27,7 @@ from mmbert.data.boxes import location_features
 from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, init_heads
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.single_stream import SingleStreamModel
-from mmbert.nn import MLMHead, PairHead, PredictionTransform, TextEmbeddings
+from mmbert.nn import MLMHead, PairHead, PredictionTransform, RegionHeads, TextEmbeddings
 
 
 @dataclass
@@ -37,10 +37,25 @@ class UniterConfig(ModelConfig):
     region_feat_dim: int = 2048
     num_region_classes: int = 1601  # detector classes of the MRC head (Visual Genome 1600 + background)
     global_region: GlobalRegion = "none"
+    # VOLTA's controlled UNITER (config/ctrl_uniter_base.json) differs in five named ways, all off here:
+    location_dims: int = 7  # 7-d [x1, y1, x2, y2, w, h, w*h]; 5 = VOLTA's [x1, y1, x2, y2, area]
+    own_region_segment: bool = False  # regions' type-1 embedding from their own table (VOLTA), not the text's
+    mask_embedding: bool = True  # masked regions get a learned vector; False: zeroed features (VOLTA)
+    pooling: str = "cls"  # "volta": ReLU(Linear([CLS])) * ReLU(Linear(whole image)), pooled_dim wide
+    pooled_dim: int = 0
+    region_head: str = "uniter"  # "uniter": MRC + MRFR heads; "volta": one transform + a class decoder
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_global_region(self)
+        if self.location_dims not in (5, 7):
+            raise ValueError(f"UniterConfig.location_dims must be 5 or 7, got {self.location_dims}")
+        if self.pooling not in ("cls", "volta"):
+            raise ValueError(f"UniterConfig.pooling must be 'cls' or 'volta', got {self.pooling!r}")
+        if self.region_head not in ("uniter", "volta"):
+            raise ValueError(
+                f"UniterConfig.region_head must be 'uniter' or 'volta', got {self.region_head!r}"
+            )
         if self.type_vocab_size < 2:
             raise ValueError("UniterConfig.type_vocab_size must be >= 2 (regions use segment type 1)")
         for name in ("region_feat_dim", "num_region_classes"):
@@ -55,11 +70,17 @@ class UniterRegionEmbeddings(nn.Module):
         super().__init__()
         self.feat_proj = nn.Linear(c.region_feat_dim, c.dim)
         self.feat_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
-        self.loc_proj = nn.Linear(7, c.dim)
+        self.loc_proj = nn.Linear(c.location_dims, c.dim)
         self.loc_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
+        self.location = f"{c.location_dims}d"
         # model/model.py: nn.Embedding(2, img_dim, padding_idx=0) under init_weights, i.e. N(0, 0.02); its
-        # row 0 is zeroed at every forward, row 1 (this vector) is what a masked region receives
-        self.mask_embedding = nn.Parameter(torch.empty(c.region_feat_dim).normal_(0.0, c.init_std))
+        # row 0 is zeroed at every forward, row 1 (this vector) is what a masked region receives. VOLTA's
+        # controlled UNITER has none (``mask_embedding=False``): its masked regions are zeroed features.
+        self.mask_embedding = (
+            nn.Parameter(torch.empty(c.region_feat_dim).normal_(0.0, c.init_std))
+            if c.mask_embedding
+            else None
+        )
         self.norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
         self.dropout = c.dropout
 
@@ -67,9 +88,14 @@ class UniterRegionEmbeddings(nn.Module):
         """feats (B, R, F), boxes (B, R, 4), segment (D,), masked (B, R) -> (B, R, D)."""
         if masked is not None:
             m = masked[..., None]
-            feats = torch.where(m, self.mask_embedding.to(feats.dtype), feats)
+            fill = (
+                self.mask_embedding.to(feats.dtype)
+                if self.mask_embedding is not None
+                else feats.new_zeros(())
+            )
+            feats = torch.where(m, fill, feats)
         h = self.feat_norm(self.feat_proj(feats)) + self.loc_norm(
-            self.loc_proj(location_features(boxes, "7d"))
+            self.loc_proj(location_features(boxes, self.location))
         )
         return F.dropout(self.norm(h + segment), self.dropout, self.training)
 
@@ -79,10 +105,12 @@ class UniterEmbeddings(nn.Module):
         super().__init__()
         self.text = TextEmbeddings.from_config(c)
         self.region = UniterRegionEmbeddings(c)
+        self.region_segment = nn.Embedding(c.type_vocab_size, c.dim) if c.own_region_segment else None
 
     def forward(self, text_ids, segment_ids, feats, boxes, masked=None) -> Tensor:
         text = self.text(text_ids, segment_ids)
-        vision = self.region(feats, boxes, self.text.segment.weight[1], masked)
+        table = self.region_segment if self.region_segment is not None else self.text.segment
+        vision = self.region(feats, boxes, table.weight[1], masked)
         return torch.cat([text, vision], dim=1)
 
 
@@ -116,12 +144,16 @@ class Uniter(SingleStreamModel):
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         c = self.config
+        if c.region_head == "volta":
+            region: nn.Module = RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps)
+        else:
+            region = UniterRegionHeads(
+                c.dim, c.num_region_classes, self.embeddings.region.feat_proj, c.layer_norm_eps
+            )
         heads = PretrainingHeads(
             mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
-            pair=PairHead(c.dim),
-            region=UniterRegionHeads(
-                c.dim, c.num_region_classes, self.embeddings.region.feat_proj, c.layer_norm_eps
-            ),
+            pair=PairHead((c.pooled_dim or c.dim) if c.pooling == "volta" else c.dim),
+            region=region,
         )
         init_heads(heads, c.init_std)
         return heads
@@ -150,6 +182,21 @@ def uniter_base() -> UniterConfig:
 def uniter_large() -> UniterConfig:
     """UNITER-large (uniter-large.pt, config/uniter-large.json): 24 layers x 1024, 16 heads, FFN 4096."""
     return UniterConfig(dim=1024, num_heads=16, num_layers=24, ffn_dim=4096, vocab_size=UNITER_VOCAB)
+
+
+def ctrl_uniter() -> UniterConfig:
+    """VOLTA's controlled UNITER (config/ctrl_uniter_base.json): BERT-base sizes, the whole-image region
+    first, 5-d locations, its own region type table, no mask embedding, the fused ReLU pooler at 1024 and
+    a 1601-class region head (VOLTA's visual target 0)."""
+    return UniterConfig(
+        global_region="first",
+        location_dims=5,
+        own_region_segment=True,
+        mask_embedding=False,
+        pooling="volta",
+        pooled_dim=1024,
+        region_head="volta",
+    )
 
 
 def uniter_tiny() -> UniterConfig:
