@@ -89,7 +89,7 @@ def ensure_world(cache: Path, plan: DemoPlan, seed: int) -> Path:
     from mmbert.data.synthetic import WorldConfig, generate
 
     config = WorldConfig(feat_dim=plan.feat_dim, max_objects=plan.max_objects, max_extra_regions=2)
-    path = cache / f"world-s{seed}-n{plan.images}-f{plan.feat_dim}-o{plan.max_objects}-v3"
+    path = cache / f"world-s{seed}-n{plan.images}-f{plan.feat_dim}-o{plan.max_objects}-v4"
     if (path / "manifest.json").exists():
         return path
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

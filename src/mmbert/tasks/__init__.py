@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mmbert.tasks.base import Example, LoadReport, Task, TaskDataError, TaskDataset, TaskModel, View, collate
 from mmbert.tasks.caption import CaptionTask
+from mmbert.tasks.flickr30k_entities import Flickr30KEntitiesTask
 from mmbert.tasks.gqa import GQATask
 from mmbert.tasks.nlvr2 import NLVR2Task
 from mmbert.tasks.refexp import RefExpTask
@@ -25,11 +26,13 @@ TASKS: dict[str, type[Task]] = {
     "caption": CaptionTask,
     "gqa": GQATask,
     "snli-ve": SNLIVETask,
+    "flickr30k-entities": Flickr30KEntitiesTask,
 }
 
 __all__ = [
     "TASKS",
     "CaptionTask",
+    "Flickr30KEntitiesTask",
     "GQATask",
     "SNLIVETask",
     "Example",

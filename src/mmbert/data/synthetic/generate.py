@@ -15,6 +15,10 @@
     nlvr2/features.tsv, nlvr2/images/ the pair images "<split>-<k>-0-img0/1"
     refcoco/refs.json, refcoco/instances.json   RefCOCO refs (the refs(unc).p list as JSON) + COCO instances
     vcr/{train,val,test}.jsonl        VCR-style multiple choice (objects = detected regions, by index)
+    gqa/{train,valid,testdev}.json    GQA in LXMERT's JSON (+ trainval_ans2label.json); the official
+    gqa/*_balanced_questions.json     balanced-questions files with each question's program
+    snli_ve/snli_ve_{train,dev,test}.jsonl     SNLI-VE (entailment / neutral / contradiction hypotheses)
+    flickr30k_entities/Sentences/<id>.txt, Annotations/<id>.xml, {train,val,test}.txt   phrase boxes
 
 Image ids are integers (store keys ``str(id)``, VOLTA's convention); the three splits are cut from the
 image order (10 % val, 10 % test). Each image draws from its own (seed, index, stream) generator.
@@ -31,6 +35,7 @@ from pathlib import Path
 from mmbert.atomic import atomic_write_text
 from mmbert.data import features as feature_stores
 from mmbert.data.synthetic.detector import ATTRIBUTES, DETECTOR_CLASSES, Detections, Detector
+from mmbert.data.synthetic.field_tasks import field_texts, write_field_tasks
 from mmbert.data.synthetic.language import (
     ANSWER_TYPES,
     NUMBER_WORDS,
@@ -52,6 +57,7 @@ REFCOCO_SPLITS = {"train": "train", "val": "val", "test": "testB"}
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # streams of the per-image generators
 _SCENE, _DETECT, _CAPTION, _QUESTION, _REF, _VCR, _NLVR2 = range(7)
+_FIELD_PROBE = 23  # the vocabulary probe's stream for the GQA / SNLI-VE / Flickr30K Entities language
 _NLVR2_OFFSET = 10_000_000  # scene indices of NLVR2 pair images, apart from the main images
 
 
@@ -120,6 +126,8 @@ def vocabulary(config: WorldConfig | None = None) -> list[str]:
         if item is not None:
             for seq in [item.question, *item.answer_choices, *item.rationale_choices]:
                 texts.append(" ".join(t for t in seq if isinstance(t, str)))
+        if i < 60:  # their closed word lists are covered by far fewer scenes
+            texts += field_texts(scene, rng_for(0, i, _FIELD_PROBE))
         for t in texts:
             found.update(words(t))
     found.update([*SHAPES, *(plural(s) for s in SHAPES), *COLOURS, *SIZES, *NUMBER_WORDS])
@@ -181,6 +189,7 @@ def generate(
                                for k, name in enumerate(DETECTOR_CLASSES) if k > 0]  # fmt: skip
     vcr = {s: [] for s in SPLITS}
     sent_id = ref_sent_id = ann_id = 0
+    field_scenes = []  # (image id, split, scene, first caption) for GQA, SNLI-VE and Flickr30K Entities
     for index in range(num_images):
         image_id = index + 1
         split = split_of(index, num_images)
@@ -198,6 +207,7 @@ def generate(
         image_info = {"id": image_id, "file_name": name, "width": scene.width, "height": scene.height}
         # captions: COCO JSON and the Karpathy split
         caps = world.captions(scene, index)
+        field_scenes.append((image_id, split, scene, caps[0]))
         coco[split]["images"].append(image_info)
         sentences = []
         for c in caps:
@@ -269,6 +279,7 @@ def generate(
     _dump({"images": karpathy, "dataset": "synthetic"}, out / "dataset_synthetic.json")
     answers = [*COLOURS, *SHAPES, *(str(k) for k in range(cfg.max_objects + 2)), "yes", "no"]
     _dump(answers, out / "vqa" / "answers.json")
+    field_counts = write_field_tasks(out, field_scenes, seed, rng_for)
     _dump(refs, out / "refcoco" / "refs.json")
     _dump(instances, out / "refcoco" / "instances.json")
 
@@ -303,7 +314,9 @@ def generate(
         _write_store(out / "nlvr2" / "features.tsv", pair_records)
 
     files = sorted(
-        str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.parent.name != "images"
+        str(p.relative_to(out))
+        for p in out.rglob("*")
+        if p.is_file() and p.parent.name not in ("images", "Sentences", "Annotations")
     )
     manifest = {
         "format": "mmbert-synthetic/1",
@@ -314,6 +327,7 @@ def generate(
         "splits": {s: sum(1 for i in range(num_images) if split_of(i, num_images) == s) for s in SPLITS},
         "counts": {"captions": sent_id, "vqa_questions": {s: len(v) for s, v in vqa_q.items()}, "refs": len(refs),
                    "vcr": {s: len(v) for s, v in vcr.items()}, "nlvr2": {s: len(v) for s, v in nlvr2.items()}},
+        "field_tasks": field_counts,
         "files": [*files, "manifest.json"],
     }  # fmt: skip
     _dump(manifest, out / "manifest.json")
