@@ -8,6 +8,8 @@ import pytest
 import torch
 from tasks.task_fixtures import make_store, tiny_encoder, vl_tiny_presets
 from tasks.test_caption import coco_file
+from tasks.test_flickr30k_entities import store as flickr_store
+from tasks.test_flickr30k_entities import write_files as write_flickr
 from tasks.test_gqa_snli_ve import GQA, SNLI_VE
 from tasks.test_nlvr2 import all_images
 from tasks.test_nlvr2 import write_jsonl as write_nlvr2
@@ -40,6 +42,8 @@ def task_setup(name, tmp_path):
     if name == "snli-ve":
         (tmp_path / "ve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SNLI_VE + SNLI_VE))
         return TASKS[name](), {"jsonl": tmp_path / "ve.jsonl"}, make_store(["1", "2", "3"]), (2, 3)
+    if name == "flickr30k-entities":
+        return TASKS[name](max_regions=None), write_flickr(tmp_path), flickr_store(), None
     assert name == "vcr", f"add task {name!r} to task_setup"
     return (
         TASKS[name](),
@@ -61,7 +65,7 @@ def test_task_head_on_every_model(tmp_path, tokenizer, preset, task_name):
         return
     model = TaskModel(encoder, task.build_head(encoder))
     batch = collate([ds[0], ds[3]] if task_name != "retrieval" else [ds[0], ds[1], ds[2], ds[3]])
-    if task_name in ("retrieval", "caption"):
+    if task_name in ("retrieval", "caption", "flickr30k-entities"):
         out = task.model_step(model, batch)  # retrieval: 4 captions x (1 positive + 1 negative)
     else:
         logits = model(batch)

@@ -43,6 +43,7 @@ from mmbert.tasks.base import (
     Task,
     TaskDataError,
     TaskDataset,
+    TaskOptions,
     View,
     check_images,
     input_regions,
@@ -189,6 +190,17 @@ class PhraseRegionHead(nn.Module):
         return scores.masked_fill(~batch.region_mask, PAD_LOGIT)
 
 
+@dataclass
+class Flickr30KEntitiesOptions(TaskOptions):
+    max_regions: int | None = 100
+    iou_threshold: float = 0.5  # a region grounds a phrase at IoU >= this (training target and R@K)
+    gt_boxes: str = "union"  # an entity's boxes: "union" (the benchmark's protocol) or "any" of them
+
+    def __post_init__(self) -> None:
+        if self.gt_boxes not in ("union", "any"):
+            raise ValueError(f"gt_boxes must be 'union' or 'any', got {self.gt_boxes!r}")
+
+
 class Flickr30KEntitiesTask(Task):
     name = "flickr30k-entities"
     files = {
@@ -198,19 +210,8 @@ class Flickr30KEntitiesTask(Task):
     }
     prediction_file = "flickr30k_entities_predictions.json"
     main_metric = "r@1"
-
-    def __init__(
-        self,
-        max_text_len: int = 40,
-        max_regions: int | None = 100,
-        iou_threshold: float = 0.5,
-        gt_boxes: str = "union",
-        trust_pickle: bool = False,
-    ) -> None:
-        if gt_boxes not in ("union", "any"):
-            raise ValueError(f"gt_boxes must be 'union' or 'any', got {gt_boxes!r}")
-        super().__init__(max_text_len=max_text_len, max_regions=max_regions, iou_threshold=iou_threshold,
-                         gt_boxes=gt_boxes, trust_pickle=trust_pickle)  # fmt: skip
+    options_class = Flickr30KEntitiesOptions
+    options: Flickr30KEntitiesOptions
 
     def _records(self, files: Mapping[str, Any], report: LoadReport) -> list[dict]:
         paths = self.require_files(files, "sentences", "annotations", "images")
@@ -235,7 +236,7 @@ class Flickr30KEntitiesTask(Task):
                     gt = boxes[p.entity_id]
                     records.append({"image": image, "sentence": sentence, "line": line, "entity_id": p.entity_id,
                                     "phrase": p.text, "span": (p.start, p.end),
-                                    "gt": [union_box(gt)] if self.options["gt_boxes"] == "union" else gt})  # fmt: skip
+                                    "gt": [union_box(gt)] if self.options.gt_boxes == "union" else gt})  # fmt: skip
         return records
 
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
@@ -243,13 +244,13 @@ class Flickr30KEntitiesTask(Task):
             raise TaskDataError("phrase grounding needs a feature store (the candidate regions)")
         report = LoadReport()
         records = self._records(files, report)
-        store = open_features(features, self.options["trust_pickle"])
+        store = open_features(features, self.options.trust_pickle)
         missing = check_images([r["image"] for r in records], store, report, "flickr30k-entities")
         records = [r for r in records if r["image"] not in missing]
         max_len, max_regions, thr = (
-            self.options["max_text_len"],
-            self.options["max_regions"],
-            self.options["iou_threshold"],
+            self.options.max_text_len,
+            self.options.max_regions,
+            self.options.iou_threshold,
         )
         kept = []
         for r in records:  # phrases cut off by max_text_len cannot be grounded: counted, not kept
@@ -313,7 +314,7 @@ class Flickr30KEntitiesTask(Task):
     def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
         """KL(uniform over regions at IoU >= threshold || softmax over the real regions), mean over phrases
         that have such regions."""
-        positive = (batch.labels >= self.options["iou_threshold"]) & batch.region_mask
+        positive = (batch.labels >= self.options.iou_threshold) & batch.region_mask
         counts = positive.sum(1, keepdim=True)
         target = positive.float() / counts.clamp(min=1)
         logp = logits.float().log_softmax(1)
@@ -357,11 +358,11 @@ class Flickr30KEntitiesTask(Task):
         return metrics, predictions
 
     def score(self, predictions: list[dict], dataset: TaskDataset) -> dict[str, Any]:
-        thr = self.options["iou_threshold"]
+        thr = self.options.iou_threshold
         out = recall_at_k([p["ious"] for p in predictions], thr)
         out["chance"] = chance_recall([p["all_ious"] for p in predictions if "all_ious" in p], thr)
         out.update(
-            {"num_phrases": len(predictions), "iou_threshold": thr, "gt_boxes": self.options["gt_boxes"]}
+            {"num_phrases": len(predictions), "iou_threshold": thr, "gt_boxes": self.options.gt_boxes}
         )
         return out
 
