@@ -14,6 +14,7 @@ from mmbert.commands import (
     evaluate,
     extract,
     features,
+    field_tasks,
     finetune,
     inspect,
     models,
@@ -22,7 +23,20 @@ from mmbert.commands import (
     synthetic,
 )
 
-COMMANDS = [models, inspect, convert, demo, features, extract, synthetic, pretrain, finetune, evaluate, score]
+COMMANDS = [
+    models,
+    inspect,
+    convert,
+    demo,
+    field_tasks,
+    features,
+    extract,
+    synthetic,
+    pretrain,
+    finetune,
+    evaluate,
+    score,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from mmbert.generation import GenerationConfig
 from mmbert.tasks import CaptionTask, TaskModel
 from mmbert.tasks.base import TaskDataError, collate, loader
 
-SINGLE_STREAM = ["visualbert_tiny", "uniter_tiny", "vl_bert_tiny", "unicoder_vl_tiny"]
+CAPTIONERS = ["visualbert_tiny", "uniter_tiny", "vl_bert_tiny", "unicoder_vl_tiny", "unimo_tiny"]
 CAPTIONS = [
     "a red car next to a blue dog .",
     "the man is holding an umbrella",
@@ -35,7 +35,7 @@ def task_and_data(tmp_path, tokenizer, **options):
     return task, data
 
 
-@pytest.mark.parametrize("name", SINGLE_STREAM)
+@pytest.mark.parametrize("name", CAPTIONERS)
 def test_decoding_step_equals_teacher_forcing(name, tmp_path, tokenizer):
     """Under the captioning mask, position i's logits depend on the regions and tokens <= i only: the
     decoder's step (the caption so far) gives exactly the teacher-forced logits, and later tokens change nothing."""

@@ -182,6 +182,7 @@ class Unimo(EncoderModel):
     masked_region_input = True
     # Input kinds beyond image-text pairs (the shared registry tests run each).
     unimodal_inputs: ClassVar[tuple[str, ...]] = ("text", "image")
+    vision_first: ClassVar[bool] = True  # the joint sequence is [vision ; tags ; text] (masks are built in that order)
 
     def __init__(self, config: UnimoConfig) -> None:
         super().__init__(config)

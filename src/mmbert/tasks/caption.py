@@ -1,9 +1,9 @@
-"""Image captioning: a single-stream encoder generates the caption through the captioning attention mask.
+"""Image captioning: a single-stream encoder (or UNIMO) generates the caption through the captioning mask.
 
-The joint sequence is ``[caption ; regions]``: the regions (and the whole-image region or [END] a model
-adds) see each other only, caption tokens see every region and the earlier caption tokens
-(``mmbert.nn.masks.captioning_mask(..., caption_first=True)``: Unified VLP, Zhou et al. 2020, arXiv
-1909.11059; UNIMO's ``img2txt`` mask, PaddlePaddle/Research ``NLP/UNIMO/src/reader/img2txt_reader.py``).
+The joint sequence is ``[caption ; regions]`` (UNIMO: ``[regions ; caption]``, its ``vision_first``): the
+regions (and the whole-image region or [END] a model adds) see each other only, caption tokens see every
+region and the earlier caption tokens (``mmbert.nn.masks.captioning_mask``: Unified VLP, Zhou et al. 2020,
+arXiv 1909.11059; UNIMO's ``img2txt`` mask, PaddlePaddle/Research ``NLP/UNIMO/src/reader/img2txt_reader.py``).
 The caption is ``[CLS] w_1 .. w_n [SEP]``; [SEP] is the end token. The head is the MLM head, tied to the
 word embeddings (started from the pre-trained one when fine-tuning from a pre-training checkpoint).
 
@@ -88,7 +88,8 @@ def caption_visibility(encoder: EncoderModel, inputs: Mapping[str, Tensor]) -> T
     vision_len = encoder.vision_mask(dict(inputs)).shape[1]
     text_mask = inputs["text_mask"]
     visual = torch.ones(text_mask.shape[0], vision_len, dtype=torch.bool, device=text_mask.device)
-    return captioning_mask(text_mask, visual, caption_first=True)
+    # single-stream models join [text ; vision]; UNIMO joins [vision ; text] (``vision_first``)
+    return captioning_mask(text_mask, visual, caption_first=not getattr(encoder, "vision_first", False))
 
 
 def fixed_text_window(inputs: dict[str, Tensor], length: int, pad_id: int) -> dict[str, Tensor]:
