@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 import mmbert
+from mmbert.convert import CheckpointError
 from mmbert.data.batch import Batch
 from mmbert.tasks.checkpoint_heads import heads_from_checkpoint
 from mmbert.tasks.retrieval import match_score
@@ -346,7 +347,12 @@ def main() -> int:
     print(f"{'fixture':<32} {'output':<22} {'max abs diff':>12}")
     for folder in fixture_dirs():
         fx = read_fixture(folder)
-        for name, d in compare(fx).items():
+        try:
+            diffs = compare(fx)
+        except CheckpointError as e:  # a layout the loader refuses (VOLTA's ctrl_lxmert / ctrl_vl-bert)
+            print(f"{fx.name:<32} refused: {str(e).split(': ', 2)[-1][:90]}")
+            continue
+        for name, d in diffs.items():
             worst = max(worst, d)
             print(f"{fx.name:<32} {name:<22} {d:>12.3e}")
     print(f"worst: {worst:.3e} (tolerance {TOLERANCE:g})")
