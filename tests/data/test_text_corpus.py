@@ -149,3 +149,58 @@ def test_mixer_adds_a_text_batch_per_step_by_ratio_and_by_step(tokenizer):
         mixer[3]
     with pytest.raises(ValueError, match="positive"):
         TextStreamMixer(_Main(), text, ratio=0)
+
+
+class _Texts(torch.utils.data.Dataset):
+    """A stand-in text-only stream of 64 examples (each is its own index)."""
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, index):
+        return index
+
+    @property
+    def collate(self):
+        return list
+
+
+class _LongMain(_Main):
+    def __len__(self) -> int:
+        return 24  # three steps of 2 ranks x 2 micro-batches x 2 examples
+
+
+def _trainer_text_keys(world_size: int, grad_accum: int, epoch: int = 0, offset: int = 0) -> dict:
+    """(rank, step) -> the text ids each of that rank's micro-batches gets, as the trainer asks for them."""
+    from mmbert.train.config import TrainConfig
+    from mmbert.train.loop import _epoch_batches
+    from mmbert.train.sampler import StepSampler
+
+    mixer = TextStreamMixer(_LongMain(), _Texts(), ratio=1.0, seed=7)
+    config = TrainConfig(batch_size=2, grad_accum=grad_accum, num_workers=0, seed=0)
+    out = {}
+    for rank in range(world_size):
+        sampler = StepSampler(len(mixer), 2, grad_accum, world_size, rank, seed=0)
+        for j, items in enumerate(_epoch_batches(mixer, list, sampler, epoch, offset, config)):
+            out.setdefault((rank, offset + j // grad_accum), []).append([e for s, e in items if s == "text"])
+    return out
+
+
+def test_mixer_gives_every_rank_and_micro_batch_its_own_text_examples():
+    """Regression: the draw depended on (seed, step) only, so every rank and every accumulation
+    micro-batch of a step got the same text examples."""
+    keys = _trainer_text_keys(world_size=2, grad_accum=2)
+    for step in (0, 1, 2):
+        drawn = [t for rank in range(2) for micro in keys[(rank, step)] for t in micro]
+        assert len(drawn) == 2 * 2 * 2 and len(set(drawn)) == len(drawn), (step, drawn)
+    mixer = TextStreamMixer(_Main(), _Texts(), ratio=1.0, seed=7)
+    assert mixer.step_keys(7, [0, 1, 2, 3], part=0, parts=2) != mixer.step_keys(7, [4, 5, 6, 7], part=1, parts=2)
+    with pytest.raises(ValueError, match="slot 2"):
+        mixer.text_indices(0, 2, part=2, parts=2)
+
+
+def test_mixer_slots_resume_exactly():
+    """A run resumed at step 1 draws, on every rank and micro-batch, what the uninterrupted run drew."""
+    whole = _trainer_text_keys(world_size=2, grad_accum=2)
+    resumed = _trainer_text_keys(world_size=2, grad_accum=2, offset=1)
+    assert resumed and all(resumed[k] == whole[k] for k in resumed)

@@ -176,7 +176,8 @@ class TextStreamMixer(Dataset):
 
     The trainer asks ``step_keys(step, indices)``: the main examples' keys (through ``main.step_keys``
     when it has a task schedule) plus ``round(ratio x len(indices))`` text examples drawn without
-    replacement as a function of (seed, step). ``collate`` puts the text examples in ``batch.text_batch``.
+    replacement as a function of (seed, step), each micro-batch of the step (every rank, every
+    accumulation step) its own slice of that draw. ``collate`` puts the text examples in ``batch.text_batch``.
     """
 
     def __init__(self, main: Dataset, text: Dataset, ratio: float = 1.0, seed: int = 0) -> None:
@@ -194,24 +195,31 @@ class TextStreamMixer(Dataset):
             if hasattr(d, "set_epoch"):
                 d.set_epoch(epoch)
 
-    def text_indices(self, step: int, count: int) -> list[int]:
+    def text_indices(self, step: int, count: int, part: int = 0, parts: int = 1) -> list[int]:
+        """Text examples of micro-batch ``part`` of ``parts`` (rank x grad_accum slots) at ``step``: slot
+        ``part`` of one draw of ``count x parts`` per step, a function of (seed, step) alone, so the
+        slots of a step never repeat an example (while the text corpus has enough) and a resumed run
+        draws the same ones."""
+        if not 0 <= part < parts:
+            raise ValueError(f"micro-batch slot {part} is outside 0 .. {parts - 1}")
         state = np.random.SeedSequence([self.seed, int(step), 0x7E47]).generate_state(1, np.uint64)[0]
         g = torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
-        n = len(self.text)
-        if count <= n:
-            return torch.randperm(n, generator=g)[:count].tolist()
-        return torch.randint(0, n, (count,), generator=g).tolist()
+        n, total = len(self.text), count * parts
+        draw = torch.randperm(n, generator=g)[:total] if total <= n else torch.randint(0, n, (total,), generator=g)
+        return draw[part * count : (part + 1) * count].tolist()
 
-    def _keys(self, step: int, indices: Sequence[Any], main_keys) -> list[tuple[str, Any]]:
+    def _keys(self, step: int, indices: Sequence[Any], main_keys, part: int, parts: int) -> list[tuple[str, Any]]:
         keys = main_keys(step, indices) if main_keys is not None else list(indices)
         count = max(1, round(self.ratio * len(indices)))
-        return [("main", k) for k in keys] + [("text", j) for j in self.text_indices(step, count)]
+        return [("main", k) for k in keys] + [("text", j) for j in self.text_indices(step, count, part, parts)]
 
-    def step_keys(self, step: int, indices: Sequence[Any]) -> list[tuple[str, Any]]:
-        return self._keys(step, indices, getattr(self.main, "step_keys", None))
+    def step_keys(self, step: int, indices: Sequence[Any], part: int = 0, parts: int = 1) -> list[tuple[str, Any]]:
+        """The trainer's hook; ``part`` / ``parts``: this micro-batch's slot among the step's
+        ``world_size x grad_accum`` micro-batches (``rank x grad_accum + micro-batch``)."""
+        return self._keys(step, indices, getattr(self.main, "step_keys", None), part, parts)
 
-    def eval_keys(self, round_: int, indices: Sequence[Any]) -> list[tuple[str, Any]]:
-        return self._keys(round_, indices, getattr(self.main, "eval_keys", None))
+    def eval_keys(self, round_: int, indices: Sequence[Any], part: int = 0, parts: int = 1) -> list[tuple[str, Any]]:
+        return self._keys(round_, indices, getattr(self.main, "eval_keys", None), part, parts)
 
     def __getitem__(self, key: tuple[str, Any]) -> tuple[str, Any]:
         if not (isinstance(key, tuple) and len(key) == 2 and key[0] in ("main", "text")):

@@ -17,6 +17,7 @@ resumed from its last checkpoint ends with bit-identical weights to an unbroken 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -283,7 +284,8 @@ def evaluate(
         batches = batches[: config.eval_batches]
     eval_keys = getattr(dataset, "eval_keys", None)
     if eval_keys is not None:  # one task per round of world_size batches: every process reports the same keys
-        batches = [eval_keys(j // env.world_size, b) for j, b in enumerate(batches)]
+        slot = _slot_keywords(eval_keys, 0, env.world_size)
+        batches = [eval_keys(j // env.world_size, b, **slot(j % env.world_size)) for j, b in enumerate(batches)]
     mine = batches[env.rank :: env.world_size]
     was_training = task.training
     task.eval()
@@ -336,8 +338,9 @@ def _epoch_batches(dataset, collate_fn, sampler: StepSampler, epoch: int, offset
     batches = sampler.micro_batches(epoch, offset)
     step_keys = getattr(dataset, "step_keys", None)
     if step_keys is not None:  # a task schedule (UNITER): each micro-batch's keys carry its step's task
-        first = epoch * sampler.steps_per_epoch + offset
-        batches = [step_keys(first + j // config.grad_accum, b) for j, b in enumerate(batches)]
+        first, ga = epoch * sampler.steps_per_epoch + offset, config.grad_accum
+        slot = _slot_keywords(step_keys, sampler.rank * ga, sampler.world_size * ga)
+        batches = [step_keys(first + j // ga, b, **slot(j % ga)) for j, b in enumerate(batches)]
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
@@ -347,6 +350,14 @@ def _epoch_batches(dataset, collate_fn, sampler: StepSampler, epoch: int, offset
         generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch),
     )
     return iter(loader)
+
+
+def _slot_keywords(hook: Callable, first: int, parts: int) -> Callable[[int], dict[str, int]]:
+    """``part`` / ``parts`` for a keys hook that takes them (a text-stream mixer draws each micro-batch's
+    own text examples by its slot among the step's micro-batches); nothing for one that does not."""
+    if "part" not in inspect.signature(hook).parameters:
+        return lambda j: {}
+    return lambda j: {"part": first + j, "parts": parts}
 
 
 def _seed_everything(seed: int) -> None:
