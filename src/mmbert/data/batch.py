@@ -6,6 +6,7 @@ store), ``Regions`` (one image's regions ready for a model: limited, boxes norma
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,8 @@ class Batch:
     region_labels (B, R) hard detector class, region_cls_prob (B, R, C) detector distribution,
     region_targets (B, R, F) original features of masked regions, region_target_mask (B, R) which
     regions are prediction targets, region_obj_conf / region_attr_labels / region_attr_conf (LXMERT),
-    answer_targets (B, A) soft answer scores, labels (task-specific), and ``meta`` (ids for writers).
+    answer_targets (B, A) soft answer scores, labels (task-specific), image_size (B, 2) each row's image
+    height and width in pixels (for models that take it: VL-BERT's whole-image box), and ``meta``.
     """
 
     text_ids: Tensor
@@ -106,6 +108,7 @@ class Batch:
     region_attr_conf: Tensor | None = None
     answer_targets: Tensor | None = None
     labels: Tensor | None = None
+    image_size: Tensor | None = None
     meta: dict = field(default_factory=dict)
 
     def model_inputs(self) -> dict[str, Tensor | None]:
@@ -117,6 +120,14 @@ class Batch:
             "region_boxes": self.region_boxes,
             "region_mask": self.region_mask,
         }
+
+    def encoder_inputs(self, encoder: Any) -> dict[str, Tensor | None]:
+        """``model_inputs`` plus ``image_size`` where ``encoder`` takes it (``takes_image_size``: VL-BERT's
+        whole-image box [0, 0, w - 1, h - 1] and clamping), so tasks and pre-training feed it alike."""
+        inputs = self.model_inputs()
+        if self.image_size is not None and getattr(encoder, "takes_image_size", False):
+            inputs["image_size"] = self.image_size
+        return inputs
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {

@@ -211,13 +211,10 @@ class Pretraining(nn.Module):
                 mlm_labels = mlm_labels.masked_fill(mismatched[:, None], IGNORE)
             if region_targets is not None:
                 region_targets = region_targets & ~mismatched[:, None]
-        inputs = batch.model_inputs()
+        inputs = batch.encoder_inputs(self.model.encoder)  # with the pixel sizes where it takes them (VL-BERT)
         region_masked = getattr(batch, "region_masked", None)
         if region_masked is not None and getattr(self.model.encoder, "masked_region_input", False):
             inputs["region_masked"] = region_masked  # the model's masked-region embedding (VL-BERT, UNITER, ...)
-        image_size = getattr(batch, "image_size", None)
-        if image_size is not None and getattr(self.model.encoder, "takes_image_size", False):
-            inputs["image_size"] = image_size  # pixel sizes for the authors' box conventions (VL-BERT)
         global_feats = getattr(batch, "global_feats", None)
         if global_feats is not None:
             inputs["global_feats"] = global_feats  # the loader's whole-image feature (ViLBERT's rules)

@@ -266,7 +266,7 @@ class CaptionTask(Task):
         return model.head(enc)[:, :t]
 
     def model_step(self, model: TaskModel, batch: Batch) -> LossOutput:
-        inputs = batch.model_inputs()
+        inputs = batch.encoder_inputs(model.encoder)
         ids, real = inputs["text_ids"], inputs["text_mask"]
         if self.options.objective == "next_token":
             logits = self.encode(model, inputs)[:, :-1]
@@ -309,6 +309,7 @@ class CaptionTask(Task):
         sp = self.special
         masked = self.options.objective == "masked"
         feats, boxes, rmask = batch.region_feats, batch.region_boxes, batch.region_mask
+        sizes = batch.encoder_inputs(model.encoder).get("image_size")
         device = feats.device
         banned = torch.tensor([sp[k] for k in ("cls", "mask", "pad", "unk")], device=device)
 
@@ -320,7 +321,8 @@ class CaptionTask(Task):
             ids = torch.cat(parts, 1)
             inputs = {"text_ids": ids, "text_mask": torch.ones_like(ids, dtype=torch.bool),
                       "segment_ids": torch.zeros_like(ids), "region_feats": feats[rows],
-                      "region_boxes": None if boxes is None else boxes[rows], "region_mask": rmask[rows]}  # fmt: skip
+                      "region_boxes": None if boxes is None else boxes[rows], "region_mask": rmask[rows],
+                      **({} if sizes is None else {"image_size": sizes[rows]})}  # fmt: skip
             logits = self.encode(model, inputs)[:, -1].float()
             logits[:, banned] = -torch.inf
             return logits.log_softmax(-1)

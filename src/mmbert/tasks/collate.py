@@ -16,9 +16,10 @@ from mmbert.tasks.records import Example
 def collate(examples: Sequence[Example], pad_token_id: int = 0) -> Batch:
     """Pad a list of examples into one ``Batch``, flattening the views: row ``b * V + v`` is view v
     of example b. Text and regions are padded to the longest in the batch. Pixel boxes are normalised
-    by each image's size. Targets are stacked (padded with 0 along the first axis when their lengths
-    differ, as for per-region targets) into ``batch.labels``. ``meta["items"]`` keeps each example's
-    meta; ``meta["num_views"]`` the number of views per example."""
+    by each image's size, which ``batch.image_size`` (rows, 2: height, width) keeps for models that
+    take it (VL-BERT's whole-image box, as in pre-training). Targets are stacked (padded with 0 along
+    the first axis when their lengths differ, as for per-region targets) into ``batch.labels``.
+    ``meta["items"]`` keeps each example's meta; ``meta["num_views"]`` the number of views per example."""
     if not examples:
         raise ValueError("collate needs at least one example")
     num_views = len(examples[0].views)
@@ -51,6 +52,7 @@ def collate(examples: Sequence[Example], pad_token_id: int = 0) -> Batch:
             boxes[i, :k] = normalise_boxes(px, reg.image_size)  # type: ignore[union-attr]
             mask[i, :k] = True
         batch.region_feats, batch.region_boxes, batch.region_mask = feats, boxes, mask
+        batch.image_size = torch.tensor([list(v.regions.image_size) for v in views], dtype=torch.long)  # type: ignore[union-attr]
     targets = [e.target for e in examples]
     if all(x is not None for x in targets):
         batch.labels = _stack_padded(targets)  # type: ignore[arg-type]

@@ -78,5 +78,5 @@ class TaskModel(nn.Module):
         return self.encoder.config
 
     def forward(self, batch: Batch) -> Tensor:
-        enc: Encoded = self.encoder(**batch.model_inputs())
+        enc: Encoded = self.encoder(**batch.encoder_inputs(self.encoder))
         return self.head(enc, batch)

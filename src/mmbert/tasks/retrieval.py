@@ -82,6 +82,8 @@ def select_pairs(batch: Batch, text_index: Tensor, image_index: Tensor) -> Batch
         out.region_feats = batch.region_feats[image_index]
         out.region_boxes = batch.region_boxes[image_index]
         out.region_mask = batch.region_mask[image_index]
+    if batch.image_size is not None:
+        out.image_size = batch.image_size[image_index]
     return out
 
 
@@ -357,6 +359,8 @@ def pool_scores(
         raise ValueError("retrieval needs region features: no feature store was given")
     ids, segs, tmask = (x.to(device) for x in _pad_texts(texts, model.config.pad_token_id))
     feats, boxes, rmask = (x.to(device) for x in _pad_images(images))
+    sizes = torch.tensor([list(im.image_size) for im in images], dtype=torch.long, device=device)
+    pixel = {"image_size": sizes} if getattr(model.encoder, "takes_image_size", False) else {}
     n, m = ids.shape[0], feats.shape[0]
     encoder = model.encoder
     stages = fast and isinstance(encoder, DualStreamModel)
@@ -375,7 +379,8 @@ def pool_scores(
             enc = encoder.fuse(text_states.select(t), vision_states.select(i))
         else:
             enc = encoder(ids[t], text_mask=tmask[t], segment_ids=segs[t], region_feats=feats[i],
-                          region_boxes=boxes[i], region_mask=rmask[i])  # fmt: skip
+                          region_boxes=boxes[i], region_mask=rmask[i],
+                          **{k: v[i] for k, v in pixel.items()})  # fmt: skip
         scores[chunk[:, 0], chunk[:, 1]] = match_score(model.head(enc, None)).float().cpu()
         bar.update(len(chunk))
     bar.close()

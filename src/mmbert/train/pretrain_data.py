@@ -169,7 +169,6 @@ class PretrainingBatch(Batch):
     global_feats: Tensor | None = None
     task: str | None = None
     text_batch: Batch | None = None  # a text-only corpus stream's examples for this step (VL-BERT)
-    image_size: Tensor | None = None  # (B, 2) height, width in pixels, for models that take it (VL-BERT)
 
     def to(self, device: torch.device | str) -> PretrainingBatch:
         return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
