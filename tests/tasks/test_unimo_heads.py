@@ -53,3 +53,42 @@ def test_heads_on_unimo_tiny():
 
     assert isinstance(SNLIVETask().build_head(model), UnimoClassifierHead)
     assert isinstance(RetrievalTask().build_head(model), UnimoMatchHead)
+
+
+def _hand_circle(sp: float, sn: list[float], m: float = 0.2, s: float = 1.0) -> float:
+    lp = math.exp(-s * max(0.0, 1 + m - sp) * (sp - (1 - m)))
+    ln = sum(math.exp(s * max(0.0, x + m) * (x - m)) for x in sn)
+    return math.log(1 + ln * lp)
+
+
+def test_retrieval_task_trains_unimo_with_the_official_two_sided_loss(tmp_path, tokenizer):
+    """Regression: the task scored image negatives only. The official retrieval.py scores the caption
+    with other images and the image with other captions; the two circle losses are averaged."""
+    from tasks.task_fixtures import make_store, tiny_encoder
+    from tasks.test_retrieval import write_karpathy
+
+    from mmbert.tasks import TaskModel
+    from mmbert.tasks.base import collate
+    from mmbert.tasks.retrieval import RetrievalTask, match_score, select_pairs
+
+    task = RetrievalTask(negatives=2)  # every other image of the batch: the loss does not depend on the draw
+    ds = task.load({"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer,
+                   make_store([str(1000 + i) for i in range(8)]))  # fmt: skip
+    items = [ds[i] for i in range(len(ds))]
+    picked = [next(e for e in items if e.meta["image"] == im) for im in ("1000", "1001", "1002")]
+    batch = collate(picked)
+    encoder = tiny_encoder("unimo_tiny")
+    model = TaskModel(encoder, task.build_head(encoder)).eval()
+    with torch.no_grad():
+        model.head.fc.weight.mul_(200.0)  # spread the scores so the two halves of the loss differ
+    out = task.model_step(model, batch)
+    with torch.no_grad():
+        t, i = torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij")
+        p = torch.sigmoid(match_score(model(select_pairs(batch, t.flatten(), i.flatten()))).view(3, 3)).tolist()
+    others = [[j for j in range(3) if j != r] for r in range(3)]
+    loss_i = sum(_hand_circle(p[r][r], [p[r][j] for j in others[r]]) for r in range(3)) / 3  # caption x images
+    loss_c = sum(_hand_circle(p[r][r], [p[j][r] for j in others[r]]) for r in range(3)) / 3  # image x captions
+    assert abs(loss_c - loss_i) > 5e-3  # the two halves differ, so leaving one out shows
+    assert float(out.loss.detach()) == pytest.approx((loss_c + loss_i) / 2, rel=1e-5, abs=1e-6)
+    out.loss.backward()
+    assert model.head.fc.weight.grad is not None

@@ -207,7 +207,8 @@ class RetrievalTask(Task):
         return LossOutput(loss, {"retrieval_loss": float(loss.detach()), "retrieval_acc": float(acc)})
 
     def model_step(self, model: TaskModel, batch: Batch) -> LossOutput:
-        """Each caption against its own image and K in-batch images of other pictures."""
+        """Each caption against its own image and K in-batch images of other pictures; with UNIMO's head
+        (``circle_loss``) also each image against K captions of other pictures, as its official script."""
         b = batch.size
         images = [m["image"] for m in batch.meta["items"]]
         k = self.options.negatives
@@ -217,6 +218,7 @@ class RetrievalTask(Task):
             raise ValueError(
                 "a retrieval batch needs captions of at least two different images (use batch_size > 1)"
             )
+        unimo = getattr(getattr(model, "head", None), "circle_loss", False)
         if self.options.hard_negatives:
             with torch.no_grad():
                 was = model.training
@@ -224,25 +226,44 @@ class RetrievalTask(Task):
                 ti, ii = torch.meshgrid(torch.arange(b), torch.arange(b), indexing="ij")
                 s = match_score(model(select_pairs(batch, ti.flatten(), ii.flatten()))).view(b, b)
                 model.train(was)
-            order = {i: sorted(candidates[i], key=lambda j: -float(s[i, j])) for i in rows}
+            image_order = {i: sorted(candidates[i], key=lambda j: -float(s[i, j])) for i in rows}
+            caption_order = {i: sorted(candidates[i], key=lambda j: -float(s[j, i])) for i in rows}
         else:
             # the global RNG: the trainer checkpoints it, so a resumed run draws the same negatives
-            order = {i: [candidates[i][j] for j in torch.randperm(len(candidates[i]))] for i in rows}
-        negs = [[order[i][n % len(order[i])] for n in range(k)] for i in rows]
-        text_index = torch.tensor([i for i in rows for _ in range(k + 1)])
-        image_index = torch.tensor([j for i, ns in zip(rows, negs) for j in [i, *ns]])
-        logits = match_score(model(select_pairs(batch, text_index, image_index))).view(len(rows), k + 1)
-        if getattr(getattr(model, "head", None), "circle_loss", False):  # UNIMO: its circle loss
-            from mmbert.tasks.unimo_heads import circle_loss
+            image_order = {i: [candidates[i][j] for j in torch.randperm(len(candidates[i]))] for i in rows}
+            caption_order = (
+                {i: [candidates[i][j] for j in torch.randperm(len(candidates[i]))] for i in rows} if unimo else {}
+            )
+        image_negs = [[image_order[i][n % len(image_order[i])] for n in range(k)] for i in rows]
+        text_index = [i for i in rows for _ in range(k + 1)]
+        image_index = [j for i, ns in zip(rows, image_negs) for j in [i, *ns]]
+        if not unimo:
+            logits = self._scores(model, batch, text_index, image_index, len(rows))
+            out = self.loss(logits, batch)
+        else:
+            # NLP/UNIMO/src/finetune/retrieval.py (PaddlePaddle/Research): candidate 0 the pair, then the
+            # image negatives (the caption with other images), then the caption negatives (the image with
+            # other captions); the circle losses of the two halves averaged (unimo_retrieval_loss)
+            from mmbert.tasks.unimo_heads import unimo_retrieval_loss
 
-            p = torch.sigmoid(logits)
-            loss = circle_loss(p[:, :1], p[:, 1:])
+            caption_negs = [[caption_order[i][n % len(caption_order[i])] for n in range(k)] for i in rows]
+            per_row = [
+                ([i] * (k + 1) + cs, [i, *ns] + [i] * k) for i, ns, cs in zip(rows, image_negs, caption_negs)
+            ]
+            text_index = [t for ts, _ in per_row for t in ts]
+            image_index = [j for _, js in per_row for j in js]
+            logits = self._scores(model, batch, text_index, image_index, len(rows))
+            loss = unimo_retrieval_loss(logits)
             acc = float((logits.argmax(1) == 0).float().mean())
             out = LossOutput(loss, {"retrieval_loss": float(loss.detach()), "retrieval_acc": acc})
-        else:
-            out = self.loss(logits, batch)
         out.metrics["retrieval_captions_without_negative"] = b - len(rows)
         return out
+
+    @staticmethod
+    def _scores(model: TaskModel, batch: Batch, text_index: list[int], image_index: list[int], rows: int) -> Tensor:
+        """(rows, candidates) match scores of the (text row, image row) pairs, row-major."""
+        pairs = select_pairs(batch, torch.tensor(text_index), torch.tensor(image_index))
+        return match_score(model(pairs)).view(rows, -1)
 
     # evaluation -------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,7 +1,7 @@
 """UNIMO's fine-tuning heads and its retrieval loss, as the official scripts define them
 (PaddlePaddle/Research ``NLP/UNIMO/src/finetune/{retrieval,visual_entailment}.py``).
 
-- Retrieval (cross-encoder): ``match_fc(dropout(h_text * h_image))`` -> one score per (image, text) pair,
+- Retrieval (cross-encoder, trained by ``RetrievalTask.model_step``): ``match_fc(dropout(h_text * h_image))``, per pair,
   sigmoid in training (``use_sigmoid``); trained with the circle loss (margin 0.2, scale 1.0) of the
   positive (candidate 0) against the image negatives (candidates 1 .. (S+1)/2 - 1) and the caption
   negatives (the rest), the two losses averaged.
