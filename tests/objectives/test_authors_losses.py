@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,8 @@ from mmbert.convert import CheckpointError  # noqa: E402
 from mmbert.data.batch import Batch  # noqa: E402
 from mmbert.data.masking import box_iou, whole_image_feature  # noqa: E402
 from mmbert.objectives import Pretraining  # noqa: E402
+from mmbert.objectives.pair import PairMatch  # noqa: E402
+from mmbert.objectives.registry import OBJECTIVES  # noqa: E402
 from mmbert.train.pretrain_data import PretrainingBatch  # noqa: E402
 
 pytestmark = pytest.mark.authors
@@ -129,7 +131,30 @@ def vl_bert(fx: Fixture, model) -> dict[str, float]:
                      image_size=x["image_size"], text_batch=text_only)  # fmt: skip
     m = Pretraining(model)(batch).metrics
     return {"mlm_loss_wvc": m["mlm_loss"], "mlm_loss_aux": m["mlm_text_loss"], "mvrc_loss": m["mvrc_soft_loss"],
-            "relationship_loss": 0.0, "total_loss": m["loss"]}  # the pre-training config has no relationship head
+            "total_loss": m["loss"]}  # fmt: skip
+
+
+def vl_bert_not_built(config: Path, objectives: Sequence[str]) -> set[str]:
+    """The authors' relationship_loss is 0 only because their pre-training config builds no relationship
+    head (NETWORK.WITH_REL_LOSS false); mmbert's VL-BERT recipe must then have no matching objective either.
+    Either side changing fails here, instead of a constant row that could never fail."""
+    import yaml
+
+    network = yaml.safe_load(config.read_text())["NETWORK"]
+    if network.get("WITH_REL_LOSS") is not False:
+        raise AssertionError(f"{config}: NETWORK.WITH_REL_LOSS is {network.get('WITH_REL_LOSS')!r}, not false: "
+                             "the authors' relationship_loss is a real loss to compare")  # fmt: skip
+    matching = [o for o in objectives if isinstance(OBJECTIVES[o](), PairMatch)]
+    if matching:
+        raise AssertionError(f"mmbert's VL-BERT recipe has matching objectives {matching}; the authors' has none")
+    return {"relationship_loss"}
+
+
+def not_built(fx: Fixture, model) -> set[str]:
+    """The losses of the fixture's losses.json that the authors' own config does not build (checked)."""
+    if model.source == "vl-bert":
+        return vl_bert_not_built(fx.config, list(Pretraining(model).objectives))
+    return set()
 
 
 FAMILIES: dict[str, Callable[[Fixture, object], dict[str, float]]] = {
@@ -144,8 +169,13 @@ def loss_table(folder: Path) -> list[tuple[str, float, float]]:
     fx = read_fixture(folder)
     model = load(fx).eval()
     ours = FAMILIES[model.source](fx, model)
+    absent = not_built(fx, model)
     rows = []
     for name, theirs in authors_losses(folder).items():
+        if name in absent:
+            if theirs != 0.0:
+                raise AssertionError(f"{fx.name}: {name} is {theirs} though the authors' config builds no such head")
+            continue  # the total still counts it (as 0)
         if name not in ours:
             raise AssertionError(f"{fx.name}: mmbert computes no {name!r} (it has {sorted(ours)})")
         rows.append((name, theirs, float(ours[name])))
@@ -163,6 +193,19 @@ def test_the_labelled_batch_gives_the_authors_losses(folder):
         pytest.xfail(f"no loader for this checkpoint yet: {e}")
     bad = {name: (theirs, ours) for name, theirs, ours in rows if abs(theirs - ours) > TOLERANCE}
     assert not bad, f"{folder.name}: losses beyond {TOLERANCE} (authors', mmbert's): {bad}"
+
+
+def test_vl_bert_relationship_loss_is_absent_on_both_sides(tmp_path):
+    """The check behind skipping relationship_loss fails when either side would build the head."""
+    folder = next(f for f in FOLDERS if f.name == "vl-bert")
+    fx = read_fixture(folder)
+    assert vl_bert_not_built(fx.config, ["mlm", "mvrc_soft"]) == {"relationship_loss"}
+    with pytest.raises(AssertionError, match="matching objectives"):
+        vl_bert_not_built(fx.config, ["mlm", "mvrc_soft", "itm"])
+    changed = tmp_path / "with_rel.yaml"
+    changed.write_text(fx.config.read_text().replace("WITH_REL_LOSS: false", "WITH_REL_LOSS: true"))
+    with pytest.raises(AssertionError, match="WITH_REL_LOSS"):
+        vl_bert_not_built(changed, ["mlm", "mvrc_soft"])
 
 
 def main() -> int:
@@ -184,3 +227,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
