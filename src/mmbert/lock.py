@@ -4,8 +4,10 @@ A lock is an ``fcntl.flock`` on a small file (``<run>/.lock``, or ``.<store>.loc
 holding the holder's pid, host, start time and command. The kernel releases the flock when the holder
 exits for any reason (a crash, SIGKILL), so a lock never outlives its process; a lock file that still
 names a pid but is no longer locked is the trace of a crash, reported as stale and taken over. A second
-process is refused at once with a message naming the holder's pid. Locks are per process and re-entrant
-(the command and the trainer inside it may both ask for the same run directory).
+process is refused at once with a message naming the holder's pid. A run-directory lock is re-entrant
+within its process (the command and the trainer inside it both ask for it): every ``PathLock`` object that
+acquired it holds one share, and the flock goes only when the last share is released. A feature-store lock
+is not (``reentrant=False``): a second writer in the same process is refused like one in another process.
 """
 
 from __future__ import annotations
@@ -40,20 +42,35 @@ def lock_file_for(path: str | os.PathLike, inside: bool = True) -> Path:
 class PathLock:
     """``with PathLock(run_dir, "run directory"):`` — exclusive for the duration, released on exit."""
 
-    def __init__(self, path: str | os.PathLike, what: str = "directory", *, inside: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike, what: str = "directory", *, inside: bool = True, reentrant: bool = True
+    ) -> None:
         self.path = Path(path)
         self.what = what
         self.file = lock_file_for(self.path, inside)
+        self.reentrant = reentrant
         self.stale_holder: dict | None = None  # what a crashed previous holder left in the lock file
         self._fd: int | None = None
-        self._depth = 0
+        self._depth = 0  # shares held on this object's flock (the owner's count)
+        self._owner: PathLock | None = None  # the lock this object shares, when it re-entered one
+        self._holding = False  # whether this object holds a share not yet released
 
     def acquire(self) -> PathLock:
+        """Take the lock (one share of it if this process holds it already); returns ``self``."""
+        if self._holding:
+            raise RuntimeError(f"{self.path}: this {self.what} lock object is already acquired")
         key = (str(self.file.resolve()), os.getpid())  # the pid: a forked child holds nothing
         held = _HELD.get(key)
-        if held is not None:  # re-entrant within this process
+        if held is not None:
+            if not (self.reentrant and held.reentrant):
+                raise LockedError(
+                    f"{self.path}: this {self.what} is already open for writing in this process "
+                    f"(pid {os.getpid()}); close the other writer first, or choose another path"
+                )
             held._depth += 1
-            return held
+            self._owner = held
+            self._holding = True
+            return self
         self._created_dir = not self.file.parent.exists()
         self.file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -81,10 +98,19 @@ class PathLock:
         os.fsync(fd)
         self._fd = fd
         self._depth = 1
+        self._holding = True
         _HELD[key] = self
         return self
 
     def release(self) -> None:
+        """Give back this object's share; the flock goes with the last share. Releasing twice is a no-op."""
+        if not self._holding:
+            return
+        self._holding = False
+        owner, self._owner = self._owner or self, None
+        owner._drop_share()
+
+    def _drop_share(self) -> None:
         if self._fd is None:
             return
         self._depth -= 1
@@ -107,13 +133,10 @@ class PathLock:
         self._fd = None
 
     def __enter__(self) -> PathLock:
-        owner = self.acquire()
-        if owner is not self:  # re-entered: release through the owner
-            self._owner = owner
-        return self
+        return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
-        getattr(self, "_owner", self).release()
+        self.release()
 
 
 def _read_holder(fd: int) -> dict:

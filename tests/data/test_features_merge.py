@@ -78,3 +78,33 @@ def test_merge_refuses_an_image_in_two_shards_and_unfinished_or_foreign_shards(t
         out.write(RECORDS["img0"])
     with pytest.raises(ValueError, match="no extraction metadata"):
         merge_shards([tmp_path / "plain.h5"], tmp_path / "m.h5", progress=False)
+
+
+@pytest.mark.parametrize("name", ["merged", "merged.h5"])  # a directory store (npz) and a file store (HDF5)
+def test_an_interrupted_merge_fails_check_and_the_next_merge_resumes(tmp_path, capsys, monkeypatch, name):
+    """Ctrl-C after one record: the output stays marked incomplete (check exits 1); merging again finishes it."""
+    from mmbert.data.features.hdf5 import HDF5Reader
+
+    shards = make_shards(tmp_path)
+    real, calls = HDF5Reader._read, []
+
+    def stops_after_one(self, image_id, fields):
+        calls.append(image_id)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(self, image_id, fields)
+
+    out = tmp_path / name
+    monkeypatch.setattr(HDF5Reader, "_read", stops_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        merge_shards(shards, out, progress=False)
+    monkeypatch.setattr(HDF5Reader, "_read", real)
+    capsys.readouterr()
+    assert main(["features", "check", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "did not finish" in err and "OK" not in err, err
+    report = merge_shards(shards, out, progress=False)
+    assert report.written == 5  # the one record already merged is not merged again
+    assert main(["features", "check", str(out)]) == 0, capsys.readouterr()
+    with features.open(out) as merged:
+        assert merged.keys() == [i for i in IDS if i != "img3"]

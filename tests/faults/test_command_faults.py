@@ -118,6 +118,33 @@ def test_a_second_run_into_a_locked_directory_is_refused_naming_the_pid(tmp_path
             pass
 
 
+def test_a_reentered_run_directory_lock_is_freed_when_every_holder_releases(tmp_path):
+    """Each PathLock object that re-entered holds one share, released through itself; the flock goes last."""
+    import fcntl
+
+    from mmbert.lock import _HELD
+
+    def flocked(path) -> bool:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    outer, inner = PathLock(tmp_path, "run directory"), PathLock(tmp_path, "run directory")
+    outer.acquire()
+    inner.acquire()  # the command holds it, the trainer inside asks again
+    inner.release()
+    assert flocked(outer.file)  # the outer holder still has it
+    inner.release()  # a second release of one share does nothing
+    assert flocked(outer.file)
+    outer.release()
+    assert not flocked(outer.file) and not _HELD
+
+
 def test_trainer_takes_the_lock_too(tmp_path):
     """A library user calling `train` directly gets the same protection."""
     from train.toy import run as toy_run

@@ -14,7 +14,7 @@ from faults.injection import STORE_FAULTS, STORE_NAMES, assert_one_line_error, b
 
 from mmbert.cli import main
 from mmbert.data import features
-from mmbert.data.features.base import FeatureStoreError
+from mmbert.data.features.base import FeatureStoreError, is_incomplete
 from mmbert.lock import LockedError
 
 ROWS = [(fmt, fault) for fmt, table in STORE_FAULTS.items() for fault in table]
@@ -170,10 +170,88 @@ def test_partial_stores_fail_check_until_the_conversion_finishes(tmp_path, capsy
             with features.open(dst, mode="w", format=fmt) as out:
                 out.write(features.open(src)["img0"])
                 raise RuntimeError("boom")
-        assert main(["features", "check", str(dst)]) == 1 if dst.exists() else True
+        capsys.readouterr()
+        assert main(["features", "check", str(dst)]) == 1, fmt
+        err = capsys.readouterr().err
+        assert "did not finish" in err and "OK" not in err, (fmt, err)
+        if fmt == "hdf5":  # it wrote into its side file only: no store yet, and check says why
+            assert not dst.exists() and "not written yet" in err, err
         assert main(["features", "convert", str(src), str(dst), "--no-progress"]) == 0
         assert main(["features", "check", str(dst)]) == 0, capsys.readouterr()
         capsys.readouterr()
+
+
+def test_a_stopped_hdf5_append_leaves_the_previous_store_refused_by_check(tmp_path, capsys):
+    """Item 1 for an HDF5 append: the store on disk is still the previous complete one (the new record is
+    only in the side file), and check refuses it as unfinished until the append is resumed and closed."""
+    dst = build_store(tmp_path / "s.h5", "hdf5")
+    before = sorted(features.open(dst).keys())
+    extra = make_region_record("new", n=2, seed=5)
+    with pytest.raises(KeyboardInterrupt):
+        with features.open(dst, mode="a") as out:
+            out.write(extra)
+            raise KeyboardInterrupt
+    assert sorted(features.open(dst).keys()) == before
+    capsys.readouterr()
+    assert main(["features", "check", str(dst)]) == 1
+    assert "did not finish" in capsys.readouterr().err
+    with features.open(dst, mode="a") as out:  # resumes from the side file
+        assert "new" in out
+    assert sorted(features.open(dst).keys()) == sorted([*before, "new"])
+    assert main(["features", "check", str(dst)]) == 0, capsys.readouterr()
+
+
+@pytest.mark.parametrize("fmt", list(STORE_NAMES))
+def test_close_in_a_finally_after_ctrl_c_keeps_the_store_incomplete_and_resumable(fmt, tmp_path, capsys):
+    """close() while an exception is on its way out acts as abort(): the mark stays, the records too."""
+    dst = tmp_path / STORE_NAMES[fmt]
+    with pytest.raises(KeyboardInterrupt):
+        writer = features.open(dst, mode="w", format=fmt)
+        try:
+            writer.write(make_region_record("a", n=2, seed=0))
+            raise KeyboardInterrupt
+        finally:
+            writer.close()
+    assert is_incomplete(dst)
+    capsys.readouterr()
+    assert main(["features", "check", str(dst)]) == 1
+    assert "did not finish" in capsys.readouterr().err
+    with features.open(dst, mode="a", format=fmt) as again:
+        assert "a" in again
+        again.write(make_region_record("b", n=2, seed=1))
+    assert not is_incomplete(dst) and sorted(features.open(dst).keys()) == ["a", "b"]
+
+
+def _flocked(lock_file) -> bool:
+    import fcntl
+
+    fd = os.open(lock_file, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@pytest.mark.parametrize("fmt", list(STORE_NAMES))
+def test_a_second_writer_in_the_same_process_is_refused_and_close_frees_the_lock(fmt, tmp_path):
+    """Item 12 within one process: a second writer is refused naming the store; closing releases the flock."""
+    from mmbert.lock import _HELD
+
+    dst = tmp_path / STORE_NAMES[fmt]
+    first = features.open(dst, mode="w", format=fmt)
+    with pytest.raises(LockedError, match=rf"{dst}: this {fmt} feature store is already open for writing in this "
+                                          rf"process \(pid {os.getpid()}\)"):  # fmt: skip
+        features.open(dst, mode="a", format=fmt)
+    first.write(make_region_record("a", n=2, seed=0))
+    first.close()
+    lock_file = first._lock.file
+    assert not _flocked(lock_file) and not _HELD
+    with features.open(dst, mode="a", format=fmt) as again:
+        assert "a" in again
+    assert not _flocked(lock_file) and not _HELD
 
 
 def test_writers_leave_no_stray_copy_on_success(tmp_path):

@@ -153,3 +153,37 @@ def test_bad_options_are_named(photos, tmp_path):
         build_detector(ExtractOptions(detector="butd", weights=str(bad)))
     assert main(["extract", "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.h5"),
                  "--weights", "random", "--config", str(TINY_CONFIG)]) == 1  # fmt: skip
+
+
+class _StopsAfter:
+    """A detector that is interrupted (Ctrl-C) after ``n`` calls; everything else goes to the real one."""
+
+    def __init__(self, model, n: int) -> None:
+        self.model, self.left = model, n
+
+    def detect(self, images, **kw):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        return self.model.detect(images, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+@pytest.mark.parametrize("name", ["out", "feats.h5"])  # a directory store (npz) and a file store (HDF5)
+def test_an_interrupted_extract_fails_check_and_resumes(photos, tmp_path, capsys, tiny_detector, name):
+    """Ctrl-C after one image: the store stays marked incomplete (check exits 1), the next run resumes."""
+    out = tmp_path / name
+    model, settings = tiny_detector
+    with pytest.raises(KeyboardInterrupt):
+        extract(photos, out, ExtractOptions(**TINY, batch=1), model=_StopsAfter(model, 1), settings=settings)
+    capsys.readouterr()
+    assert main(["features", "check", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "did not finish" in err and "OK" not in err, err  # HDF5: the side file is not the store yet
+    assert not read_metadata(out)["complete"]
+    again = extract(photos, out, ExtractOptions(**TINY, batch=1), model=model, settings=settings)
+    assert (again.written, again.resumed) == (3, 1)
+    assert main(["features", "check", str(out)]) == 0, capsys.readouterr()
+    assert read_metadata(out)["complete"] and sorted(records(out)) == ["astronaut", "chelsea", "coffee", "rocket"]

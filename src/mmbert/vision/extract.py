@@ -23,6 +23,7 @@ import numpy as np
 
 from mmbert.data import features
 from mmbert.data.batch import RegionFeatures
+from mmbert.data.features.base import is_incomplete
 from mmbert.data.features.metadata import (
     extraction_key,
     read_metadata,
@@ -233,8 +234,12 @@ def extract(images: str | os.PathLike | Sequence[tuple[str, Path]], out: str | o
         "shard": {"rank": rank, "world_size": world_size} if world_size > 1 else None,
         "assigned": [image_id for image_id, _ in mine],
     }
-    old = read_metadata(store_path) if Path(store_path).exists() else None
-    exists = Path(store_path).exists() and (not Path(store_path).is_dir() or any(Path(store_path).iterdir()))
+    # A stopped first run into a file store (HDF5) left no store yet, only its marked side file: resume it.
+    unfinished = is_incomplete(store_path)
+    old = read_metadata(store_path) if Path(store_path).exists() or unfinished else None
+    exists = unfinished or (
+        Path(store_path).exists() and (not Path(store_path).is_dir() or any(Path(store_path).iterdir()))
+    )
     if exists and old is None:
         raise ValueError(f"{store_path}: exists but was not written by `mmbert extract` (no metadata); "
                          "choose another --out")  # fmt: skip
@@ -242,8 +247,9 @@ def extract(images: str | os.PathLike | Sequence[tuple[str, Path]], out: str | o
         raise ValueError(f"{store_path}: was extracted with other settings ({settings_diff(old, meta)}); "
                          "choose another --out to extract with these")  # fmt: skip
     report = ExtractReport(store=Path(store_path))
-    writer = features.open(store_path, "a" if exists else "w", format=fmt)
-    try:
+    # ``with``: an exception or Ctrl-C aborts the writer, so the store stays marked incomplete (``check``
+    # refuses it) and the next run resumes from the images already written.
+    with features.open(store_path, "a" if exists else "w", format=fmt) as writer:
         todo = [(i, p) for i, p in mine if i not in writer]
         report.resumed = len(mine) - len(todo)
         write_metadata(store_path, {**meta, "skipped": {}, "complete": False})
@@ -264,7 +270,5 @@ def extract(images: str | os.PathLike | Sequence[tuple[str, Path]], out: str | o
                     report.written += 1
             bar.update(len(chunk))
         bar.close()
-    finally:
-        writer.close()
     write_metadata(store_path, {**meta, "skipped": report.skipped, "complete": True})
     return report

@@ -31,6 +31,7 @@ from mmbert.data.features.base import (
     PickleRefusedError,
     StoreReader,
     StoreWriter,
+    is_incomplete,
 )
 from mmbert.data.features.hdf5 import HDF5Reader, HDF5Writer
 from mmbert.data.features.lmdb import LMDBReader, LMDBWriter
@@ -101,6 +102,11 @@ def open(
         raise ValueError(f"unknown feature store format {fmt!r}; choose from {', '.join(FORMATS)}")
     if mode == "r":
         if not Path(path).exists():
+            if is_incomplete(path):  # a first write (HDF5: into its side file) was stopped before it swapped in
+                raise FileNotFoundError(
+                    f"{path}: feature store not written yet: a conversion into it started and did not finish "
+                    "(killed or failed); run the same command again to resume it"
+                )
             raise FileNotFoundError(f"{path}: feature store not found")
         if fmt == "lmdb":
             return LMDBReader(path, trust_pickle=trust_pickle, **kwargs)

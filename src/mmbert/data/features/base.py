@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import os
+import sys
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -227,7 +228,8 @@ class StoreWriter:
         from mmbert.lock import PathLock
 
         self.path = Path(path)
-        self._lock = PathLock(self.path, f"{self.format} feature store", inside=self.directory)
+        # Not re-entrant: a second writer on this store, even in this process, is refused.
+        self._lock = PathLock(self.path, f"{self.format} feature store", inside=self.directory, reentrant=False)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.directory:
             if self.path.exists() and not self.path.is_dir():
@@ -271,8 +273,16 @@ class StoreWriter:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Finish, then mark the store complete and release the lock."""
+        """Finish, then mark the store complete and release the lock.
+
+        Called while an exception is on its way out (from a ``finally`` or an ``except`` block, e.g. a
+        Ctrl-C during the writes) it does what ``abort()`` does instead: what is written stays and is
+        resumed by the next writer, but the store stays marked incomplete, so ``check`` refuses it. The
+        mark comes off only on a close with no exception in flight."""
         if self._closed:
+            return
+        if sys.exc_info()[1] is not None:
+            self.abort()
             return
         self._closed = True
         try:

@@ -144,7 +144,11 @@ class HDF5Writer(StoreWriter):
     every ``flush_every`` images, and swaps it over the store atomically on ``close()``. A kill at any
     moment leaves the store exactly as it was; the next writer resumes from the side file when it opens
     and every group in it is whole, and otherwise starts again from the store (with a warning). Inside
-    the side file each image is written to a scratch group and renamed when complete."""
+    the side file each image is written to a scratch group and renamed when complete.
+
+    The cost of that safety: with ``mode="a"`` on an existing store the side file starts as a full copy
+    of it (``shutil.copyfile``), so every append or resume reads and writes the whole store once and needs
+    free space for a second copy of it beside the first. LMDB and npz stores append in place."""
 
     format = "hdf5"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mmbert.data import features
-from mmbert.data.features.base import FeatureStoreError
+from mmbert.data.features.base import FeatureStoreError, is_incomplete
 from mmbert.data.features.metadata import extraction_key, read_metadata, settings_diff, write_metadata
 
 
@@ -89,15 +89,15 @@ def merge_shards(
         lists = [by_rank[r][1].get("assigned", []) for r in range(world)]
         for k in range(max(len(a) for a in lists)):
             order.extend(a[k] for a in lists if k < len(a))
-        out_store = features.open(out, "w", format=format)
         report = MergeReport(skipped_images=skipped)
-        try:
+        # ``with``: a failure or Ctrl-C aborts the writer, leaving the output marked incomplete; the next
+        # merge into it resumes (an output left incomplete by a stopped merge is added to, not refused).
+        mode = "a" if is_incomplete(out) else "w"
+        with features.open(out, mode, format=format) as out_store:
             for image_id in tqdm(order, desc="merge", unit="img", disable=not progress):
-                if image_id in held:
+                if image_id in held and image_id not in out_store:
                     out_store.write(stores[held[image_id]][image_id])
                     report.written += 1
-        finally:
-            out_store.close()
         merged = {k: v for k, v in metas[0].items() if k not in ("version", "shard", "assigned", "skipped")}
         write_metadata(out, {**merged, "assigned": order, "skipped": skipped, "shard": None,
                              "merged_from": [str(s) for s in shards], "complete": True})  # fmt: skip
