@@ -34,7 +34,7 @@ def full_batch(config, seed: int = 0) -> PretrainingBatch:
         batch.region_target_mask[:, :2] = True
         batch.region_masked = batch.region_target_mask.clone()
         batch.region_targets = torch.randn(b, r, feat_dim, generator=g)
-        classes = getattr(config, "num_region_classes", 11)
+        classes = getattr(config, "num_region_classes", 0) or 11  # no region head: any class count
         batch.region_cls_prob = torch.softmax(torch.randn(b, r, classes, generator=g), -1)
         batch.region_labels = torch.randint(
             0, getattr(config, "num_object_labels", classes), (b, r), generator=g
