@@ -219,7 +219,7 @@ def main() -> None:
         ),
     ):
         model.train()
-        meter = common.SavedActivations(layers)
+        meter = common.SavedActivations(layers, model)
         meter.run(loss_fn)
         saved[side] = meter.summary()
 

@@ -162,7 +162,7 @@ def main() -> None:
         (common.HF, ref, ref_loss, ref.visual_bert.encoder.layer),
     ):
         model.train()
-        meter = common.SavedActivations(layers)
+        meter = common.SavedActivations(layers, model)
         meter.run(loss_fn)
         saved[side] = meter.summary()
 

@@ -136,12 +136,13 @@ def print_rows(rows: Sequence[tuple[str, float, float, str]]) -> None:
 
 
 class SavedActivations:
-    """Bytes the autograd graph keeps for the backward pass (each storage counted once), in total and
-    per layer: ``layers`` are modules whose forward is attributed its own new saved tensors."""
+    """Bytes of activations the autograd graph keeps for the backward pass (each storage counted once;
+    the model's own parameters, which linear layers also save, not counted), in total and per layer:
+    ``layers`` are modules whose forward is attributed its own new saved tensors."""
 
-    def __init__(self, layers: Sequence[torch.nn.Module]) -> None:
+    def __init__(self, layers: Sequence[torch.nn.Module], model: torch.nn.Module) -> None:
         self.layers = list(layers)
-        self.seen: set[int] = set()
+        self.seen: set[int] = {p.untyped_storage().data_ptr() for p in model.parameters()}
         self.total = 0
         self.per_layer: list[int] = []
 

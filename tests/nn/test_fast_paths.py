@@ -16,7 +16,7 @@ from helpers import make_inputs
 import mmbert
 from mmbert.nn import Attention, FeedForward, key_padding_bias, set_gradient_checkpointing
 from mmbert.nn.attention import dropout_attention
-from mmbert.nn.dropout import dropout, keep_mask, masked_scale
+from mmbert.nn.dropout import dropout, keep_mask, masked_scale, residual_dropout
 
 TINY = [name for name in mmbert.MODELS if name.endswith("_tiny")]
 
@@ -145,3 +145,16 @@ def test_plain_dropout_is_f_dropout_without_grad():
     a = dropout(x, 0.5, True)
     torch.manual_seed(1)
     assert torch.equal(a, F.dropout(x, 0.5, True))
+
+
+def test_residual_dropout_equals_residual_plus_dropout_with_the_same_mask():
+    x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(2)
+    out = residual_dropout(x, h, 0.4, True)
+    torch.manual_seed(2)
+    ref = x + masked_scale(h, keep_mask(h.shape, 0.4, h.device), 0.4)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-15)
+    for a, b in zip(grads(out, [x, h]), grads(ref, [x, h])):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+    torch.testing.assert_close(residual_dropout(x, h, 0.4, False), x + h)

@@ -72,6 +72,14 @@ class Attention(nn.Module):
         b, s, _ = t.shape
         return t.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
 
+    def _split(self, t: Tensor, n: int, contiguous: bool) -> tuple[Tensor, ...]:
+        """(B, S, n*H*Dh) -> n tensors (B, H, S, Dh): views, or (``contiguous``) one copy for all n, which
+        the batched matmuls of ``dropout_attention`` would otherwise make one by one, forward and back."""
+        if not contiguous:
+            return tuple(self._heads(part) for part in t.chunk(n, dim=-1))
+        b, s, _ = t.shape
+        return t.view(b, s, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+
     def forward(
         self,
         x: Tensor,
@@ -87,17 +95,27 @@ class Attention(nn.Module):
         With ``rows`` (bool (B, T), the real positions), x and the output are packed (N, D): the
         projections skip the padding, unpacked (as zeros, which ``bias`` must mask) only for the attention.
         """
+        # SDPA's fused CPU kernel has no dropout: it would fall back to its unfused path, which keeps
+        # scaled copies of q and k, the probabilities, float noise and the dropped probabilities; so
+        # training with dropout on CPU runs ``dropout_attention`` (CUDA's fused kernels do dropout).
+        manual = (
+            not need_weights
+            and self.training
+            and self.dropout > 0
+            and torch.is_grad_enabled()
+            and x.device.type == "cpu"
+        )
         if self.is_cross:
             if context is None:
                 raise ValueError("cross-attention needs a context tensor")
-            q = self._heads(unpack_rows(self.q(x), rows))
-            k, v = (self._heads(t) for t in self.kv(context).chunk(2, dim=-1))
+            (q,) = self._split(unpack_rows(self.q(x), rows), 1, manual)
+            k, v = self._split(self.kv(context), 2, manual)
         else:
             if context is not None:
                 raise ValueError(
                     "this Attention was built for self-attention (no context_dim) but got a context"
                 )
-            q, k, v = (self._heads(t) for t in unpack_rows(self.qkv(x), rows).chunk(3, dim=-1))
+            q, k, v = self._split(unpack_rows(self.qkv(x), rows), 3, manual)
         probs = None
         if need_weights:  # the explicit path, only for analysis
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
@@ -105,10 +123,7 @@ class Attention(nn.Module):
                 scores = scores + bias
             probs = scores.softmax(dim=-1)
             out = F.dropout(probs, self.dropout, self.training) @ v
-        elif self.training and self.dropout > 0 and torch.is_grad_enabled() and q.device.type == "cpu":
-            # SDPA's fused CPU kernel has no dropout: it would fall back to its unfused path, which keeps
-            # scaled copies of q and k, the probabilities, float noise and the dropped probabilities.
-            # (CUDA's fused kernels do dropout themselves.)
+        elif manual:
             out = dropout_attention(q, k, v, bias, self.dropout)
         else:
             out = F.scaled_dot_product_attention(
@@ -145,7 +160,7 @@ class _DropoutAttention(torch.autograd.Function):
         del scores
         keep = keep_mask(probs.shape, p, probs.device)
         drop_scale = 1.0 / (1.0 - p)
-        out = torch.matmul(torch.where(keep, probs, 0.0).mul_(drop_scale), v)
+        out = torch.matmul(torch.mul(probs, keep).mul_(drop_scale), v)
         ctx.save_for_backward(q, k, v, probs, keep)
         ctx.scale, ctx.drop_scale = scale, drop_scale
         return out
@@ -153,10 +168,10 @@ class _DropoutAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:  # type: ignore[override]
         q, k, v, probs, keep = ctx.saved_tensors
-        dropped = torch.where(keep, probs, 0.0).mul_(ctx.drop_scale)
+        dropped = torch.mul(probs, keep).mul_(ctx.drop_scale)
         grad_v = torch.matmul(dropped.transpose(-1, -2), grad)
         del dropped
-        grad_probs = torch.where(keep, torch.matmul(grad, v.transpose(-1, -2)), 0.0).mul_(ctx.drop_scale)
+        grad_probs = torch.matmul(grad, v.transpose(-1, -2)).mul_(keep).mul_(ctx.drop_scale)
         # softmax backward: dS = P * (dP - sum(dP * P))
         grad_scores = grad_probs.mul_(probs)
         grad_scores.sub_(probs * grad_scores.sum(-1, keepdim=True))

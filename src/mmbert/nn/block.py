@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mmbert.nn.attention import Attention, unpack_rows
-from mmbert.nn.dropout import dropout
+from mmbert.nn.dropout import residual_dropout
 from mmbert.nn.feedforward import FeedForward
 
 
@@ -57,8 +57,8 @@ class Block(nn.Module):
         self, x: Tensor, bias: Tensor | None, need_weights: bool, rows: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
         h, probs = self.attn(x, bias=bias, need_weights=need_weights, rows=rows)
-        x = self.norm1(x + dropout(h, self.dropout, self.training))
-        x = self.norm2(x + dropout(self.ffn(x), self.dropout, self.training))
+        x = self.norm1(residual_dropout(x, h, self.dropout, self.training))
+        x = self.norm2(residual_dropout(x, self.ffn(x), self.dropout, self.training))
         return x, probs
 
 
@@ -106,9 +106,9 @@ class CrossBlock(nn.Module):
         self, x: Tensor, context: Tensor, bias: Tensor | None, need_weights: bool, rows: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
         h, probs = self.attn(x, context, bias=bias, need_weights=need_weights, rows=rows)
-        x = self.norm1(x + dropout(h, self.dropout, self.training))
+        x = self.norm1(residual_dropout(x, h, self.dropout, self.training))
         if self.ffn is not None:
-            x = self.norm2(x + dropout(self.ffn(x), self.dropout, self.training))
+            x = self.norm2(residual_dropout(x, self.ffn(x), self.dropout, self.training))
         return x, probs
 
 

@@ -25,12 +25,27 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.where(keep, x, 0.0).mul_(scale)
+        return torch.mul(x, keep).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None, None
+        return torch.mul(grad, keep).mul_(ctx.scale), None, None
+
+
+class _ResidualDropout(torch.autograd.Function):
+    """``x + h * keep / (1 - p)`` in one pass (``addcmul``), keeping only the boolean mask."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, h: Tensor, keep: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.addcmul(x, h, keep, value=scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:  # type: ignore[override]
+        (keep,) = ctx.saved_tensors
+        return grad, torch.mul(grad, keep).mul_(ctx.scale), None, None
 
 
 def masked_scale(x: Tensor, keep: Tensor, p: float) -> Tensor:
@@ -48,3 +63,13 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     if p >= 1.0 or x.device.type != "cpu" or not (x.requires_grad and torch.is_grad_enabled()):
         return F.dropout(x, p, True)  # CUDA's fused dropout keeps a boolean mask itself
     return masked_scale(x, keep_mask(x.shape, p, x.device), p)
+
+
+def residual_dropout(x: Tensor, h: Tensor, p: float, training: bool) -> Tensor:
+    """``x + dropout(h, p, training)``: the residual connection of every sublayer, fused on CPU into
+    one pass that keeps a boolean mask (see ``dropout``)."""
+    if not training or p == 0.0:
+        return x + h
+    if p >= 1.0 or h.device.type != "cpu" or not (h.requires_grad and torch.is_grad_enabled()):
+        return x + F.dropout(h, p, True)
+    return _ResidualDropout.apply(x, h, keep_mask(h.shape, p, h.device), 1.0 / (1.0 - p))
