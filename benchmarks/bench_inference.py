@@ -30,6 +30,7 @@ import torch
 import transformers
 
 import mmbert
+from mmbert.nn import compile_layers
 
 MODELS = ("bert", "visualbert", "lxmert", "vilbert")
 WORKLOADS = {"vqa_questions": (7.0, 2.0, 3, 16), "coco_captions": (11.0, 2.5, 6, 25)}  # words: mean, std, min, max
@@ -125,11 +126,42 @@ def build_pair(name: str, size: str, device: str):
     return ours, hf_call(name, ref), f"transformers {cls.__name__}, attention {kernel}, every padded position computed"
 
 
+def time_compiled(ours, run_eager, batches: list[dict], args) -> dict:
+    """mmbert eager vs ``mmbert.nn.compile_layers`` on the same batches: compile time (the first call),
+    parity, and the median gain of alternating rounds."""
+    compiled = copy.deepcopy(ours)
+    compile_layers(compiled)
+
+    def run_compiled():
+        with torch.no_grad(), common.autocast(args.device, args.dtype):
+            out = [compiled(**x).text for x in batches]
+        common.sync(args.device)
+        return out
+
+    compile_s = common.timed(run_compiled)
+    diff = max(
+        common.max_abs_diff(a[x["text_mask"]], b[x["text_mask"]])
+        for a, b, x in zip(run_compiled(), run_eager(), batches)
+    )
+    common.assert_parity({"compiled_vs_eager_max_abs_diff": (diff, 1e-4)})
+    times = common.alternate({"eager": run_eager, "compiled": run_compiled}, args.repeats)
+    m = common.medians(times)
+    return {
+        "compile_and_first_call_s": compile_s,
+        "max_abs_diff_vs_eager": diff,
+        "inference_s_median": m,
+        "gain": m["eager"] / m["compiled"],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=["base", "tiny"], default="base")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument(
+        "--compile", action="store_true", help="also time mmbert with mmbert.nn.compile_layers (vs eager)"
+    )
     common.add_common_args(p, repeats=5)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -179,6 +211,8 @@ def main() -> None:
             "inference_s": times,
             "inference_s_median": common.medians(times),
         }
+        if args.compile:
+            result["models"][name]["compiled"] = time_compiled(ours, run_ours, batches, args)
         m = common.medians(times)
         rows.append((f"{name} inference (s)", m[common.MMBERT], m[common.HF], f"{common.speedup(times):.2f}x"))
         del ours, ref_fn

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from helpers import make_inputs
 
 import mmbert
-from mmbert.nn import Attention, FeedForward, key_padding_bias, set_gradient_checkpointing
+from mmbert.nn import Attention, FeedForward, compile_layers, key_padding_bias, set_gradient_checkpointing
 from mmbert.nn.attention import dropout_attention
 from mmbert.nn.dropout import dropout, keep_mask, masked_scale, residual_dropout
 
@@ -158,3 +158,10 @@ def test_residual_dropout_equals_residual_plus_dropout_with_the_same_mask():
     for a, b in zip(grads(out, [x, h]), grads(ref, [x, h])):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
     torch.testing.assert_close(residual_dropout(x, h, 0.4, False), x + h)
+
+
+def test_compile_layers_replaces_every_layer_forward():
+    model = mmbert.build_model("lxmert_tiny")
+    plain = {id(m): m._sublayers for m in model.modules() if hasattr(m, "_sublayers")}
+    assert compile_layers(model) == len(plain) > 0
+    assert all(m._sublayers is not plain[id(m)] for m in model.modules() if hasattr(m, "_sublayers"))

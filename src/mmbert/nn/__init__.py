@@ -1,7 +1,7 @@
 """Model-agnostic building blocks shared by every mmbert model."""
 
 from mmbert.nn.attention import Attention, key_padding_bias
-from mmbert.nn.block import Block, CrossBlock, set_gradient_checkpointing
+from mmbert.nn.block import Block, CrossBlock, compile_layers, set_gradient_checkpointing
 from mmbert.nn.embeddings import TextEmbeddings
 from mmbert.nn.feedforward import FeedForward
 from mmbert.nn.heads import MLMHead, MLPClassifier, PairHead, Pooler, PredictionTransform, RegionHeads
@@ -22,6 +22,7 @@ __all__ = [
     "attention_mask",
     "bidirectional_mask",
     "captioning_mask",
+    "compile_layers",
     "key_padding_bias",
     "seq2seq_mask",
     "set_gradient_checkpointing",
