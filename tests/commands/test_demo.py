@@ -125,3 +125,18 @@ def test_demo_config_shrinks_any_family_to_the_demo_size():
         assert enc(ids, region_feats=feats, region_boxes=boxes).pooled.shape[0] == 2
     with pytest.raises(KeyError):
         demo.demo_config("no_such_model", plan, 99, 20)
+
+
+def test_the_checks_are_judged_on_the_held_out_test_split(quick_run):
+    results = json.loads((quick_run / "out" / "results.json").read_text())
+    assert results["vqa_test"]["test_questions"] > 0 and results["vqa"]["val_questions"] > 0
+    assert all("(VQA test" in c["what"] or "test images" in c["what"] for c in results["acceptance"])
+    assert results["checks_enforced"] is False  # --quick reports them only
+    assert "| VQA (test, official accuracy; the checks) |" in (quick_run / "out" / "report.md").read_text()
+
+
+def test_a_failed_check_fails_the_demo():
+    checks = [{"what": "a", "value": "+1", "pass": True}, {"what": "b", "value": "-1", "pass": False}]
+    assert demo.exit_status(checks) == 1
+    assert demo.exit_status(checks[:1]) == 0
+    assert demo.exit_status(checks, enforced=False) == 0
