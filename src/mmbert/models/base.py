@@ -14,7 +14,7 @@ from mmbert.atomic import atomic_write, atomic_write_json
 from mmbert.config import ModelConfig
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.outputs import Encoded as Encoded  # re-exported: models and tasks import it from here
-from mmbert.nn.block import set_gradient_checkpointing
+from mmbert.nn.block import Block, set_gradient_checkpointing
 
 # The text-side sizes every ``*_tiny`` preset shares (tests, quick experiments): DESIGN.md section 8.
 TINY_SIZES: dict[str, int] = dict(
@@ -115,6 +115,18 @@ class EncoderModel(nn.Module):
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into a directory, each file atomically."""
         return save_module(self, self.config, Path(path))
+
+
+def block_stack(
+    config: ModelConfig, count: int, dim: int | None = None, heads: int | None = None, ffn_dim: int | None = None
+) -> nn.ModuleList:
+    """``count`` post-LN self-attention ``Block``s at the text width (or the one given), with the config's
+    dropouts and LayerNorm eps: every model's layer stacks."""
+    c = config
+    return nn.ModuleList(
+        Block(dim or c.dim, heads or c.num_heads, ffn_dim or c.ffn_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
+        for _ in range(count)
+    )
 
 
 def init_heads(heads: nn.Module, std: float) -> None:

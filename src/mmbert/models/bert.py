@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmbert.config import ModelConfig
-from mmbert.models.base import TINY_SIZES, Encoded, EncoderModel, check_text_inputs, init_heads
+from mmbert.models.base import TINY_SIZES, Encoded, EncoderModel, block_stack, check_text_inputs, init_heads
 from mmbert.models.heads import PretrainingHeads
-from mmbert.nn import Block, MLMHead, PairHead, Pooler, TextEmbeddings, key_padding_bias
+from mmbert.nn import MLMHead, PairHead, Pooler, TextEmbeddings, key_padding_bias
 
 
 @dataclass
@@ -31,10 +31,7 @@ class Bert(EncoderModel):
         super().__init__(config)
         c = config
         self.embeddings = TextEmbeddings.from_config(c)
-        self.layers = nn.ModuleList(
-            Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
-            for _ in range(c.num_layers)
-        )
+        self.layers = block_stack(c, c.num_layers)
         self.pooler = Pooler(c.dim)
         self.init_weights()
 

@@ -9,11 +9,12 @@ is exactly ``fuse(encode_text(...), encode_vision(...))``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from mmbert.models.base import EncoderModel
+from mmbert.models.base import EncoderModel, check_text_inputs
 from mmbert.models.outputs import Encoded
 from mmbert.nn import key_padding_bias
 
@@ -61,6 +62,25 @@ class DualStreamModel(EncoderModel):
     """Base of ViLBERT and LXMERT: subclasses implement the three stages; ``forward`` chains them."""
 
     display_name: str = ""  # for error messages ("ViLBERT needs region_feats ...")
+
+    def embed_text(
+        self, text_ids: Tensor, text_mask: Tensor | None, segment_ids: Tensor | None, output_attentions: bool
+    ) -> StreamStates:
+        """The checked text inputs through the text embeddings: the start of the text stream."""
+        check_text_inputs(self.config, text_ids, text_mask, segment_ids)
+        embedded = self.embeddings(text_ids, segment_ids)  # type: ignore[operator]
+        return StreamStates(embedded, text_mask, new_maps(output_attentions))
+
+    def run_layers(
+        self, stream: StreamStates, layers: Iterable[nn.Module], direction: str, output_attentions: bool
+    ) -> StreamStates:
+        """``layers`` (self-attention ``Block``s) over one stream, keeping their maps under ``direction``."""
+        bias, rows = stream.bias_and_rows(self.skip_padding)
+        for layer in layers:
+            stream.states, probs = layer(stream.states, bias, output_attentions, rows)
+            if stream.attentions is not None:
+                stream.attentions[direction].append(probs)
+        return stream
 
     def encode_text(
         self,

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import check_region_inputs, clear_padded_regions, location_features
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, check_text_inputs, init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, block_stack, init_heads
 from mmbert.models.dual_stream import DualStreamModel, StreamStates, joined_maps, new_maps
 from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import (
@@ -146,13 +146,8 @@ class Lxmert(DualStreamModel):
         eps = c.layer_norm_eps
         self.embeddings = TextEmbeddings.from_config(c)
         self.region_embeddings = VisualFeatureEncoder(c.region_feat_dim, c.dim, c.dropout, eps)
-        self.text_layers = nn.ModuleList(
-            Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, eps) for _ in range(c.num_layers)
-        )
-        self.vision_layers = nn.ModuleList(
-            Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, eps)
-            for _ in range(c.num_vision_layers)
-        )
+        self.text_layers = block_stack(c, c.num_layers)  # language encoder
+        self.vision_layers = block_stack(c, c.num_vision_layers)  # object-relationship encoder
         self.cross_layers = nn.ModuleList(CrossModalityLayer(c) for _ in range(c.num_cross_layers))
         self.pooler = Pooler(c.dim)
         self.init_weights()
@@ -165,14 +160,8 @@ class Lxmert(DualStreamModel):
         output_attentions: bool = False,
     ) -> StreamStates:
         """Embeddings + the language encoder: (B, T, D)."""
-        check_text_inputs(self.config, text_ids, text_mask, segment_ids)
-        text = StreamStates(self.embeddings(text_ids, segment_ids), text_mask, new_maps(output_attentions))
-        bias, rows = text.bias_and_rows(self.skip_padding)
-        for layer in self.text_layers:
-            text.states, probs = layer(text.states, bias, output_attentions, rows)
-            if text.attentions is not None:
-                text.attentions["text_text"].append(probs)
-        return text
+        text = self.embed_text(text_ids, text_mask, segment_ids, output_attentions)
+        return self.run_layers(text, self.text_layers, "text_text", output_attentions)
 
     def encode_vision(
         self,
@@ -185,15 +174,9 @@ class Lxmert(DualStreamModel):
         """The visual feature encoder + the object-relationship encoder: (B, R, D)."""
         check_region_inputs(region_feats, region_boxes, region_mask, self.config.region_feat_dim, text_batch)
         region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
-        vision = StreamStates(
-            self.region_embeddings(region_feats, region_boxes), region_mask, new_maps(output_attentions)
-        )
-        bias, rows = vision.bias_and_rows(self.skip_padding)
-        for layer in self.vision_layers:
-            vision.states, probs = layer(vision.states, bias, output_attentions, rows)
-            if vision.attentions is not None:
-                vision.attentions["vision_vision"].append(probs)
-        return vision
+        embedded = self.region_embeddings(region_feats, region_boxes)
+        vision = StreamStates(embedded, region_mask, new_maps(output_attentions))
+        return self.run_layers(vision, self.vision_layers, "vision_vision", output_attentions)
 
     def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
         """The cross-modality encoder and the pooler: text (B, T, D), vision (B, R, D), pooled (B, D). With

@@ -22,8 +22,8 @@ from mmbert.config import GLOBAL_REGION_CHOICES as GLOBAL_REGION_CHOICES
 from mmbert.config import GlobalRegion as GlobalRegion
 from mmbert.config import ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
-from mmbert.models.base import Encoded, EncoderModel, check_text_inputs
-from mmbert.nn import Block, Pooler, key_padding_bias
+from mmbert.models.base import Encoded, EncoderModel, block_stack, check_text_inputs
+from mmbert.nn import Pooler, key_padding_bias
 
 
 def split_attention(maps: list[Tensor], text_len: int) -> dict[str, list[Tensor]]:
@@ -55,10 +55,7 @@ class SingleStreamModel(EncoderModel):
         super().__init__(config)
         check_global_region(config)
         c = config
-        self.layers = nn.ModuleList(
-            Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
-            for _ in range(c.num_layers)
-        )
+        self.layers = block_stack(c, c.num_layers)
         # VL-BERT's pre-training configs build no pooler (``with_pooler: false``): pooled is then [CLS]'s state
         self.pooler = Pooler(c.dim) if getattr(c, "with_pooler", True) else None
         # VOLTA's controlled models (``pooling="volta"``): ReLU(Linear([CLS])) * ReLU(Linear(whole image))

@@ -41,12 +41,13 @@ from mmbert.models.base import (
     TINY_SIZES,
     Encoded,
     EncoderModel,
+    block_stack,
     check_text_inputs,
     init_heads,
 )
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.single_stream import check_region_flags, joint_visibility
-from mmbert.nn import Block, MLMHead, Pooler, RegionHeads, key_padding_bias
+from mmbert.nn import MLMHead, Pooler, RegionHeads, key_padding_bias
 
 
 @dataclass
@@ -189,10 +190,7 @@ class Unimo(EncoderModel):
         c = config
         self.text_embeddings = UnimoTextEmbeddings(c)
         self.region_embeddings = UnimoRegionEmbeddings(c)
-        self.layers = nn.ModuleList(
-            Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
-            for _ in range(c.num_layers)
-        )
+        self.layers = block_stack(c, c.num_layers)
         self.text_pooler = Pooler(c.dim, activation="relu")
         self.vision_pooler = Pooler(c.dim, activation="relu")
         self.init_weights()

@@ -33,11 +33,10 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions, location_features
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, check_text_inputs, init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, block_stack, init_heads
 from mmbert.models.dual_stream import DualStreamModel, StreamStates, joined_maps, new_maps
 from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import (
-    Block,
     CrossBlock,
     MLMHead,
     PairHead,
@@ -172,13 +171,8 @@ class ViLBert(DualStreamModel):
         eps = c.layer_norm_eps
         self.embeddings = TextEmbeddings.from_config(c)
         self.region_embeddings = RegionEmbeddings(c.region_feat_dim, c.vision_dim, c.dropout, eps)
-        self.text_layers = nn.ModuleList(
-            Block(c.dim, c.num_heads, c.ffn_dim, c.dropout, c.attn_dropout, eps) for _ in range(c.num_layers)
-        )
-        self.vision_layers = nn.ModuleList(
-            Block(c.vision_dim, c.vision_heads, c.vision_ffn_dim, c.dropout, c.attn_dropout, eps)
-            for _ in range(c.num_vision_layers)
-        )
+        self.text_layers = block_stack(c, c.num_layers)
+        self.vision_layers = block_stack(c, c.num_vision_layers, c.vision_dim, c.vision_heads, c.vision_ffn_dim)
         self.co_layers = nn.ModuleList(CoAttentionLayer(c) for _ in c.text_co_ids)
         self.text_pooler = Pooler(c.dim, c.pooled_dim, activation="relu")
         self.vision_pooler = Pooler(c.vision_dim, c.pooled_dim, activation="relu")
@@ -206,15 +200,9 @@ class ViLBert(DualStreamModel):
         output_attentions: bool = False,
     ) -> StreamStates:
         """Embeddings + the text layers that run before the first co-attention: (B, T, D)."""
-        check_text_inputs(self.config, text_ids, text_mask, segment_ids)
-        text = StreamStates(self.embeddings(text_ids, segment_ids), text_mask, new_maps(output_attentions))
-        bias, rows = text.bias_and_rows(self.skip_padding)
-        for kind, i in self.single_modality_steps:
-            if kind == "text":
-                text.states, probs = self.text_layers[i](text.states, bias, output_attentions, rows)
-                if text.attentions is not None:
-                    text.attentions["text_text"].append(probs)
-        return text
+        text = self.embed_text(text_ids, text_mask, segment_ids, output_attentions)
+        layers = [self.text_layers[i] for kind, i in self.single_modality_steps if kind == "text"]
+        return self.run_layers(text, layers, "text_text", output_attentions)
 
     def encode_vision(
         self,
@@ -236,13 +224,8 @@ class ViLBert(DualStreamModel):
             region_feats, region_boxes, region_mask, c.global_region, global_feats
         )
         vision = StreamStates(self.region_embeddings(feats, boxes), real, new_maps(output_attentions))
-        bias, rows = vision.bias_and_rows(self.skip_padding)
-        for kind, i in self.single_modality_steps:
-            if kind == "vision":
-                vision.states, probs = self.vision_layers[i](vision.states, bias, output_attentions, rows)
-                if vision.attentions is not None:
-                    vision.attentions["vision_vision"].append(probs)
-        return vision
+        layers = [self.vision_layers[i] for kind, i in self.single_modality_steps if kind == "vision"]
+        return self.run_layers(vision, layers, "vision_vision", output_attentions)
 
     def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
         """The run plan from the first co-attention on, then the fused poolers: text (B, T, D), vision

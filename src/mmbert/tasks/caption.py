@@ -43,24 +43,12 @@ from mmbert.models.base import Encoded, EncoderModel
 from mmbert.nn.heads import MLMHead
 from mmbert.nn.masks import captioning_mask
 from mmbert.objectives.base import LossOutput
-from mmbert.tasks.base import (
-    Example,
-    LoadReport,
-    Task,
-    TaskDataError,
-    TaskDataset,
-    TaskModel,
-    TaskOptions,
-    View,
-    check_images,
-    encode_text,
-    loader,
-    open_features,
-    read_json,
-    region_lookup,
-    require_fields,
-    write_json,
-)
+from mmbert.tasks.base import Task, TaskOptions
+from mmbert.tasks.collate import loader
+from mmbert.tasks.features import check_images, open_features, region_lookup
+from mmbert.tasks.files import read_json, require_fields, write_json
+from mmbert.tasks.model import TaskModel
+from mmbert.tasks.records import Example, LoadReport, TaskDataError, TaskDataset, View, encode_text
 
 OBJECTIVES = ("next_token", "masked")
 

@@ -23,30 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmbert.data.batch import Batch
-from mmbert.models.base import EncoderModel
-from mmbert.objectives.base import LossOutput
-from mmbert.tasks.base import (
-    Example,
-    LoadReport,
-    Task,
-    TaskDataError,
-    TaskDataset,
-    TaskOptions,
-    View,
-    check_images,
-    encode_text,
-    open_features,
-    probe_encoder,
-    read_json,
-    region_lookup,
-    require_fields,
-    write_json,
-)
-from mmbert.tasks.vqa import VQAHead, read_answer_vocab
+from mmbert.tasks.base import TaskOptions
+from mmbert.tasks.features import check_images, open_features, region_lookup
+from mmbert.tasks.files import read_json, require_fields, write_json
+from mmbert.tasks.records import Example, LoadReport, TaskDataError, TaskDataset, View, encode_text
+from mmbert.tasks.vqa import AnswerTask, read_answer_vocab
 
 BINARY_ANSWERS = ("yes", "no")
 
@@ -127,7 +111,7 @@ class GQAOptions(TaskOptions):
     dropout: float = 0.1
 
 
-class GQATask(Task):
+class GQATask(AnswerTask):
     name = "gqa"
     files = {
         "lxmert": "LXMERT's GQA JSON (train.json, valid.json, testdev.json, submit.json)",
@@ -138,14 +122,7 @@ class GQATask(Task):
 
     options_class = GQAOptions
     options: GQAOptions
-
-    @property
-    def answers(self) -> list[str]:
-        if not self.options.answer_list:
-            raise ValueError(
-                "the GQA answer vocabulary is not set: load a training split or give an answers file"
-            )
-        return self.options.answer_list
+    score_metric = "acc"
 
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
         path = self.require_files(files, "lxmert")["lxmert"]
@@ -193,16 +170,6 @@ class GQATask(Task):
         labels = {r["question_id"]: r["label"] for r in records} if labelled else None
         return TaskDataset(records, build, report, {"labelled": labelled, "labels": labels,
                                                     "split": self.options.split})  # fmt: skip
-
-    def build_head(self, encoder: EncoderModel) -> nn.Module:
-        return VQAHead(probe_encoder(encoder).pooled, len(self.answers), self.options.dropout)
-
-    def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
-        targets = batch.labels
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets) * targets.shape[1]
-        with torch.no_grad():
-            acc = targets.gather(1, logits.argmax(1, keepdim=True)).mean()
-        return LossOutput(loss, {"gqa_loss": float(loss.detach()), "gqa_acc": float(acc)})
 
     def predict(self, logits: Tensor, batch: Batch) -> list[dict]:
         return [{"questionId": m["question_id"], "prediction": self.answers[i]}

@@ -26,23 +26,12 @@ from mmbert.data.batch import Batch
 from mmbert.models.base import Encoded, EncoderModel
 from mmbert.nn.heads import MLPClassifier
 from mmbert.objectives.base import LossOutput
-from mmbert.tasks.base import (
-    Example,
-    LoadReport,
-    Task,
-    TaskDataError,
-    TaskDataset,
-    TaskOptions,
-    View,
-    check_images,
-    encode_text,
-    open_features,
-    probe_encoder,
-    read_jsonl,
-    region_lookup,
-    require_fields,
-)
+from mmbert.tasks.base import Task, TaskOptions
+from mmbert.tasks.features import check_images, open_features, region_lookup
+from mmbert.tasks.files import read_jsonl, require_fields
 from mmbert.tasks.metrics import nlvr2_scores, nlvr2_sentence_key
+from mmbert.tasks.model import probe_encoder
+from mmbert.tasks.records import Example, LoadReport, TaskDataError, TaskDataset, View, encode_text
 
 LABELS = {"true": 1, "false": 0}
 

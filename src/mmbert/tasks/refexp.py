@@ -29,26 +29,13 @@ from torch import Tensor, nn
 from mmbert.data.batch import Batch
 from mmbert.models.base import Encoded, EncoderModel
 from mmbert.objectives.base import LossOutput
-from mmbert.tasks.base import (
-    Example,
-    LoadReport,
-    Task,
-    TaskDataError,
-    TaskDataset,
-    TaskOptions,
-    View,
-    check_images,
-    encode_text,
-    input_regions,
-    open_features,
-    probe_encoder,
-    read_json,
-    region_lookup,
-    require_fields,
-    write_json,
-)
+from mmbert.tasks.base import Task, TaskOptions
+from mmbert.tasks.features import check_images, open_features, region_lookup
 from mmbert.tasks.fields import text_field, xywh_box
+from mmbert.tasks.files import read_json, require_fields, write_json
 from mmbert.tasks.metrics import box_iou, grounding_accuracy, xywh_to_xyxy
+from mmbert.tasks.model import input_regions, probe_encoder
+from mmbert.tasks.records import Example, LoadReport, TaskDataError, TaskDataset, View, encode_text
 
 PAD_LOGIT = -10000.0
 

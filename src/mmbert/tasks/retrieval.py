@@ -34,25 +34,12 @@ from mmbert.models.base import Encoded, EncoderModel
 from mmbert.models.dual_stream import DualStreamModel, StreamStates
 from mmbert.nn.heads import PairHead
 from mmbert.objectives.base import LossOutput
-from mmbert.tasks.base import (
-    Example,
-    LoadReport,
-    Task,
-    TaskDataError,
-    TaskDataset,
-    TaskModel,
-    TaskOptions,
-    View,
-    check_images,
-    encode_text,
-    open_features,
-    probe_encoder,
-    read_json,
-    region_lookup,
-    require_fields,
-    write_json,
-)
+from mmbert.tasks.base import Task, TaskOptions
+from mmbert.tasks.features import check_images, open_features, region_lookup
+from mmbert.tasks.files import read_json, require_fields, write_json
 from mmbert.tasks.metrics import recall_at_k
+from mmbert.tasks.model import TaskModel, probe_encoder
+from mmbert.tasks.records import Example, LoadReport, TaskDataError, TaskDataset, View, encode_text
 
 
 class MatchHead(nn.Module):

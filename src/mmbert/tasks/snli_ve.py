@@ -26,24 +26,11 @@ from torch import Tensor, nn
 from mmbert.data.batch import Batch
 from mmbert.models.base import EncoderModel
 from mmbert.objectives.base import LossOutput
-from mmbert.tasks.base import (
-    Example,
-    LoadReport,
-    Task,
-    TaskDataError,
-    TaskDataset,
-    TaskOptions,
-    View,
-    check_images,
-    encode_text,
-    open_features,
-    probe_encoder,
-    read_json,
-    read_jsonl,
-    region_lookup,
-    require_fields,
-    write_json,
-)
+from mmbert.tasks.base import Task, TaskOptions
+from mmbert.tasks.features import check_images, open_features, region_lookup
+from mmbert.tasks.files import read_json, read_jsonl, require_fields, write_json
+from mmbert.tasks.model import probe_encoder
+from mmbert.tasks.records import Example, LoadReport, TaskDataError, TaskDataset, View, encode_text
 from mmbert.tasks.vqa import VQAHead
 
 LABELS = ("entailment", "neutral", "contradiction")

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,24 +28,13 @@ from mmbert.data.batch import Batch
 from mmbert.models.base import Encoded, EncoderModel
 from mmbert.nn.heads import MLPClassifier
 from mmbert.objectives.base import LossOutput
-from mmbert.tasks.base import (
-    Example,
-    LoadReport,
-    Task,
-    TaskDataError,
-    TaskDataset,
-    TaskOptions,
-    View,
-    check_images,
-    encode_text,
-    open_features,
-    read_json,
-    region_lookup,
-    require_fields,
-    write_json,
-)
+from mmbert.tasks.base import Task, TaskOptions
+from mmbert.tasks.features import check_images, open_features, region_lookup
 from mmbert.tasks.fields import refuse_duplicates, text_field
+from mmbert.tasks.files import read_json, require_fields, write_json
 from mmbert.tasks.metrics import normalize_answer, vqa_evaluate, vqa_soft_scores
+from mmbert.tasks.model import probe_encoder
+from mmbert.tasks.records import Example, LoadReport, TaskDataError, TaskDataset, View, encode_text
 
 
 def read_answer_vocab(path: str | os.PathLike) -> list[str]:
@@ -104,7 +93,35 @@ class VQAOptions(TaskOptions):
     dropout: float = 0.1
 
 
-class VQATask(Task):
+class AnswerTask(Task):
+    """A task whose head classifies over an answer vocabulary (``options.answer_list``): VQA, GQA. The
+    head is ``VQAHead``; the loss is the soft-score binary cross-entropy (times the number of answers, as
+    LXMERT and VOLTA scale it), logged as ``<name>_loss`` and ``<name>_<score_metric>``."""
+
+    score_metric: ClassVar[str] = "score"
+
+    @property
+    def answers(self) -> list[str]:
+        if not self.options.answer_list:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"the {self.name.upper()} answer vocabulary is not set: load a training split or give an "
+                "answers file"
+            )
+        return self.options.answer_list  # type: ignore[attr-defined]
+
+    def build_head(self, encoder: EncoderModel) -> nn.Module:
+        return VQAHead(probe_encoder(encoder).pooled, len(self.answers), self.options.dropout)  # type: ignore[attr-defined]
+
+    def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
+        targets = batch.labels
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets) * targets.shape[1]
+        with torch.no_grad():
+            score = targets.gather(1, logits.argmax(1, keepdim=True)).mean()
+        metrics = {f"{self.name}_loss": float(loss.detach()), f"{self.name}_{self.score_metric}": float(score)}
+        return LossOutput(loss, metrics)
+
+
+class VQATask(AnswerTask):
     name = "vqa"
     files = {
         "questions": "official questions JSON (v2_OpenEnded_mscoco_*_questions.json)",
@@ -117,14 +134,6 @@ class VQATask(Task):
 
     options_class = VQAOptions
     options: VQAOptions
-
-    @property
-    def answers(self) -> list[str]:
-        if not self.options.answer_list:
-            raise ValueError(
-                "the VQA answer vocabulary is not set: load a training split or give an answers file"
-            )
-        return self.options.answer_list
 
     # data -------------------------------------------------------------------------------------------
     def load(self, files: Mapping[str, Any], tokenizer: Any, features: Any = None) -> TaskDataset:
@@ -268,20 +277,11 @@ class VQATask(Task):
 
     # model ------------------------------------------------------------------------------------------
     def build_head(self, encoder: EncoderModel) -> nn.Module:
-        from mmbert.tasks.base import probe_encoder
-
         if encoder.config.model_type == "unimo":  # UNIMO's classifier on [CLS] + [IMG] (unimo_heads)
             from mmbert.tasks.unimo_heads import UnimoClassifierHead
 
             return UnimoClassifierHead(encoder.config.dim, len(self.answers))
-        return VQAHead(probe_encoder(encoder).pooled, len(self.answers), self.options.dropout)
-
-    def loss(self, logits: Tensor, batch: Batch) -> LossOutput:
-        targets = batch.labels
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets) * targets.shape[1]
-        with torch.no_grad():
-            score = targets.gather(1, logits.argmax(1, keepdim=True)).mean()
-        return LossOutput(loss, {"vqa_loss": float(loss.detach()), "vqa_score": float(score)})
+        return super().build_head(encoder)
 
     def predict(self, logits: Tensor, batch: Batch) -> list[dict]:
         best = logits.argmax(1).tolist()
