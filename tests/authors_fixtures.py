@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
@@ -76,13 +77,35 @@ def load_options(fx: Fixture) -> dict:
     """Source settings the authors pass on their command line, as recorded in meta.json."""
     hp = fx.meta.get("hyper_parameters", {})
     opts = {k: hp[k] for k in ("llayers", "xlayers", "rlayers") if k in hp}
-    if _volta_vl_bert(fx):
-        opts["volta_position_shift"] = True
     return opts
 
 
-def _volta_vl_bert(fx: Fixture) -> bool:
-    return "expanded (memory-shared) arange" in json.dumps(fx.meta.get("input_mapping", {}))
+def unsupported_volta_layout(folder: Path) -> bool:
+    """VOLTA layouts with shared sublayers other than the single-stream VisualBERT (its LXMERT, UNITER and
+    VL-BERT controlled models): refused by the loader until mmbert has their VOLTA embeddings (read from
+    the fixture's config, not its name)."""
+    fx = read_fixture(folder)
+    if not fx.meta["source"].startswith("volta"):
+        return False
+    from mmbert.convert.volta import SINGLE_STREAM
+
+    raw = json.loads(fx.config.read_text())
+    shared = raw.get("shared_sublayers")
+    return bool(shared) and not (
+        raw.get("image_embeddings") in SINGLE_STREAM and len(shared) == len(raw["t_ff_sublayers"]) * 2
+    )
+
+
+def refused_marks(folder: Path) -> list:
+    """A strict xfail (CheckpointError only) for the fixtures the loader refuses on purpose; none elsewhere, so
+    a regression in a supported loader fails rather than hides."""
+    if unsupported_volta_layout(folder):
+        return [
+            pytest.mark.xfail(
+                strict=True, raises=CheckpointError, reason="VOLTA shared-sublayer layout: refused"
+            )
+        ]
+    return []
 
 
 def plain_inputs(x: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:

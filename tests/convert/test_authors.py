@@ -10,7 +10,16 @@ import sys
 
 import pytest
 import torch
-from authors_fixtures import TOLERANCE, compare, fixture_dirs, load, load_options, read_fixture
+from authors_fixtures import (
+    TOLERANCE,
+    compare,
+    fixture_dirs,
+    load,
+    load_options,
+    read_fixture,
+    refused_marks,
+    unsupported_volta_layout,
+)
 
 import mmbert
 from mmbert.convert import CheckpointError
@@ -21,33 +30,7 @@ FOLDERS = fixture_dirs()
 IDS = [str(p.relative_to(p.parents[1] if p.parent.name == "volta" else p.parent)) for p in FOLDERS]
 
 
-def _unsupported_volta_layout(folder) -> bool:
-    """VOLTA layouts with shared sublayers other than the single-stream VisualBERT (its LXMERT, UNITER and
-    VL-BERT controlled models): refused by the loader until mmbert has their VOLTA embeddings (read from
-    the fixture's config, not its name)."""
-    fx = read_fixture(folder)
-    if not fx.meta["source"].startswith("volta"):
-        return False
-    from mmbert.convert.volta import SINGLE_STREAM
-
-    raw = json.loads(fx.config.read_text())
-    shared = raw.get("shared_sublayers")
-    return bool(shared) and not (
-        raw.get("image_embeddings") in SINGLE_STREAM and len(shared) == len(raw["t_ff_sublayers"]) * 2
-    )
-
-
-def _marks(folder):
-    if _unsupported_volta_layout(folder):
-        return [
-            pytest.mark.xfail(
-                strict=True, raises=CheckpointError, reason="VOLTA shared-sublayer layout: refused"
-            )
-        ]
-    return []
-
-
-CASES = [pytest.param(f, id=i, marks=_marks(f)) for f, i in zip(FOLDERS, IDS)]
+CASES = [pytest.param(f, id=i, marks=refused_marks(f)) for f, i in zip(FOLDERS, IDS)]
 
 
 @pytest.mark.parametrize("folder", CASES)
@@ -153,7 +136,7 @@ def test_inspect_shows_the_detected_source():
     assert "'module.' prefix (DataParallel/DDP) stripped" in done.stdout
 
 
-@pytest.mark.parametrize("folder", [f for f in FOLDERS if _unsupported_volta_layout(f)], ids=str)
+@pytest.mark.parametrize("folder", [f for f in FOLDERS if unsupported_volta_layout(f)], ids=str)
 def test_unsupported_volta_layouts_are_refused_clearly(folder):
     fx = read_fixture(folder)
     with pytest.raises(CheckpointError, match="VOLTA layout .* the layouts that load"):

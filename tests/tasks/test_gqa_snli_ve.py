@@ -106,3 +106,26 @@ def test_snli_ve_malformed_line_is_named(tmp_path):
     )
     with pytest.raises(TaskDataError, match=r"snli_ve_dev.jsonl:2: missing field\(s\) \['sentence2'\]"):
         SNLIVETask().load({"jsonl": path}, None)
+
+
+def test_snli_ve_duplicate_pair_ids_are_refused_naming_both_lines(tmp_path):
+    """A repeated pairID would replace the first pair in scoring: refused in the data and the predictions."""
+    path = tmp_path / "snli_ve_test.jsonl"
+    path.write_text(
+        "\n".join(json.dumps(r) for r in [SNLI_VE[0], SNLI_VE[1], {**SNLI_VE[2], "pairID": "p1"}]) + "\n"
+    )
+    with pytest.raises(
+        TaskDataError, match=r"snli_ve_test.jsonl:3: pairID 'p1' repeats .*snli_ve_test.jsonl:1"
+    ):
+        SNLIVETask().load({"jsonl": path}, None)
+    from mmbert.tasks.snli_ve import score_prediction_file
+
+    data = tmp_path / "snli_ve_dev.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in SNLI_VE) + "\n")
+    preds = tmp_path / "predictions.json"
+    preds.write_text(json.dumps([{"pairID": "p1", "prediction": "entailment"},
+                                 {"pairID": "p1", "prediction": "neutral"}]))  # fmt: skip
+    with pytest.raises(
+        TaskDataError, match=r"predictions.json\[1\]: pairID 'p1' repeats .*predictions.json\[0\]"
+    ):
+        score_prediction_file(preds, data)

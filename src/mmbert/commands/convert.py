@@ -36,19 +36,12 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     )
     for name in ("llayers", "xlayers", "rlayers"):
         p.add_argument(f"--{name}", type=int, help=f"LXMERT's --{name}, checked against the weights")
-    p.add_argument(
-        "--volta-position-shift",
-        choices=["true", "false"],
-        help="VOLTA ctrl_vl-bert: reproduce its batch-wide text position shift (off by default)",
-    )
 
 
 def source_options(args: argparse.Namespace) -> dict:
     opts = {
         k: getattr(args, k) for k in ("llayers", "xlayers", "rlayers") if getattr(args, k, None) is not None
     }
-    if getattr(args, "volta_position_shift", None) is not None:
-        opts["volta_position_shift"] = args.volta_position_shift == "true"
     return {"config": args.config, "source": args.source, **opts}
 
 

@@ -241,7 +241,7 @@ def load_authors(
     """Encoder, pre-training heads, task heads and the report, from an authors' file or directory.
 
     ``options`` are source settings the authors pass on the command line (LXMERT's ``llayers``,
-    ``xlayers``, ``rlayers``; VOLTA's ``volta_position_shift``), see each source module.
+    ``xlayers``, ``rlayers``), see each source module.
     """
     from mmbert.models import model_class
 

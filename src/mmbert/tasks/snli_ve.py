@@ -28,6 +28,7 @@ from mmbert.models.base import EncoderModel
 from mmbert.objectives.base import LossOutput
 from mmbert.tasks.base import Task, TaskOptions
 from mmbert.tasks.features import check_images, open_features, region_lookup
+from mmbert.tasks.fields import refuse_duplicates
 from mmbert.tasks.files import read_json, read_jsonl, require_fields, write_json
 from mmbert.tasks.model import probe_encoder
 from mmbert.tasks.records import Example, LoadReport, TaskDataError, TaskDataset, View, encode_text
@@ -51,9 +52,11 @@ def read_snli_ve(
                 continue
             raise TaskDataError(f"{where}: gold_label {d['gold_label']!r} is not one of {LABELS}")
         records.append({"pair_id": str(d.get("pairID", f"{path.name}:{line}")), "image": str(d["Flickr30K_ID"]),
-                        "hypothesis": str(d["sentence2"]), "label": LABELS.index(d["gold_label"])})  # fmt: skip
+                        "hypothesis": str(d["sentence2"]), "label": LABELS.index(d["gold_label"]),
+                        "where": where})  # fmt: skip
     if not records:
         raise TaskDataError(f"{path}: no labelled pairs")
+    refuse_duplicates(((r["pair_id"], r["where"]) for r in records), "pairID")
     return records
 
 
@@ -140,6 +143,10 @@ def score_prediction_file(predictions: str | os.PathLike, data: str | os.PathLik
     raw = read_json(Path(predictions))
     if not isinstance(raw, list):
         raise TaskDataError(f"{predictions}: SNLI-VE predictions are a JSON list of {{pairID, prediction}}")
+    refuse_duplicates(
+        ((str(r.get("pairID")), f"{predictions}[{i}]") for i, r in enumerate(raw) if isinstance(r, dict)),
+        "pairID",
+    )
     preds: dict[str, str] = {}
     for i, r in enumerate(raw):
         require_fields(r, ("pairID", "prediction"), f"{predictions}[{i}]")
