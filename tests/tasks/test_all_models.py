@@ -40,7 +40,8 @@ def task_setup(name, tmp_path):
         (tmp_path / "gqa.json").write_text(json.dumps(GQA))
         return TASKS[name](), {"lxmert": tmp_path / "gqa.json"}, make_store(["1", "2", "3"]), (2, 3)
     if name == "snli-ve":
-        (tmp_path / "ve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SNLI_VE + SNLI_VE))
+        pairs = SNLI_VE + [{**r, "pairID": r["pairID"] + "b"} for r in SNLI_VE]  # pairIDs are unique
+        (tmp_path / "ve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
         return TASKS[name](), {"jsonl": tmp_path / "ve.jsonl"}, make_store(["1", "2", "3"]), (2, 3)
     if name == "flickr30k-entities":
         return TASKS[name](max_regions=None), write_flickr(tmp_path), flickr_store(), None
