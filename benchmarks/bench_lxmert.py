@@ -2,10 +2,11 @@
 
 Same config, same weights (the HF model is saved and loaded by ``mmbert.load_pretraining``), same batch:
 captions of 7 to 20 tokens padded to the batch's longest, 36 regions of 2048-d features, 15 % of tokens
-and regions masked, every LXMERT objective: masked LM, cross-modality matching, masked object prediction
-(object CE x confidence, attribute CE x confidence, feature SmoothL1; x 6.67, over all B x R regions as in
-LXMERT's code) and image QA (dropped for mismatched pairs on both sides). Each side runs its library's
-public training path: mmbert's ``Pretraining`` (recipe "lxmert") and ``LxmertForPreTraining(labels=,
+and regions masked, every LXMERT objective: masked LM, cross-modality matching, object prediction as
+LXMERT's code scores it (object and attribute CE x confidence at every region, feature SmoothL1 at the
+masked ones; x 1 / 0.15 on both sides, averaged over all B x R regions) and image QA (dropped for
+mismatched pairs on both sides). Each side runs its library's public training path: mmbert's
+``Pretraining`` (recipe "lxmert") and ``LxmertForPreTraining(labels=,
 obj_labels=, matched_label=, ans=)``; the same optimizer (``mmbert.train.optim.build_optimizer``). Loss
 and hidden states are asserted equal (eval mode) before anything is timed. ViLBERT (no Hugging Face
 counterpart) is timed alone on the same batch through ``Pretraining`` (MLM + ITM + KL to the detector's
@@ -32,6 +33,7 @@ from mmbert.convert.hf_lxmert import to_hf_config
 from mmbert.data.batch import Batch
 from mmbert.nn import set_gradient_checkpointing
 from mmbert.objectives import Pretraining
+from mmbert.objectives.regions import LXMERT_VISUAL_LOSS_NORMALIZER
 from mmbert.train.optim import build_optimizer
 
 COMPUTES = {
@@ -57,7 +59,10 @@ SHAPE_ARGS = ("preset", "batch", "seq", "regions")
 
 def hf_config(preset: str) -> transformers.LxmertConfig:
     fields = to_hf_config(mmbert.MODELS[preset](), True)
-    return transformers.LxmertConfig(**{k: v for k, v in fields.items() if k != "architectures"})
+    cfg = transformers.LxmertConfig(**{k: v for k, v in fields.items() if k != "architectures"})
+    # the same region-loss scale on both sides: mmbert's 1 / 0.15 (Hugging Face rounds it to 6.67)
+    cfg.visual_loss_normalizer = LXMERT_VISUAL_LOSS_NORMALIZER
+    return cfg
 
 
 def make_batch(config, batch: int, seq: int, regions: int, device: str, seed: int = 1) -> Batch:
@@ -115,9 +120,9 @@ def hf_loss(ref, b: Batch) -> torch.Tensor:
         labels=b.mlm_labels,
         matched_label=b.pair_labels,  # HF LXMERT: 1 = matches, as mmbert
         ans=b.answer_targets.masked_fill(b.pair_labels == 0, -100),  # no QA on mismatched pairs (LXMERT)
-        obj_labels={
-            "obj": (b.region_labels, b.region_obj_conf * sel),
-            "attr": (b.region_attr_labels, b.region_attr_conf * sel),
+        obj_labels={  # as lxmert_pretrain.py: object / attribute labels at every region, features at masked ones
+            "obj": (b.region_labels, b.region_obj_conf),
+            "attr": (b.region_attr_labels, b.region_attr_conf),
             "feat": (b.region_targets, sel),
         },
     ).loss
