@@ -81,19 +81,16 @@ def load_options(fx: Fixture) -> dict:
 
 
 def unsupported_volta_layout(folder: Path) -> bool:
-    """VOLTA layouts with shared sublayers other than the single-stream VisualBERT (its LXMERT, UNITER and
-    VL-BERT controlled models): refused by the loader until mmbert has their VOLTA embeddings (read from
-    the fixture's config, not its name)."""
+    """VOLTA's single-stream layouts (every sublayer shared) with embeddings mmbert has no VOLTA form of (its
+    VL-BERT): refused by the loader until then (read from the fixture's config, not its name)."""
     fx = read_fixture(folder)
     if not fx.meta["source"].startswith("volta"):
         return False
     from mmbert.convert.volta import SINGLE_STREAM
 
     raw = json.loads(fx.config.read_text())
-    shared = raw.get("shared_sublayers")
-    return bool(shared) and not (
-        raw.get("image_embeddings") in SINGLE_STREAM and len(shared) == len(raw["t_ff_sublayers"]) * 2
-    )
+    every = len(raw.get("shared_sublayers", [])) == len(raw["t_ff_sublayers"]) * 2
+    return every and raw.get("image_embeddings") not in SINGLE_STREAM
 
 
 def refused_marks(folder: Path) -> list:
@@ -372,7 +369,7 @@ def main() -> int:
         fx = read_fixture(folder)
         try:
             diffs = compare(fx)
-        except CheckpointError as e:  # a layout the loader refuses (VOLTA's ctrl_lxmert / ctrl_vl-bert)
+        except CheckpointError as e:  # a layout the loader refuses (VOLTA's ctrl_vl-bert)
             print(f"{fx.name:<32} refused: {str(e).split(': ', 2)[-1][:90]}")
             continue
         for name, d in diffs.items():

@@ -139,20 +139,19 @@ def test_inspect_shows_the_detected_source():
 @pytest.mark.parametrize("folder", [f for f in FOLDERS if unsupported_volta_layout(f)], ids=str)
 def test_unsupported_volta_layouts_are_refused_clearly(folder):
     fx = read_fixture(folder)
-    with pytest.raises(CheckpointError, match="VOLTA layout .* the layouts that load"):
+    with pytest.raises(CheckpointError, match="VOLTA layout .* the single-stream layouts that load"):
         load(fx)
 
 
-@pytest.mark.parametrize("model", ["vilbert", "visualbert", "uniter"])
+@pytest.mark.parametrize("model", ["vilbert", "visualbert", "uniter", "lxmert"])
 def test_ctrl_presets_are_voltas_controlled_configs(model):
-    """The VOLTA loader reads ctrl_<model>_base.json's sublayer lists (recorded in the fixture's meta.json)
+    """The VOLTA loader reads ctrl_<model>[_base].json's sublayer lists (recorded in the fixture's meta.json)
     at base sizes into exactly the ``ctrl_<model>`` preset."""
     from mmbert.convert import volta
     from mmbert.models import MODELS
 
-    fx = read_fixture(
-        next(f for f in FOLDERS if read_fixture(f).meta["source"] == f"volta/ctrl_{model}_base")
-    )
+    names = (f"volta/ctrl_{model}_base", f"volta/ctrl_{model}")
+    fx = read_fixture(next(f for f in FOLDERS if read_fixture(f).meta["source"] in names))
     raw = json.loads(fx.config.read_text())
     raw.update(fx.meta["config"]["original_sublayer_lists"])
     raw.update(

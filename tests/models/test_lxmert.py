@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 from helpers import make_inputs
 
 import mmbert
 from mmbert.models.lxmert import Lxmert, LxmertConfig
+from mmbert.objectives import recipe_for
 
 
 def lin(i: int, o: int) -> int:
@@ -208,3 +210,74 @@ def test_config_refuses_unknown_and_negative_fields():
         LxmertConfig(num_cross_layers=-1)
     with pytest.raises(ValueError, match="unknown keys"):
         LxmertConfig.from_dict({"x_layers": 5})
+
+
+def volta_tiny() -> LxmertConfig:
+    """``ctrl_lxmert``'s options (VOLTA's controlled LXMERT) at the tiny sizes."""
+    base = mmbert.MODELS["ctrl_lxmert"]()
+    tiny = mmbert.MODELS["lxmert_tiny"]()
+    return tiny.replace(
+        num_qa_labels=0,
+        num_object_labels=13,
+        num_attr_labels=0,
+        predict_region_feats=False,
+        global_region=base.global_region,
+        location_dims=base.location_dims,
+        pooling=base.pooling,
+        pooled_dim=24,
+    )
+
+
+def test_voltas_options_whole_image_region_5d_locations_and_fused_pooler():
+    torch.manual_seed(0)
+    model = Lxmert(volta_tiny()).eval()
+    inputs = make_inputs(model.config)
+    with torch.no_grad():
+        enc = model(**inputs)
+        real = inputs["region_mask"][..., None]
+        mean = (inputs["region_feats"] * real).sum(1) / real.sum(1)
+        explicit = model(**inputs, global_feats=mean)
+        other = model(**inputs, global_feats=mean + 1.0)
+    r = inputs["region_feats"].shape[1]
+    assert enc.vision.shape == (2, r + 1, model.config.dim)
+    mask = model.vision_mask(inputs)
+    assert not mask[:, 0].any() and torch.equal(mask[:, 1:], inputs["region_mask"])
+    torch.testing.assert_close(explicit.vision, enc.vision)  # default whole-image feature: the real regions' mean
+    assert not torch.allclose(other.vision[:, 0], enc.vision[:, 0])
+    assert model.region_embeddings.box.in_features == 5  # x1, y1, x2, y2, area
+    fused = F.relu(model.text_pooler.dense(enc.text[:, 0])) * F.relu(model.vision_pooler.dense(enc.vision[:, 0]))
+    torch.testing.assert_close(enc.pooled, fused)
+    assert enc.pooled.shape == (2, 24) and not hasattr(model, "pooler")
+
+
+def test_voltas_heads_and_recipe():
+    """VOLTA's heads: matching on the fused vector through dropout 0.1, one 1601-style class decoder for every
+    vision position (the whole image included), no answer head; VOLTA's recipe (MLM, KL, matching)."""
+    pt = mmbert.PretrainingModel(Lxmert(volta_tiny())).eval()
+    inputs = make_inputs(pt.encoder.config)
+    with torch.no_grad():
+        out = pt(**inputs)
+    assert out.pair_logits.shape == (2, 2) and pt.heads.pair.dropout == 0.1
+    assert out.region_class_logits.shape == (2, 6, 13)
+    assert out.region_attr_logits is None and out.region_feat_pred is None and pt.heads.answer is None
+    assert recipe_for(pt.encoder.config).objectives == ("mlm", "mrc_kl", "itm")
+    assert recipe_for(mmbert.MODELS["lxmert_tiny"]()).objectives == recipe_for("lxmert").objectives
+
+
+def test_ctrl_lxmert_parameter_count_is_voltas():
+    """ctrl_lxmert.json: BERT-base text embeddings, LxmertImageEmbeddings with a 5-d location, 9 + 5 stream
+    layers, 5 x (one shared cross-attention + two stream layers), two 768 -> 1024 poolers."""
+    V, P, TY, D, FF, F_, PO = 30522, 512, 2, 768, 3072, 2048, 1024
+    block = 4 * lin(D, D) + 2 * D + lin(D, FF) + lin(FF, D) + 2 * D
+    cross = 4 * lin(D, D) + 2 * D
+    expected = (V + P + TY) * D + 2 * D + lin(F_, D) + 2 * D + lin(5, D) + 2 * D
+    expected += 14 * block + 5 * (cross + 2 * block) + 2 * lin(D, PO)
+    with torch.device("meta"):
+        assert mmbert.build_model("ctrl_lxmert").num_parameters() == expected
+
+
+def test_voltas_pooler_needs_the_whole_image_region():
+    with pytest.raises(ValueError, match="global_region='first'"):
+        LxmertConfig(pooling="volta")
+    with pytest.raises(ValueError, match="location_dims must be 4 or 5"):
+        LxmertConfig(location_dims=7)

@@ -67,12 +67,7 @@ def dual_stream(fx: Fixture, model) -> dict[str, float]:
     batch = labelled(x, mlm_labels=x["label_mlm_labels"], pair_labels=x["label_pair_labels"],
                      region_target_mask=x["label_region_target_mask"], region_cls_prob=x["label_region_cls_prob"],
                      region_targets=x["label_region_targets"], global_feats=vilbert_whole_image(x))  # fmt: skip
-    # VOLTA's controlled single-stream models (loaded as VisualBERT / UNITER) pre-train as its ViLBERT does
-    # (visual target 0 = KL), not by their own papers' recipes
-    volta = (
-        {"objectives": ("mlm", "mrc_kl", "itm"), "score_mismatched": True} if model.source == "volta" else {}
-    )
-    m = Pretraining(model, **volta)(batch).metrics
+    m = Pretraining(model)(batch).metrics  # VOLTA's controlled models: its recipe (recipe_key "volta")
     return {"masked_lm_loss": m["mlm_loss"], "masked_img_loss": m["mrc_kl_loss"], "next_sentence_loss": m["itm_loss"],
             "total_loss_train_concap": m["loss"], "masked_loss_t": m["mlm_loss"], "masked_loss_v": m["mrc_kl_loss"],
             "pair_match_loss": m["itm_loss"], "total": m["loss"]}  # fmt: skip

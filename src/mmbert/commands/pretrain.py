@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{', '.join(given)}: {args.model} is a text-only model; it pre-trains on --text-corpus")
     elif args.captions is None or args.features is None:
         raise ValueError(f"{args.model} is a vision-and-language model: pass --captions and --features")
-    recipe = recipe_for(config.model_type)
+    recipe = recipe_for(config)  # VOLTA's controlled presets: VOLTA's recipe
     unimo = config.model_type == "unimo"
     unimo_flags = [f for f in ("image_corpus", "scenes", "lexicon", "paraphrases", "negatives")
                    if getattr(args, f, None)]  # fmt: skip

@@ -15,13 +15,16 @@ into mmbert's named blocks, one attention sublayer and the feed-forward after it
   ``v_value``, vision queries over ``key`` / ``value``, as volta/encoders.py ``BertGatedSelfAttention``).
 
 * tt, tv, vt and vv, shared, with a shared feed-forward: one single-stream ``Block`` over [text ; vision].
+* tv and vt, shared, with no feed-forward after it: LXMERT's one cross-attention serving both directions
+  (``query``/``key``/``value`` and ``attention_output`` for both; the ``v_*`` names are the same tensors,
+  checked equal); the tt + vv attention and the feed-forwards after it are the two per-stream ``Block``s
+  of that cross-modality layer.
 
 Layouts built from the first kinds (``ctrl_vilbert_base``, ``vilbert_base``) load into ``ViLBert``; the
 single-stream ``ctrl_visualbert_base`` / ``ctrl_uniter_base`` into ``VisualBert`` / ``Uniter`` with the
 whole-image region first, VOLTA's fused ReLU pooler ([CLS] x whole-image region, ``pooling="volta"``)
-and its region head (UNITER also with 5-d locations, its own region type table, no mask embedding). The
-others (LXMERT's shared cross-attention sublayers; VL-BERT's VOLTA embeddings with their position shift)
-are recognised and refused with a message saying so.
+and its region head (UNITER also with 5-d locations, its own region type table, no mask embedding);
+``ctrl_lxmert`` into ``Lxmert`` with the same whole-image region, pooler and region head and 5-d locations.
 
 The matching head ``cls.bi_seq_relationship`` puts "matches" at index 0 (``is_match`` 0); rows swapped.
 """
@@ -39,6 +42,7 @@ from mmbert.config import ModelConfig
 from mmbert.convert.authors_common import bert_fields, require
 from mmbert.convert.common import CheckpointError, Rule, fused, hf_mlm_head, linear
 from mmbert.convert.hf_bert import hf_text_embeddings
+from mmbert.models.lxmert import LxmertConfig
 from mmbert.models.uniter import UniterConfig
 from mmbert.models.vilbert import ViLBertConfig
 from mmbert.models.visualbert import VisualBertConfig
@@ -68,12 +72,13 @@ def detect(keys: set[str]) -> bool:
 
 @dataclass(frozen=True)
 class Step:
-    """One mmbert block made of VOLTA sublayers: ``kind`` text | vision | co, ``attn`` and ``ff`` ids,
-    ``index`` its number among the blocks of that kind."""
+    """One mmbert block made of VOLTA sublayers: ``kind`` text | vision | co | joint | cross, ``attn`` and
+    ``ff`` ids (``ff`` None for LXMERT's cross-attention, which has none), ``index`` its number among the
+    blocks of that kind."""
 
     kind: str
     attn: int
-    ff: int
+    ff: int | None
     index: int
 
 
@@ -96,24 +101,29 @@ def plan(raw: Mapping[str, Any], source: str) -> list[Step]:
                 )
             steps.append(Step("joint", i, i + 1, i // 2))
         return steps
-    if shared:
-        what = (
-            "single-stream (every sublayer shared)"
-            if len(shared) == depth
-            else "LXMERT-style (shared cross-attention)"
-        )
+    if shared and len(shared) == depth:
         raise CheckpointError(
-            f"{source}: a {what} VOLTA layout ({raw.get('image_embeddings')} embeddings). mmbert has no model "
-            "with these VOLTA embeddings yet; the layouts that load: ViLBERT-built (ctrl_vilbert_base, "
-            "vilbert_base) and single-stream visualbert / uniter (ctrl_visualbert_base, ctrl_uniter_base)"
+            f"{source}: a single-stream (every sublayer shared) VOLTA layout with {raw.get('image_embeddings')} "
+            f"embeddings; the single-stream layouts that load: {', '.join(SINGLE_STREAM)}"
         )
     steps: list[Step] = []
-    counts = {"text": 0, "vision": 0, "co": 0}
+    counts = {"text": 0, "vision": 0, "co": 0, "cross": 0}
     i = 0
     while i < depth:
         a = {name for name, s in (("tt", tt), ("tv", tv), ("vt", vt), ("vv", vv)) if i in s}
         f = i + 1
         ff = {name for name, s in (("t", t_ff), ("v", v_ff)) if f in s}
+        if a == {"tv", "vt"} and i in shared and not ff and f not in shared:  # LXMERT: no FFN after it
+            steps.append(Step("cross", i, None, counts["cross"]))
+            counts["cross"] += 1
+            i += 1
+            continue
+        if i in shared or f in shared:
+            raise CheckpointError(
+                f"{source}: sublayers {i} (attention {sorted(a) or 'none'}) and {f} (feed-forward "
+                f"{sorted(ff) or 'none'}) are shared between the streams; mmbert shares only LXMERT's "
+                "cross-attention (tv + vt, no feed-forward) and whole single-stream layouts"
+            )
         if a == {"tv", "vt"} and ff == {"t", "v"}:
             kinds = ["co"]
         elif a and a <= {"tt", "vv"} and ff == {{"tt": "t", "vv": "v"}[x] for x in a}:
@@ -121,12 +131,15 @@ def plan(raw: Mapping[str, Any], source: str) -> list[Step]:
         else:
             raise CheckpointError(
                 f"{source}: sublayers {i} (attention {sorted(a) or 'none'}) and {f} (feed-forward "
-                f"{sorted(ff) or 'none'}) form no mmbert block (text, vision or co-attention layer)"
+                f"{sorted(ff) or 'none'}) form no mmbert block (text, vision, co-attention or LXMERT "
+                "cross-attention layer)"
             )
         for kind in kinds:
             steps.append(Step(kind, i, f, counts[kind]))
             counts[kind] += 1
         i += 2
+    if counts["cross"] and counts["co"]:
+        raise CheckpointError(f"{source}: both ViLBERT co-attention and LXMERT cross-attention sublayers")
     return steps
 
 
@@ -138,15 +151,9 @@ def config_from(
     steps = plan(raw, source)
     if steps and steps[0].kind == "joint":
         return _single_stream_config(raw, state, steps, source), steps
-    checks = {
-        "image_embeddings": "vilbert",
-        "num_locs": 5,
-        "add_global_imgfeat": "first",
-        "fusion_method": "mul",
-    }
-    for key, want in checks.items():
-        if raw.get(key, want) != want:
-            raise CheckpointError(f"{source}: {key} = {raw[key]!r}; mmbert's ViLBERT needs {want!r}")
+    if any(s.kind == "cross" for s in steps):
+        return _lxmert_config(raw, state, steps, source), steps
+    _require_settings(raw, source, "ViLBERT", image_embeddings="vilbert", num_locs=5)
     for key in ("sublayer2intermediate_size", "sublayer2v_intermediate_size"):
         if raw.get(key):
             raise CheckpointError(f"{source}: per-sublayer FFN sizes ({key}) are not supported")
@@ -186,20 +193,79 @@ def config_from(
     return config, steps
 
 
+def _require_settings(raw: Mapping[str, Any], source: str, model: str, **want: Any) -> None:
+    """The VOLTA settings mmbert's ``model`` reproduces: ``want`` plus, for every layout, the whole-image
+    region first and the "mul" fusion of the two poolers (a key the file leaves out takes VOLTA's default)."""
+    for key, value in {"add_global_imgfeat": "first", "fusion_method": "mul", **want}.items():
+        if raw.get(key, value) != value:
+            raise CheckpointError(f"{source}: {key} = {raw[key]!r}; mmbert's {model} reproduces {value!r} only")
+
+
+def _check_shared(raw: Mapping[str, Any], state: Mapping[str, Tensor], source: str) -> None:
+    """A shared sublayer's ``v_*`` modules are its text ones, so the file lists each tensor twice: the
+    twins must be equal (one is loaded, the other reported as ignored)."""
+    shared = {f"bert.encoder.layer.{n}." for n in raw.get("shared_sublayers", [])}
+    for k, v in state.items():
+        if ".v_" in k and any(k.startswith(p) for p in shared):
+            text = k.replace(".v_", ".")
+            if text not in state or not torch.equal(state[text], v):
+                raise CheckpointError(f"{source}: shared sublayer key {k} differs from {text}")
+
+
+def _lxmert_config(
+    raw: Mapping[str, Any], state: Mapping[str, Tensor], steps: list[Step], source: str
+) -> LxmertConfig:
+    """VOLTA's controlled LXMERT: the language and object-relationship layers (text / vision steps before
+    the first cross-attention), then per cross-attention one text and one vision layer from the same
+    sublayers; mmbert's LXMERT with the whole-image region first, 5-d locations, VOLTA's pooler and its
+    1601-class region head."""
+    _require_settings(raw, source, "LXMERT", image_embeddings="lxmert", num_locs=5)
+    for key in ("hidden_size", "num_attention_heads", "intermediate_size", "pooler_size"):
+        if raw.get(f"v_{key}", raw[key]) != raw[key]:
+            raise CheckpointError(
+                f"{source}: v_{key} = {raw[f'v_{key}']} but {key} = {raw[key]}; mmbert's LXMERT has one width "
+                "for both streams"
+            )
+    for key in [k for k in raw if k.startswith("sublayer2")]:
+        if raw[key]:
+            raise CheckpointError(f"{source}: per-sublayer sizes ({key}) are not supported for LXMERT")
+    first = next(k for k, s in enumerate(steps) if s.kind == "cross")
+    before, after = steps[:first], steps[first:]
+    if any(s.kind not in ("text", "vision") for s in before):
+        raise CheckpointError(f"{source}: LXMERT layout with a non-stream layer before its first cross-attention")
+    for k in range(0, len(after), 3):
+        group = after[k : k + 3]
+        if [s.kind for s in group] != ["cross", "text", "vision"] or group[1].attn != group[2].attn:
+            raise CheckpointError(
+                f"{source}: after cross-attention sublayer {group[0].attn}, mmbert's LXMERT needs one text and "
+                f"one vision layer from the same sublayers; found {[(s.kind, s.attn) for s in group[1:]]}"
+            )
+    _check_shared(raw, state, source)
+    classes = state.get("cls.imagePredictions.decoder_dict.0.weight")
+    return LxmertConfig(
+        **{**bert_fields(raw), "num_layers": sum(s.kind == "text" for s in before)},
+        num_vision_layers=sum(s.kind == "vision" for s in before),
+        num_cross_layers=len(after) // 3,
+        region_feat_dim=raw["v_feature_size"],
+        num_qa_labels=0,
+        num_object_labels=classes.shape[0] if classes is not None else 1601,
+        num_attr_labels=0,
+        predict_region_feats=False,
+        global_region="first",
+        location_dims=5,
+        pooling="volta",
+        pooled_dim=raw["pooler_size"],
+    )
+
+
 def _single_stream_config(
     raw: Mapping[str, Any], state: Mapping[str, Tensor], steps: list[Step], source: str
 ) -> VisualBertConfig:
     """VOLTA's controlled VisualBERT: mmbert's VisualBERT with the whole-image region first, VOLTA's
     fused ReLU pooler and its region head. Shared sublayers list each tensor under both names: checked
     equal, loaded once."""
-    for key, want in {"add_global_imgfeat": "first", "fusion_method": "mul"}.items():
-        if raw.get(key, want) != want:
-            raise CheckpointError(f"{source}: {key} = {raw[key]!r}; mmbert reproduces {want!r} only")
-    for k, v in state.items():
-        if k.startswith("bert.encoder.layer.") and ".v_" in k:
-            text = k.replace(".v_", ".")
-            if text not in state or not torch.equal(state[text], v):
-                raise CheckpointError(f"{source}: shared sublayer key {k} differs from {text}")
+    _require_settings(raw, source, f"{raw['image_embeddings']} model")
+    _check_shared(raw, state, source)
     if raw.get("pooler_size") != raw.get("v_pooler_size"):
         raise CheckpointError(
             f"{source}: pooler_size and v_pooler_size differ; the 'mul' fusion needs them equal"
@@ -291,6 +357,8 @@ def encoder_rules(c: ModelConfig, steps: list[Step]) -> list[Rule]:
             + linear("text_pooler.dense", "bert.t_pooler.dense")
             + linear("vision_pooler.dense", "bert.v_pooler.dense")
         )
+    if isinstance(c, LxmertConfig):
+        return _lxmert_rules(steps)
     rules = hf_text_embeddings("embeddings", "bert.embeddings")
     rules += [
         *linear("region_embeddings.feat", "bert.v_embeddings.image_embeddings"),
@@ -304,6 +372,39 @@ def encoder_rules(c: ModelConfig, steps: list[Step]) -> list[Rule]:
             rules += _stream_block(f"vision_layers.{s.index}", s.attn, s.ff, "v_")
         else:
             rules += _co_layer(f"co_layers.{s.index}", s.attn, s.ff)
+    rules += linear("text_pooler.dense", "bert.t_pooler.dense")
+    rules += linear("vision_pooler.dense", "bert.v_pooler.dense")
+    return rules
+
+
+def _lxmert_rules(steps: list[Step]) -> list[Rule]:
+    """VOLTA's LxmertImageEmbeddings and sublayers onto mmbert's LXMERT (steps as ``_lxmert_config`` checked
+    them: stream layers, then cross, text, vision per cross-modality layer)."""
+    v = "bert.v_embeddings"
+    rules = [
+        *hf_text_embeddings("embeddings", "bert.embeddings"),
+        *linear("region_embeddings.feat", f"{v}.image_embeddings"),
+        *linear("region_embeddings.feat_norm", f"{v}.ImgLayerNorm"),
+        *linear("region_embeddings.box", f"{v}.image_location_embeddings"),
+        *linear("region_embeddings.box_norm", f"{v}.LocLayerNorm"),
+    ]
+    cross = -1
+    for s in steps:
+        if s.kind == "cross":
+            cross = s.index
+            a = f"bert.encoder.layer.{s.attn}"
+            ours = f"cross_layers.{cross}.cross"
+            rules += [
+                *linear(f"{ours}.attn.q", f"{a}.attention_self.query"),
+                *fused(f"{ours}.attn.kv", (f"{a}.attention_self.key", f"{a}.attention_self.value")),
+                *linear(f"{ours}.attn.out", f"{a}.attention_output.dense"),
+                *linear(f"{ours}.norm1", f"{a}.attention_output.LayerNorm"),
+            ]
+            continue
+        assert s.ff is not None
+        side = "" if s.kind == "text" else "v_"
+        ours = f"{s.kind}_layers.{s.index}" if cross < 0 else f"cross_layers.{cross}.{s.kind}"
+        rules += _stream_block(ours, s.attn, s.ff, side)
     rules += linear("text_pooler.dense", "bert.t_pooler.dense")
     rules += linear("vision_pooler.dense", "bert.v_pooler.dense")
     return rules

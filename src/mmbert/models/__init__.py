@@ -25,6 +25,7 @@ MODELS: dict[str, Callable[[], ModelConfig]] = {
     "ctrl_vilbert": vilbert.ctrl_vilbert,
     "vilbert_tiny": vilbert.vilbert_tiny,
     "lxmert_base": lxmert.lxmert_base,
+    "ctrl_lxmert": lxmert.ctrl_lxmert,
     "lxmert_tiny": lxmert.lxmert_tiny,
     "visualbert_base": visualbert.visualbert_base,
     "ctrl_visualbert": visualbert.ctrl_visualbert,

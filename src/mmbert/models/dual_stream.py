@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
+from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
 from mmbert.models.base import EncoderModel, check_text_inputs
 from mmbert.models.outputs import Encoded
 from mmbert.nn import key_padding_bias
@@ -70,6 +72,48 @@ class DualStreamModel(EncoderModel):
         check_text_inputs(self.config, text_ids, text_mask, segment_ids)
         embedded = self.embeddings(text_ids, segment_ids)  # type: ignore[operator]
         return StreamStates(embedded, text_mask, new_maps(output_attentions))
+
+    def embed_regions(
+        self,
+        region_feats: Tensor,
+        region_boxes: Tensor,
+        region_mask: Tensor | None,
+        output_attentions: bool,
+        text_batch: int | None,
+        global_feats: Tensor | None = None,
+    ) -> StreamStates:
+        """The checked regions, padding cleared, the whole-image region placed where ``config.global_region``
+        says (feature ``global_feats`` (B, F) or the real regions' mean), through ``self.region_embeddings``:
+        the start of the vision stream."""
+        c = self.config
+        check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_batch)  # type: ignore[attr-defined]
+        if global_feats is not None and c.global_region == "none":  # type: ignore[attr-defined]
+            raise TypeError(f"{self.display_name} has no whole-image region (global_region 'none'): "
+                            "global_feats has nowhere to go")  # fmt: skip
+        region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
+        feats, boxes, real = add_global_region(
+            region_feats, region_boxes, region_mask, c.global_region, global_feats  # type: ignore[attr-defined]
+        )
+        if c.global_region == "none":  # type: ignore[attr-defined]
+            real = region_mask  # None stays None: no key mask at all
+        embedded = self.region_embeddings(feats, boxes)  # type: ignore[operator]
+        return StreamStates(embedded, real, new_maps(output_attentions))
+
+    def vision_mask(self, inputs: dict[str, Tensor]) -> Tensor:
+        """Which elements of ``Encoded.vision`` are input regions (B, R'): False at the whole-image region
+        (where the config has one) and at padded regions, as for every model."""
+        feats = inputs["region_feats"]
+        mask = inputs.get("region_mask")
+        if mask is None:
+            mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+        if self.config.global_region == "first":  # type: ignore[attr-defined]
+            return torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1)
+        return mask
+
+    def fused_pool(self, text: Tensor, vision: Tensor) -> Tensor:
+        """ViLBERT's and VOLTA's pooled output: ReLU(Linear([CLS])) * ReLU(Linear(whole-image region)),
+        the element-wise product of ``text_pooler`` and ``vision_pooler`` (B, pooled_dim)."""
+        return self.text_pooler(text) * self.vision_pooler(vision)  # type: ignore[operator]
 
     def run_layers(
         self, stream: StreamStates, layers: Iterable[nn.Module], direction: str, output_attentions: bool

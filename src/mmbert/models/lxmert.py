@@ -11,6 +11,14 @@ Pre-training heads (reference shapes): MLM (tied), cross-modality matching (inde
 LXMERT), masked object prediction (shared transform, then object 1600 / attribute 400 / feature 2048
 decoders) and image QA (Linear(768, 1536), GELU, LN, Linear(1536, 9500)).
 
+VOLTA's controlled LXMERT (e-bug/volta config/ctrl_lxmert.json, preset ``ctrl_lxmert``) is this model with
+four named options, all off by default: the whole-image region first (``global_region="first"``, box
+[0, 0, 1, 1], feature = mean of the real regions or ``global_feats``), 5-d locations (``location_dims=5``,
+[x1, y1, x2, y2, area]), VOLTA's fused pooler (``pooling="volta"``: ReLU(Linear([CLS])) x ReLU(Linear(whole
+image)), ``pooled_dim`` wide; the matching head reads it through dropout 0.1, volta/encoders.py
+``BertPreTrainingHeads``) and one region decoder over the detector's 1601 classes (``num_object_labels=1601``,
+no attribute / feature decoders, no answer head).
+
 Matches Hugging Face ``LxmertModel`` / ``LxmertForPreTraining`` / ``LxmertForQuestionAnswering`` to
 float precision (``mmbert.convert.hf_lxmert``). Deviations: padded regions are zeroed before the
 visual feature encoder (``clear_padding``), so the vision output at *padded* positions differs from
@@ -27,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
-from mmbert.data.boxes import check_region_inputs, clear_padded_regions, location_features
+from mmbert.data.boxes import location_features
 from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, block_stack, init_heads
 from mmbert.models.dual_stream import DualStreamModel, StreamStates, joined_maps, new_maps
 from mmbert.models.heads import PretrainingHeads
@@ -42,6 +50,8 @@ from mmbert.nn import (
     TextEmbeddings,
 )
 
+VOLTA_FUSION_DROPOUT = 0.1  # VOLTA's matching head reads the fused pooled vector through nn.Dropout(0.1)
+
 
 @dataclass
 class LxmertConfig(ModelConfig):
@@ -55,11 +65,22 @@ class LxmertConfig(ModelConfig):
     num_object_labels: int = 1600  # masked object classification; 0 = none
     num_attr_labels: int = 400  # masked attribute classification; 0 = none
     predict_region_feats: bool = True  # masked feature regression (region_feat_dim outputs)
-    global_region: GlobalRegion = "none"  # LXMERT adds no whole-image region: its vision is the R regions
+    global_region: GlobalRegion = "none"  # LXMERT adds no whole-image region; "first": VOLTA's controlled one
+    location_dims: int = 4  # box features: 4 = x1, y1, x2, y2 (LXMERT); 5 = + area (VOLTA)
+    pooling: str = "cls"  # "volta": ReLU(Linear([CLS])) * ReLU(Linear(whole image)), pooled_dim wide
+    pooled_dim: int = 0  # width of the "volta" pooler (0 = dim)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_global_region(self, allowed=("none",))
+        check_global_region(self, allowed=("none", "first"))
+        if self.location_dims not in (4, 5):
+            raise ValueError(f"LxmertConfig.location_dims must be 4 or 5, got {self.location_dims}")
+        if self.pooling not in ("cls", "volta"):
+            raise ValueError(f"LxmertConfig.pooling must be 'cls' or 'volta', got {self.pooling!r}")
+        if self.pooling == "volta" and self.global_region != "first":
+            raise ValueError("LxmertConfig: pooling='volta' pools the whole-image region: global_region='first'")
+        if self.pooled_dim < 0:
+            raise ValueError(f"LxmertConfig.pooled_dim must be >= 0, got {self.pooled_dim}")
         for name in (
             "num_vision_layers",
             "num_cross_layers",
@@ -82,19 +103,22 @@ class LxmertConfig(ModelConfig):
 
 
 class VisualFeatureEncoder(nn.Module):
-    """(LN(Linear(feat)) + LN(Linear(box))) / 2, dropout: features and 4-d boxes, each normalised."""
+    """(LN(Linear(feat)) + LN(Linear(location))) / 2, dropout: features and 4-d (or VOLTA's 5-d) box
+    locations, each normalised."""
 
-    def __init__(self, feat_dim: int, dim: int, dropout: float, eps: float) -> None:
+    def __init__(self, feat_dim: int, dim: int, dropout: float, eps: float, location_dims: int = 4) -> None:
         super().__init__()
         self.feat = nn.Linear(feat_dim, dim)
         self.feat_norm = nn.LayerNorm(dim, eps=eps)
-        self.box = nn.Linear(4, dim)
+        self.box = nn.Linear(location_dims, dim)
         self.box_norm = nn.LayerNorm(dim, eps=eps)
+        self.location = f"{location_dims}d"
         self.dropout = dropout
 
     def forward(self, feats: Tensor, boxes: Tensor) -> Tensor:
         """feats (B, R, F), boxes (B, R, 4) normalised -> (B, R, D)."""
-        x = (self.feat_norm(self.feat(feats)) + self.box_norm(self.box(location_features(boxes, "4d")))) / 2
+        location = location_features(boxes, self.location)  # type: ignore[arg-type]
+        x = (self.feat_norm(self.feat(feats)) + self.box_norm(self.box(location))) / 2
         return F.dropout(x, self.dropout, self.training)
 
 
@@ -145,11 +169,15 @@ class Lxmert(DualStreamModel):
         c = config
         eps = c.layer_norm_eps
         self.embeddings = TextEmbeddings.from_config(c)
-        self.region_embeddings = VisualFeatureEncoder(c.region_feat_dim, c.dim, c.dropout, eps)
+        self.region_embeddings = VisualFeatureEncoder(c.region_feat_dim, c.dim, c.dropout, eps, c.location_dims)
         self.text_layers = block_stack(c, c.num_layers)  # language encoder
         self.vision_layers = block_stack(c, c.num_vision_layers)  # object-relationship encoder
         self.cross_layers = nn.ModuleList(CrossModalityLayer(c) for _ in range(c.num_cross_layers))
-        self.pooler = Pooler(c.dim)
+        if c.pooling == "volta":
+            self.text_pooler = Pooler(c.dim, c.pooled_dim or c.dim, activation="relu")
+            self.vision_pooler = Pooler(c.dim, c.pooled_dim or c.dim, activation="relu")
+        else:
+            self.pooler = Pooler(c.dim)
         self.init_weights()
 
     def encode_text(
@@ -170,12 +198,13 @@ class Lxmert(DualStreamModel):
         region_mask: Tensor | None = None,
         output_attentions: bool = False,
         text_batch: int | None = None,
+        global_feats: Tensor | None = None,
     ) -> StreamStates:
-        """The visual feature encoder + the object-relationship encoder: (B, R, D)."""
-        check_region_inputs(region_feats, region_boxes, region_mask, self.config.region_feat_dim, text_batch)
-        region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
-        embedded = self.region_embeddings(region_feats, region_boxes)
-        vision = StreamStates(embedded, region_mask, new_maps(output_attentions))
+        """The visual feature encoder + the object-relationship encoder: (B, R, D), or (B, R+1, D) with
+        the whole-image region first (``global_feats`` (B, F): its feature, default the regions' mean)."""
+        vision = self.embed_regions(
+            region_feats, region_boxes, region_mask, output_attentions, text_batch, global_feats
+        )
         return self.run_layers(vision, self.vision_layers, "vision_vision", output_attentions)
 
     def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
@@ -193,14 +222,16 @@ class Lxmert(DualStreamModel):
                 for key, probs in layer_maps.items():
                     maps[key].append(probs)
         attentions = joined_maps(text.attentions, vision.attentions, maps) if output_attentions else None
-        return Encoded(text=t, vision=v, pooled=self.pooler(t), attentions=attentions)
+        pooled = self.fused_pool(t, v) if self.config.pooling == "volta" else self.pooler(t)
+        return Encoded(text=t, vision=v, pooled=pooled, attentions=attentions)
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         c = self.config
         outputs = c.region_outputs()
+        volta = c.pooling == "volta"
         heads = PretrainingHeads(
             mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
-            pair=PairHead(c.dim),
+            pair=PairHead(c.pooled_dim or c.dim, dropout=VOLTA_FUSION_DROPOUT) if volta else PairHead(c.dim),
             region=RegionHeads(c.dim, outputs, c.layer_norm_eps) if outputs else None,
             answer=self.build_answer_head(c.num_qa_labels) if c.num_qa_labels else None,
         )
@@ -217,7 +248,7 @@ class Lxmert(DualStreamModel):
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
         """BERT's embeddings, its first 9 layers (the language encoder) and its pooler (same shape,
-        same role on [CLS]). New: the visual feature encoder, the object-relationship and
+        same role on [CLS]; not with VOLTA's pooler). New: the visual feature encoder, the object-relationship and
         cross-modality encoders."""
         n = self.config.num_layers
         if num_bert_layers < n:
@@ -227,7 +258,7 @@ class Lxmert(DualStreamModel):
         return [
             ("embeddings", "embeddings"),
             *((f"text_layers.{i}", f"layers.{i}") for i in range(n)),
-            ("pooler", "pooler"),
+            *([("pooler", "pooler")] if self.config.pooling == "cls" else []),
         ]
 
     def layer_plan(self) -> list[str]:
@@ -235,7 +266,8 @@ class Lxmert(DualStreamModel):
         block = f"Block(dim {c.dim}, heads {c.num_heads}, ffn {c.ffn_dim})"
         return [
             f"embeddings: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment {c.type_vocab_size}, LN",
-            f"region_embeddings: (LN(Linear({c.region_feat_dim}, {c.dim})) + LN(Linear(4, {c.dim}))) / 2",
+            f"region_embeddings: (LN(Linear({c.region_feat_dim}, {c.dim})) + LN(Linear({c.location_dims}, {c.dim})))"
+            f" / 2 (global region: {c.global_region})",
             *(f"text_layers.{i}: {block} (language)" for i in range(c.num_layers)),
             *(f"vision_layers.{i}: {block} (object relationships)" for i in range(c.num_vision_layers)),
             *(
@@ -243,7 +275,10 @@ class Lxmert(DualStreamModel):
                 f"vision->text, then text {block}, vision {block}"
                 for i in range(c.num_cross_layers)
             ),
-            f"pooler: tanh(Linear({c.dim}, {c.dim})) on [CLS]",
+            f"pooled: ReLU(Linear({c.dim}, {c.pooled_dim or c.dim})) on [CLS] * ReLU(Linear({c.dim}, "
+            f"{c.pooled_dim or c.dim})) on the whole-image region"
+            if c.pooling == "volta"
+            else f"pooler: tanh(Linear({c.dim}, {c.dim})) on [CLS]",
         ]
 
 
@@ -251,6 +286,22 @@ def lxmert_base() -> LxmertConfig:
     """LXMERT as pre-trained (unc-nlp/lxmert-base-uncased): 9 language, 5 object-relationship,
     5 cross-modality layers at BERT-base width; 2048-d features."""
     return LxmertConfig()
+
+
+def ctrl_lxmert() -> LxmertConfig:
+    """VOLTA's controlled LXMERT (config/ctrl_lxmert.json): BERT-base sizes, 9 language, 5 object-relationship
+    and 5 cross-modality layers, the whole-image region first, 5-d locations, the fused ReLU pooler at 1024
+    and one region decoder over the detector's 1601 classes (VOLTA's visual target 0); no answer head."""
+    return LxmertConfig(
+        num_qa_labels=0,
+        num_object_labels=1601,
+        num_attr_labels=0,
+        predict_region_feats=False,
+        global_region="first",
+        location_dims=5,
+        pooling="volta",
+        pooled_dim=1024,
+    )
 
 
 def lxmert_tiny() -> LxmertConfig:

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
-from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions, location_features
+from mmbert.data.boxes import location_features
 from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, block_stack, init_heads
 from mmbert.models.dual_stream import DualStreamModel, StreamStates, joined_maps, new_maps
 from mmbert.models.heads import PretrainingHeads
@@ -183,15 +182,6 @@ class ViLBert(DualStreamModel):
         self.single_modality_steps, self.cross_modal_steps = self.plan[:first_co], self.plan[first_co:]
         self.init_weights()
 
-    def vision_mask(self, inputs: dict[str, Tensor]) -> Tensor:
-        """Which elements of ``Encoded.vision`` are input regions (B, R + 1): False at the whole-image region
-        in front and at padded regions, as for every model."""
-        feats = inputs["region_feats"]
-        mask = inputs.get("region_mask")
-        if mask is None:
-            mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
-        return torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1)
-
     def encode_text(
         self,
         text_ids: Tensor,
@@ -217,13 +207,9 @@ class ViLBert(DualStreamModel):
         first co-attention: (B, R+1, Dv). ``global_feats`` (B, F): the whole-image region's feature where
         the data loader computes it (default: the mean of the real regions, as the authors' fine-tuning
         readers do; their pre-training loaders average only regions overlapping no masked one)."""
-        c = self.config
-        check_region_inputs(region_feats, region_boxes, region_mask, c.region_feat_dim, text_batch)
-        region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
-        feats, boxes, real = add_global_region(
-            region_feats, region_boxes, region_mask, c.global_region, global_feats
+        vision = self.embed_regions(
+            region_feats, region_boxes, region_mask, output_attentions, text_batch, global_feats
         )
-        vision = StreamStates(self.region_embeddings(feats, boxes), real, new_maps(output_attentions))
         layers = [self.vision_layers[i] for kind, i in self.single_modality_steps if kind == "vision"]
         return self.run_layers(vision, layers, "vision_vision", output_attentions)
 
@@ -252,7 +238,7 @@ class ViLBert(DualStreamModel):
                 if maps is not None:
                     maps["text_vision"].append(tv)
                     maps["vision_text"].append(vt)
-        pooled = self.text_pooler(t) * self.vision_pooler(v)  # (B, pooled_dim)
+        pooled = self.fused_pool(t, v)  # (B, pooled_dim)
         attentions = joined_maps(text.attentions, vision.attentions, maps) if output_attentions else None
         return Encoded(text=t, vision=v, pooled=pooled, attentions=attentions)
 

@@ -4,7 +4,14 @@ from mmbert.objectives.base import DetectorNeed, LossOutput, Objective, ScoringI
 from mmbert.objectives.image_qa import ImageQA
 from mmbert.objectives.mlm import MaskedLM, mlm_positions
 from mmbert.objectives.pair import PairMatch
-from mmbert.objectives.pretraining import OBJECTIVE_NAMES, RECIPES, Pretraining, Recipe, recipe_for
+from mmbert.objectives.pretraining import (
+    OBJECTIVE_NAMES,
+    RECIPES,
+    Pretraining,
+    Recipe,
+    recipe_for,
+    recipe_key,
+)
 from mmbert.objectives.regions import (
     FeatureRegression,
     LxmertRegionLoss,
@@ -32,4 +39,5 @@ __all__ = [
     "ScoringInputs",
     "mlm_positions",
     "recipe_for",
+    "recipe_key",
 ]

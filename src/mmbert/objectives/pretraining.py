@@ -1,6 +1,7 @@
 """``Pretraining``: a pre-training model plus the objectives of its paper, one weighted loss.
 
-``RECIPES`` is the one place that says, per ``config.model_type``, how a paper pre-trains as its authors'
+``RECIPES`` is the one place that says, per ``config.model_type`` (``recipe_key``: VOLTA's controlled
+models, ``pooling="volta"``, under ``"volta"`` whatever their architecture), how a paper pre-trains as its authors'
 code does: its objectives, how its tokens and regions are masked (see ``mmbert.data.masking``), whether
 its MLM / region losses are also taken on mismatched image-text pairs, what an ITM negative replaces,
 whether one task runs per step (UNITER's ``mix_ratio``) and whether a text-only corpus is mixed in
@@ -28,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mmbert.config import ModelConfig
 from mmbert.data.batch import Batch
 from mmbert.models.pretraining import PretrainingModel, PretrainingOutput
 from mmbert.objectives.base import LossOutput, Objective, ScoringInputs
@@ -88,6 +90,12 @@ RECIPES: dict[str, Recipe] = {
     "vilbert": Recipe(("mlm", "mrc_kl", "itm"), "vilbert", True,
                       source="facebookresearch/vilbert-multi-task vilbert/datasets/concept_cap_dataset.py, "
                              "vilbert/vilbert.py, train_concap.py"),
+    # VOLTA's controlled models (ctrl_lxmert, ctrl_visualbert, ctrl_uniter, ctrl_vl_bert; ctrl_vilbert is
+    # ViLBERT's own recipe) all pre-train as VOLTA's ViLBERT: MLM, KL to the detector's distribution
+    # (visual target 0, kl_1601) and matching, every pair masked and scored, the ViLBERT region rule.
+    "volta": Recipe(("mlm", "mrc_kl", "itm"), "vilbert", True,
+                    source="e-bug/volta volta/losses.py, volta/datasets/concept_cap_dataset.py, train_concap.py, "
+                           "config/ctrl_*.json"),
     # LXMERT: every pair is masked and scored (lxmert_pretrain.py); only the QA label of a mismatch is dropped.
     "lxmert": Recipe(("mlm", "obj", "attr", "feat", "itm", "qa"), "lxmert", True,
                      source="airsplay/lxmert src/pretrain/lxmert_pretrain.py, src/lxrt/modeling.py"),
@@ -100,10 +108,18 @@ RECIPES: dict[str, Recipe] = {
 OBJECTIVE_NAMES = tuple(OBJECTIVES)
 
 
-def recipe_for(model_type: str) -> Recipe:
-    if model_type not in RECIPES:
-        raise KeyError(f"no pre-training recipe for model_type {model_type!r}; known: {sorted(RECIPES)}")
-    return RECIPES[model_type]
+def recipe_key(config: ModelConfig) -> str:
+    """The ``RECIPES`` key of a config: ``"volta"`` for VOLTA's controlled models (``pooling="volta"``),
+    which pre-train by VOLTA's recipe rather than their own papers', else its ``model_type``."""
+    return "volta" if getattr(config, "pooling", "cls") == "volta" else config.model_type
+
+
+def recipe_for(model: str | ModelConfig) -> Recipe:
+    """The recipe of a config (see ``recipe_key``) or of a ``model_type``."""
+    key = model if isinstance(model, str) else recipe_key(model)
+    if key not in RECIPES:
+        raise KeyError(f"no pre-training recipe for model_type {key!r}; known: {sorted(RECIPES)}")
+    return RECIPES[key]
 
 
 def _need_out(out: PretrainingOutput, field: str, objective: str) -> Tensor:
@@ -115,7 +131,7 @@ def _need_out(out: PretrainingOutput, field: str, objective: str) -> Tensor:
 
 class Pretraining(nn.Module):
     """``forward(batch) -> LossOutput``: the weighted sum of the objectives' losses (``loss``) and all
-    their metrics plus ``loss``. ``objectives`` default to the recipe of ``model.config.model_type``;
+    their metrics plus ``loss``. ``objectives`` default to the recipe of ``model.config`` (``recipe_key``);
     ``weights`` default to 1 each (LXMERT's 6.67 lives inside its region losses, as in its code).
     A batch with a ``task`` (a task schedule, UNITER) computes that one objective only; a batch with a
     ``text_batch`` (a text-only corpus mixed in, VL-BERT) adds its MLM loss, reported as ``mlm_text``."""
@@ -128,11 +144,11 @@ class Pretraining(nn.Module):
         score_mismatched: bool | None = None,
     ) -> None:
         super().__init__()
-        recipe = RECIPES.get(model.config.model_type)
+        recipe = RECIPES.get(recipe_key(model.config))
         if objectives is None:
             if recipe is None:
                 raise KeyError(
-                    f"no default objectives for model_type {model.config.model_type!r}; pass objectives=[...]"
+                    f"no default objectives for model_type {recipe_key(model.config)!r}; pass objectives=[...]"
                 )
             objectives = recipe.objectives
         objectives = tuple(objectives)
