@@ -164,6 +164,38 @@ def test_unimo_pretrains_with_text_only_and_image_only_corpora_mixed_in(world, t
     assert "--image-corpus is for UNIMO's mixed pre-training, not uniter_tiny" in err
 
 
+def test_unimo_retrieved_image_positives_resume_with_the_same_draws(world, tmp_path, capsys):
+    def argv(out, steps: int, *extra: str) -> list[str]:
+        a = pretrain(world, out, "--image-corpus", "all", "--scenes", str(world / "scenes.json"), "--image-positives",
+                     "1", *extra, f"max_steps={steps}", "save_every=2", "model.region_feat_dim=16",
+                     "cmcl_image_neighbours=3", "cmcl_temperature=0.1", "schedule=constant")  # fmt: skip
+        a[a.index("uniter_tiny")] = "unimo_tiny"
+        return a
+
+    def cmcl_rows(out) -> list[tuple]:
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["cmcl_retrieved_images"], r["cmcl_loss"]) for r in rows if "cmcl_loss" in r]
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(argv(straight, 4)) == 0
+    assert main(argv(split, 2)) == 0
+    index = split / "cmcl_related_images.json"
+    written = index.stat().st_mtime_ns
+    assert main(argv(split, 4, "--resume")) == 0
+    assert index.stat().st_mtime_ns == written  # the cached retrieval is reused, not rebuilt
+    assert json.loads(index.read_text())["fingerprint"]["k"] == 3
+    want = cmcl_rows(straight)
+    assert [r[:2] for r in cmcl_rows(split)] == [r[:2] for r in want] and any(r[1] > 0 for r in want)
+    assert [r[2] for r in cmcl_rows(split)] == pytest.approx([r[2] for r in want], rel=1e-5)
+    run = json.loads((straight / "run.json").read_text())
+    assert run["data"]["cmcl_image_positives"] == 1 and run["data"]["cmcl_image_retrieval"] == "labels"
+    capsys.readouterr()
+    no_pool = [a for a in argv(tmp_path / "x", 1) if a not in ("--image-corpus", "all")]
+    assert "pass --image-corpus" in error_of(no_pool, capsys)
+    err = error_of(pretrain(world, tmp_path / "y", "--image-positives", "1"), capsys)
+    assert "--image-positives is for UNIMO's mixed pre-training, not uniter_tiny" in err
+
+
 def write_corpus(path, world) -> None:
     """A plain text corpus from the world's captions: one sentence per line, 4 sentences a document."""
     captions = [c["caption"] for c in json.loads((world / "captions_train.json").read_text())["annotations"]]

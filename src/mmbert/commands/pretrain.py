@@ -53,6 +53,9 @@ class DataConfig:
     text_ratio: float | None = None  # text-only examples per caption example each step (with --text-corpus)
     cmcl_temperature: float = 0.07  # UNIMO's contrastive temperature (the paper does not state it)
     cmcl_negatives: int = 4  # UNIMO: rewritten hard negatives per caption (+ one similar caption)
+    cmcl_image_positives: int = 0  # UNIMO: images retrieved from --image-corpus per pair, extra CMCL positives
+    cmcl_image_neighbours: int = 0  # UNIMO: the related images those are drawn from (0 = cmcl_image_positives)
+    cmcl_image_retrieval: str = "labels"  # UNIMO: relatedness, "labels" or "features" (data.related_images)
     skip_bad_records: bool = False  # scan the store first and leave out images with NaN/inf, flipped boxes ...
 
     def __post_init__(self) -> None:
@@ -60,6 +63,11 @@ class DataConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise ValueError(f"setting {name!r} is a probability, within [0, 1]; got {value!r}")
+        if self.cmcl_image_positives < 0 or self.cmcl_image_neighbours < 0:
+            raise ValueError("settings 'cmcl_image_positives' / 'cmcl_image_neighbours' must be >= 0")
+        if self.cmcl_image_retrieval not in ("labels", "features"):
+            raise ValueError(f"setting 'cmcl_image_retrieval' is 'labels' or 'features', got "
+                             f"{self.cmcl_image_retrieval!r}")  # fmt: skip
         if self.max_regions < 1:
             raise ValueError(f"setting 'max_regions' must be >= 1, got {self.max_regions}")
         if self.max_text_length < 3:
@@ -69,7 +77,8 @@ class DataConfig:
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 DATA_KEYS = {f.name for f in fields(DataConfig)}
-FLAG_KEYS = {"max_steps": "max_steps", "batch_size": "batch_size", "lr": "lr", "grad_accum": "grad_accum"}
+FLAG_KEYS = {"max_steps": "max_steps", "batch_size": "batch_size", "lr": "lr", "grad_accum": "grad_accum",
+             "image_positives": "cmcl_image_positives", "image_retrieval": "cmcl_image_retrieval"}  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -99,6 +108,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lexicon", help="UNIMO: a JSON lexicon extending the default one (objects, attributes, relations)")
     p.add_argument("--paraphrases", help='UNIMO: JSONL {"caption", "paraphrases": [...]} (e.g. back-translations)')
     p.add_argument("--negatives", help='UNIMO: JSONL {"caption", "negatives": [...]} (curated hard negatives)')
+    p.add_argument("--image-positives", type=int, metavar="N", help="UNIMO: N images retrieved from --image-corpus "
+                   "per pair as extra CMCL positives (setting cmcl_image_positives; drawn from the "
+                   "cmcl_image_neighbours most related)")  # fmt: skip
+    p.add_argument("--image-retrieval", choices=("labels", "features"), help="UNIMO: how related images are "
+                   "found: TF-IDF over the detector's region labels (default) or mean region features")  # fmt: skip
+    p.add_argument("--image-index", help="UNIMO: the cache of the related images (JSON; default "
+                   "<out>/cmcl_related_images.json), reused while the corpora and settings match")  # fmt: skip
     p.add_argument("--config", help="flat JSON file of settings (same keys as key=value)")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int)
@@ -144,9 +160,9 @@ def resolve_settings(args: argparse.Namespace) -> Resolved:
                 raw.update({f"{key}.{k}": v for k, v in value.items()})
             else:
                 raw[key] = value
-    for key in FLAG_KEYS:
-        if getattr(args, key, None) is not None:
-            raw[key] = getattr(args, key)
+    for flag, key in FLAG_KEYS.items():
+        if getattr(args, flag, None) is not None:
+            raw[key] = getattr(args, flag)
     # `--objectives mlm itm lr=1e-4`: argparse hands the trailing settings to --objectives
     named = [o for o in args.objectives or [] if "=" not in o]
     trailing = [o for o in args.objectives or [] if "=" in o]
@@ -241,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model} is a vision-and-language model: pass --captions and --features")
     recipe = recipe_for(config)  # VOLTA's controlled presets: VOLTA's recipe
     unimo = config.model_type == "unimo"
-    unimo_flags = [f for f in ("image_corpus", "scenes", "lexicon", "paraphrases", "negatives")
+    unimo_flags = [f for f in ("image_corpus", "scenes", "lexicon", "paraphrases", "negatives", "image_positives",
+                               "image_retrieval", "image_index")
                    if getattr(args, f, None)]  # fmt: skip
     if unimo_flags and not unimo:
         raise ValueError(f"--{unimo_flags[0].replace('_', '-')} is for UNIMO's mixed pre-training, not {args.model}")

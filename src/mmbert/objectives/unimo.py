@@ -7,7 +7,8 @@ Objectives (any subset, by name; weights 1 by default):
   detector's soft labels, on the pairs' regions and on the image-only images (the registry's
   objectives, ``mmbert.objectives.registry``);
 - ``cmcl`` — cross-modal contrastive learning (``mmbert.objectives.cmcl``): the pair's image encoded
-  alone (unmasked regions, [IMG] pooler) against its text variants encoded alone ([CLS] pooler);
+  alone (unmasked regions, [IMG] pooler) against its text variants encoded alone ([CLS] pooler), plus
+  the images retrieved from the image-only pool (encoded alone) as extra positives when the batch has them;
 - ``seq2seq`` — generation: the caption from the regions under the captioning mask, and the text-only
   sentences' second part from their first under the seq2seq mask; each target position predicts the
   next token through the tied LM head (the target starts with [CLS]; its last token is the end marker).
@@ -128,7 +129,12 @@ class UnimoPretraining(nn.Module):
         texts = enc(batch.variant_ids[valid], text_mask=batch.variant_mask[valid]).pooled
         pooled = texts.new_zeros(n, k, texts.shape[-1])
         pooled[valid] = texts
-        return cmcl_loss(image.pooled_vision, pooled, batch.variant_positive, valid, self.temperature)
+        retrieved = None
+        if batch.retrieved_feats is not None:  # images of the image-only pool retrieved as extra positives
+            retrieved = enc(None, region_feats=batch.retrieved_feats, region_boxes=batch.retrieved_boxes,
+                            region_mask=batch.retrieved_mask).pooled_vision  # fmt: skip
+        return cmcl_loss(image.pooled_vision, pooled, batch.variant_positive, valid, self.temperature,
+                         retrieved=retrieved, image_positive=batch.image_positive)  # fmt: skip
 
     def _seq2seq(self, batch) -> list[LossOutput]:
         out: list[LossOutput] = []

@@ -11,13 +11,17 @@ so the trainer's shuffled sampler mixes them; ``collate_unimo`` groups a batch b
   ``retrieve_threshold``; hard negatives — user negatives, rewrites (scene-graph or lexicon) and the
   most TF-IDF-similar caption of another image. All variants are normalised alike (lower case, no
   punctuation), so the text's surface cannot tell a positive from a rewrite.
+  With ``related`` (``mmbert.data.related_images``: each pair image's most related images of the
+  image-only pool) and ``image_positives`` > 0, also up to that many retrieved images, drawn without
+  replacement from the pair image's neighbours by the example's generator and kept in rank order; the
+  collated batch encodes each distinct one once and marks which pairs it is a positive of.
 - text: span-masked MLM, and a seq2seq split (source = the first part, target = the rest).
 - image: masked regions (region losses on image-only input).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -26,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mmbert.data.batch import Regions
-from mmbert.data.collate import pad_1d
+from mmbert.data.collate import collate_regions, pad_1d
 from mmbert.data.datasets import CaptionDataset
 from mmbert.data.masking import example_generator, mask_regions, mask_tokens, span_groups
 from mmbert.data.rewriting import LexiconRewriter, SceneGraphRewriter, TfidfIndex, words
@@ -47,13 +51,18 @@ class UnimoExample:
     target_ids: Tensor | None = None  # text / pair: seq2seq target ([CLS] ... [SEP]); pair: the caption
     variants: list[Tensor] | None = None  # pair: CMCL text variants, ids with [CLS] / [SEP]
     positive: list[bool] | None = None
+    retrieved_ids: list[str] | None = None  # pair: images retrieved from the image-only pool (CMCL positives)
+    retrieved: list[Regions] | None = None  # their regions, unmasked
 
 
 @dataclass
 class UnimoBatch:
     """A mixed batch: ``pairs`` / ``images`` are ``PretrainingBatch`` (images have empty text), the text-only
     part is ``text_ids`` / ``text_mask`` / ``mlm_labels``; seq2seq sources / targets; CMCL variants
-    ``variant_ids`` (P, K, T) with ``variant_mask``, ``variant_valid`` (P, K) and ``variant_positive``."""
+    ``variant_ids`` (P, K, T) with ``variant_mask``, ``variant_valid`` (P, K) and ``variant_positive``; the
+    M distinct retrieved images ``retrieved_feats`` / ``retrieved_boxes`` / ``retrieved_mask`` (M, R, ...)
+    and ``image_positive`` (P + M, P): image r (the P pair images, then the retrieved ones) is a positive of
+    pair i — its own image, another pair's copy of it, or one retrieved for it (``objectives.cmcl``)."""
 
     pairs: PretrainingBatch | None = None
     images: PretrainingBatch | None = None
@@ -70,6 +79,10 @@ class UnimoBatch:
     variant_mask: Tensor | None = None
     variant_valid: Tensor | None = None
     variant_positive: Tensor | None = None
+    retrieved_feats: Tensor | None = None
+    retrieved_boxes: Tensor | None = None
+    retrieved_mask: Tensor | None = None
+    image_positive: Tensor | None = None
 
     def to(self, device: torch.device | str) -> UnimoBatch:
         return UnimoBatch(**{f.name: None if (v := getattr(self, f.name)) is None else v.to(device)
@@ -102,6 +115,8 @@ class UnimoPretrainingData(Dataset):
         num_positives: int = 1,
         retrieve_threshold: float = 0.9,
         max_text_length: int = 40,
+        related: Mapping[str, Sequence[tuple[str, float]]] | None = None,
+        image_positives: int = 0,
     ) -> None:
         self.base, self.seed, self.epoch = captions, seed, 0
         self.texts, self.image_ids = [t for t in texts if t.strip()], list(image_ids)
@@ -121,6 +136,12 @@ class UnimoPretrainingData(Dataset):
         self.caption_images = [c.image_id for c in captions.captions]
         self.caption_index = TfidfIndex(self.caption_texts)
         self.text_index = TfidfIndex([normalise(t) for t in self.texts]) if self.texts else None
+        if image_positives < 0:
+            raise ValueError(f"image_positives must be >= 0, got {image_positives}")
+        if image_positives and related is None:
+            raise ValueError("image_positives needs the related images of the image-only pool (related=...)")
+        self.related = {k: [str(i) for i, _ in v] for k, v in (related or {}).items()}
+        self.image_positives = image_positives
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -173,6 +194,13 @@ class UnimoPretrainingData(Dataset):
         neg = [t for t in dict.fromkeys(neg) if t not in pos][: self.num_negatives + 1]
         return pos + neg, [True] * len(pos) + [False] * len(neg)
 
+    def retrieved_for(self, index: int, rng: np.random.Generator) -> list[str]:
+        """Pair ``index``'s retrieved images: up to ``image_positives`` of its image's neighbours, rank order."""
+        hits = self.related.get(self.caption_images[index], []) if self.image_positives else []
+        if len(hits) <= self.image_positives:
+            return list(hits)
+        return [hits[i] for i in sorted(rng.choice(len(hits), self.image_positives, replace=False))]
+
     def __getitem__(self, index: int) -> UnimoExample:
         g = example_generator(self.seed, self.epoch, index)
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -186,8 +214,10 @@ class UnimoPretrainingData(Dataset):
                                     mlm_labels=mlm_labels, region_targets=original, region_target_mask=targets,
                                     region_masked=masked)  # fmt: skip
             texts, positive = self.variants(index, rng)
+            retrieved = self.retrieved_for(index, rng)
             return UnimoExample("pair", pretraining=ex, target_ids=item.text_ids,
-                                variants=[self._ids(t) for t in texts], positive=positive)  # fmt: skip
+                                variants=[self._ids(t) for t in texts], positive=positive, retrieved_ids=retrieved,
+                                retrieved=[self.base.regions(i) for i in retrieved])  # fmt: skip
         if index < n_pairs + n_texts:
             text = self.texts[index - n_pairs]
             ids = self._ids(text)
@@ -228,6 +258,7 @@ def collate_unimo(examples: list[UnimoExample], pad_token_id: int) -> UnimoBatch
                 out.variant_ids[i, j, : v.shape[0]] = v
                 out.variant_mask[i, j, : v.shape[0]] = True
                 out.variant_valid[i, j], out.variant_positive[i, j] = True, p
+        _collate_retrieved(out, pairs)
     if texts:
         out.text_ids, out.text_mask = pad_1d([e.text_ids for e in texts], pad_token_id)
         out.mlm_labels, _ = pad_1d([e.mlm_labels for e in texts], -100)
@@ -238,13 +269,35 @@ def collate_unimo(examples: list[UnimoExample], pad_token_id: int) -> UnimoBatch
     return out
 
 
+def _collate_retrieved(out: UnimoBatch, pairs: list[UnimoExample]) -> None:
+    """The distinct retrieved images that are not already pair images of the batch, and ``image_positive``."""
+    pair_ids = [e.pretraining.image_id for e in pairs]
+    regions: dict[str, Regions] = {}
+    for e in pairs:
+        for image_id, r in zip(e.retrieved_ids or [], e.retrieved or []):
+            if image_id not in pair_ids:
+                regions.setdefault(image_id, r)
+    columns = pair_ids + list(regions)
+    out.image_positive = torch.tensor(
+        [[c == own or c in (e.retrieved_ids or []) for own, e in zip(pair_ids, pairs)] for c in columns],
+        dtype=torch.bool,
+    )
+    if regions:
+        r = collate_regions(list(regions.values()))
+        out.retrieved_feats, out.retrieved_boxes, out.retrieved_mask = (
+            r["region_feats"], r["region_boxes"], r["region_mask"]
+        )
+
+
 def read_unimo_corpora(
     captions: CaptionDataset, args, data, seed: int, overlap_iou: float, corpora: bool = True
 ):
     """``mmbert pretrain``'s UNIMO data: the pairs of ``captions`` plus, when ``corpora``, the text-only
     sentences of ``args.text_corpus`` and the image-only images of ``args.image_corpus`` (ids, or "all");
     rewrites from ``args.scenes`` (scene graphs) or the lexicon (``args.lexicon`` extends it); user
-    ``args.paraphrases`` / ``args.negatives``. ``data`` is the command's ``DataConfig``."""
+    ``args.paraphrases`` / ``args.negatives``; with ``data.cmcl_image_positives`` > 0 the related images of
+    the image-only pool, cached at ``args.image_index`` (default ``<args.out>/cmcl_related_images.json``).
+    ``data`` is the command's ``DataConfig``."""
     from pathlib import Path
 
     from mmbert.data.rewriting import Lexicon, read_rewrites
@@ -265,9 +318,23 @@ def read_unimo_corpora(
             image_ids = [str(k) for k in captions.store.keys()]
         else:
             image_ids = [ln.strip() for ln in Path(args.image_corpus).read_text().splitlines() if ln.strip()]
+    related = None
+    if corpora and data.cmcl_image_positives:
+        from mmbert.data.related_images import cached_related_images
+
+        if not image_ids:
+            raise ValueError("--image-positives / cmcl_image_positives retrieve from the image-only pool: pass "
+                             "--image-corpus")  # fmt: skip
+        depth = max(data.cmcl_image_neighbours, data.cmcl_image_positives)
+        index = getattr(args, "image_index", None) or Path(args.out) / "cmcl_related_images.json"
+        related = cached_related_images(
+            index, captions.regions, [c.image_id for c in captions.captions], image_ids, depth,
+            data.cmcl_image_retrieval, captions.max_regions, getattr(captions.store, "path", None),
+        )  # fmt: skip
     return UnimoPretrainingData(
         captions, texts, image_ids, seed, data.mlm_prob, data.region_prob, overlap_iou, rewriter,
         read_rewrites(args.paraphrases, "paraphrases") if args.paraphrases else None,
         read_rewrites(args.negatives, "negatives") if args.negatives else None,
-        num_negatives=data.cmcl_negatives, max_text_length=data.max_text_length,
+        num_negatives=data.cmcl_negatives, max_text_length=data.max_text_length, related=related,
+        image_positives=data.cmcl_image_positives if corpora else 0,
     )  # fmt: skip
