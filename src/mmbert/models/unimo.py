@@ -142,8 +142,9 @@ class UnimoTextEmbeddings(nn.Module):
         self.offset = c.position_offset
         self.dropout = c.dropout
 
-    def forward(self, ids: Tensor, positions: Tensor | None = None) -> Tensor:
-        """ids (B, T), positions (B, T) or None (offset + 0..T-1) -> (B, T, D)."""
+    def forward(self, ids: Tensor, positions: Tensor | None = None, delta: Tensor | None = None) -> Tensor:
+        """ids (B, T), positions (B, T) or None (offset + 0..T-1) -> (B, T, D); ``delta`` (B, T, D) is added
+        to word + position before the LayerNorm (where the official adversarial fine-tuning perturbs)."""
         t = ids.shape[1]
         if positions is None:
             if self.offset + t > self.position.num_embeddings:
@@ -158,7 +159,12 @@ class UnimoTextEmbeddings(nn.Module):
             raise ValueError(
                 f"position ids must have shape {tuple(ids.shape)} and lie in [0, {self.position.num_embeddings})"
             )
-        return F.dropout(self.norm(self.word(ids) + self.position(positions)), self.dropout, self.training)
+        h = self.word(ids) + self.position(positions)
+        if delta is not None:
+            if delta.shape != h.shape:
+                raise ValueError(f"text_delta must have shape {tuple(h.shape)}, got {tuple(delta.shape)}")
+            h = h + delta
+        return F.dropout(self.norm(h), self.dropout, self.training)
 
 
 class UnimoRegionEmbeddings(nn.Module):
@@ -213,13 +219,18 @@ class Unimo(EncoderModel):
         tag_ids: Tensor | None = None,
         tag_mask: Tensor | None = None,
         text_positions: Tensor | None = None,
+        text_delta: Tensor | None = None,
+        region_delta: Tensor | None = None,
     ) -> Encoded:
         """Any of text, regions (+ tags), or both. ``attention_mask`` (B, L, L) covers the joint sequence
         ``[vision ; tags ; text]`` (L = 1 + R + G + T with regions); ``text_positions`` (B, T) overrides
-        the text's position ids (the seq2seq target restarts at 2); ``region_masked`` (B, R) zeroes regions."""
+        the text's position ids (the seq2seq target restarts at 2); ``region_masked`` (B, R) zeroes regions.
+        ``text_delta`` (B, T, D) / ``region_delta`` (B, 1 + R, F): perturbations added to the text's word +
+        position embeddings and to the region features ([IMG]'s mean first), as ``unimo_finetune.py``'s
+        ``text_adv_delta`` / ``image_adv_delta`` (``mmbert.tasks.unimo_adversarial``)."""
         parts, masks = self._embed_inputs(
             text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask, region_masked,
-            tag_ids, tag_mask, text_positions,
+            tag_ids, tag_mask, text_positions, text_delta, region_delta,
         )  # fmt: skip
         x = torch.cat([p for p in parts.values()], 1)
         mask = torch.cat(list(masks.values()), 1)
@@ -245,17 +256,17 @@ class Unimo(EncoderModel):
 
     def _embed_inputs(
         self, text_ids, text_mask, segment_ids, feats, boxes, region_mask, region_masked, tag_ids, tag_mask,
-        text_positions,
+        text_positions, text_delta=None, region_delta=None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # fmt: skip
         """The embedded parts in order (vision, tags, text) and their key masks."""
         c = self.config
         if text_ids is None and feats is None:
             raise ValueError("UNIMO needs text_ids, region_feats, or both")
-        if feats is None and any(t is not None for t in (boxes, region_mask, region_masked, tag_ids)):
-            raise ValueError("region_boxes / region_mask / region_masked / tag_ids need region_feats")
-        if text_ids is None and any(t is not None for t in (text_mask, segment_ids, text_positions)):
+        if feats is None and any(t is not None for t in (boxes, region_mask, region_masked, tag_ids, region_delta)):
+            raise ValueError("region_boxes / region_mask / region_masked / tag_ids / region_delta need region_feats")
+        if text_ids is None and any(t is not None for t in (text_mask, segment_ids, text_positions, text_delta)):
             raise ValueError(
-                "text_mask / segment_ids / text_positions need text_ids (image-only input passes none)"
+                "text_mask / segment_ids / text_positions / text_delta need text_ids (image-only input passes none)"
             )
         parts: dict[str, Tensor] = {}
         masks: dict[str, Tensor] = {}
@@ -275,6 +286,11 @@ class Unimo(EncoderModel):
             if region_masked is not None:
                 feats = feats.masked_fill(region_masked[..., None], 0.0)
             feats, boxes, vmask = add_global_region(feats, boxes, region_mask, c.global_region)
+            if region_delta is not None:
+                if region_delta.shape != feats.shape:
+                    raise ValueError(f"region_delta must have shape {tuple(feats.shape)} ([IMG] + regions), "
+                                     f"got {tuple(region_delta.shape)}")  # fmt: skip
+                feats = feats + region_delta
             parts["vision"] = self.region_embeddings(feats, boxes)
             masks["vision"] = vmask
             if tag_ids is not None:
@@ -295,7 +311,7 @@ class Unimo(EncoderModel):
                 raise ValueError(
                     f"segment_ids has shape {tuple(segment_ids.shape)} but text_ids has {tuple(text_ids.shape)}"
                 )
-            parts["text"] = self.text_embeddings(text_ids, text_positions)
+            parts["text"] = self.text_embeddings(text_ids, text_positions, text_delta)
             masks["text"] = (
                 text_mask if text_mask is not None else torch.ones_like(text_ids, dtype=torch.bool)
             )

@@ -9,6 +9,11 @@ line, unless ``skip_unlabelled`` (then counted in the load report).
 Head: ``MLPClassifier(P, 2P, 3)`` on the pooled output (UNITER's VE head is the VQA classifier with 3
 outputs). Loss: cross-entropy. Metric: accuracy overall and per gold class (percent). Predictions:
 ``[{"pairID", "prediction"}]`` with the label names.
+
+UNIMO: the official head (``unimo_heads.UnimoClassifierHead``) and, with ``adversarial=true``, the official
+adversarial training (``mmbert.tasks.unimo_adversarial``: PGD on the text embeddings and on the region
+features, ``adv_steps`` rounds of step ``adv_lr`` within ``adv_max_norm``, cross-entropy of the clean and
+both perturbed forwards plus their symmetric KL to the clean one).
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from mmbert.tasks.base import Task, TaskOptions
 from mmbert.tasks.features import check_images, open_features, region_lookup
 from mmbert.tasks.fields import refuse_duplicates
 from mmbert.tasks.files import read_json, read_jsonl, require_fields, write_json
-from mmbert.tasks.model import probe_encoder
+from mmbert.tasks.model import TaskModel, probe_encoder
 from mmbert.tasks.records import Example, LoadReport, TaskDataError, TaskDataset, View, encode_text
+from mmbert.tasks.unimo_adversarial import AdversarialSettings, adversarial_step
 from mmbert.tasks.vqa import VQAHead
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -84,6 +90,12 @@ class SNLIVEOptions(TaskOptions):
 
     dropout: float = 0.1
     skip_unlabelled: bool = False  # drop records without a gold label instead of refusing them
+    adversarial: bool = False  # UNIMO only: the official adversarial training (tasks.unimo_adversarial)
+    adv_steps: int = 4  # its rounds (adv_step)
+    adv_lr: float = 0.05  # its ascent step (adv_lr)
+    adv_init_mag: float = 0.4  # the initial perturbation's L2 norm at most (adv_init_mag)
+    adv_max_norm: float = 0.4  # the L2 bound (adv_max_norm); 0 = none
+    adv_projection: str = "delta"  # "delta": projected onto the ball; "gradient": the official code's rule
 
 
 class SNLIVETask(Task):
@@ -111,6 +123,29 @@ class SNLIVETask(Task):
 
         labels = {r["pair_id"]: r["label"] for r in records}
         return TaskDataset(records, build, report, {"labelled": True, "labels": labels})
+
+    def _check_sizes(self) -> None:
+        super()._check_sizes()
+        self.adversarial_settings()  # a bad adversarial option is refused when the task is built
+
+    def adversarial_settings(self) -> AdversarialSettings:
+        o = self.options
+        try:
+            return AdversarialSettings(o.adv_steps, o.adv_lr, o.adv_init_mag, o.adv_max_norm, o.adv_projection)
+        except ValueError as e:
+            raise TaskDataError(f"task 'snli-ve': {e}") from None
+
+    def model_step(self, model: TaskModel, batch: Batch) -> LossOutput:
+        if not self.options.adversarial:
+            return super().model_step(model, batch)
+        if model.config.model_type != "unimo":
+            raise ValueError(f"adversarial=true is UNIMO's visual-entailment training; this model is "
+                             f"{model.config.model_type!r}")  # fmt: skip
+
+        def ce(logits: Tensor) -> Tensor:
+            return F.cross_entropy(logits.float(), batch.labels)
+
+        return adversarial_step(model, batch, ce, self.adversarial_settings()).out
 
     def build_head(self, encoder: EncoderModel) -> nn.Module:
         if encoder.config.model_type == "unimo":  # visual_entailment.py: fc(2048) on [CLS] + [IMG]

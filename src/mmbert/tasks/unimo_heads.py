@@ -5,10 +5,13 @@
   sigmoid in training (``use_sigmoid``); trained with the circle loss (margin 0.2, scale 1.0) of the
   positive (candidate 0) against the image negatives (candidates 1 .. (S+1)/2 - 1) and the caption
   negatives (the rest), the two losses averaged.
-- Visual entailment (3-way) and VQA: ``fc_2(dropout(fc_1(h_text + h_image)))`` with ``fc_1`` 2048 wide
-  and no activation between, as ``visual_entailment.py``; VQA uses the same head over its answer
-  vocabulary (the official VQA script is not among the released files we could read: a stated
-  assumption). The adversarial training of ``visual_entailment.py`` (PGD on the embeddings) is not here.
+- Visual entailment (3-way): ``fc_2(dropout(fc_1(h_text + h_image)))`` with ``fc_1`` 2048 wide and no
+  activation between, as ``visual_entailment.py``; its adversarial training is
+  ``mmbert.tasks.unimo_adversarial`` (``snli-ve`` option ``adversarial``).
+- VQA: UNIMO released no VQA fine-tuning. Its README lists VQA with no script ("TODOs: Add VQA tasks"),
+  and the UNIMO-2 folder's VQA section is "todo"; no VQA finetune, reader or script exists in either. The
+  VQA head is therefore mmbert's choice, not the authors': the entailment head above over the answer
+  vocabulary, trained with the VQA task's soft-score BCE.
 
 ``h_text`` / ``h_image`` are ``Encoded.pooled`` / ``Encoded.pooled_vision`` of the joint (image, text)
 forward: the ReLU poolers on [CLS] and [IMG].
@@ -47,7 +50,8 @@ class UnimoMatchHead(nn.Module):
 
 
 class UnimoClassifierHead(nn.Module):
-    """``fc_2(dropout(fc_1(h_text + h_image)))``: SNLI-VE's 3 classes, or VQA's answers."""
+    """``fc_2(dropout(fc_1(h_text + h_image)))``: SNLI-VE's 3 classes (official), or VQA's answers (mmbert's
+    choice: there is no official UNIMO VQA head)."""
 
     def __init__(self, dim: int, num_labels: int, hidden: int = 2048, dropout: float = 0.1) -> None:
         super().__init__()

@@ -277,7 +277,7 @@ class VQATask(AnswerTask):
 
     # model ------------------------------------------------------------------------------------------
     def build_head(self, encoder: EncoderModel) -> nn.Module:
-        if encoder.config.model_type == "unimo":  # UNIMO's classifier on [CLS] + [IMG] (unimo_heads)
+        if encoder.config.model_type == "unimo":  # mmbert's choice (no official UNIMO VQA): unimo_heads
             from mmbert.tasks.unimo_heads import UnimoClassifierHead
 
             return UnimoClassifierHead(encoder.config.dim, len(self.answers))
