@@ -11,8 +11,12 @@ side, ``dense2/LayerNorm2`` the text side; ``q_dense1/2`` are never used in its 
 The alignment head ``cls.bi_seq_relationship`` puts "matches" at index 0 (``is_next`` 0); its rows are
 swapped so that index 1 = matches. Task heads of the multi-task model mapped onto mmbert's: the VQA and
 GQA classifiers (``vil_prediction``, ``vil_prediction_gqa``), NLVR2 (``vil_binary_prediction``), the
-retrieval score ``vil_logit`` (as a match head whose match score is that logit) and the referring-
-expression region logit ``vision_logit``.
+retrieval score ``vil_logit`` (as a match head whose match score is that logit), the referring-
+expression region logit ``vision_logit`` and the SNLI-VE classifier ``vil_tri_prediction`` (one Linear on
+the pooled output; its rows follow visual_entailment_dataset.py's LABEL_MAP, contradiction / neutral /
+entailment, and are reversed into mmbert's SNLI-VE order, entailment / neutral / contradiction).
+``linguisic_logit`` (the authors' spelling: one logit per text token) is reported as not loaded: no task
+type of vilbert-multi-task's task_utils.py reads it, so it is never trained, and mmbert has no task for it.
 """
 
 from __future__ import annotations
@@ -49,8 +53,7 @@ VISION_KEYS = (
 )
 # Heads of VILBertForVLTasks that have no mmbert task: reported as not loaded, by name.
 UNMAPPED_TASK_HEADS = {
-    "vil_tri_prediction.": "SNLI-VE 3-way head (mmbert has no SNLI-VE task)",
-    "linguisic_logit.": "per-token text logit (no mmbert task uses it)",
+    "linguisic_logit.": "per-token text logit that no vilbert-multi-task task trains (no mmbert task uses it)",
 }
 
 
@@ -176,6 +179,12 @@ def task_heads(c: ViLBertConfig, state: Mapping[str, Tensor]) -> dict[str, tuple
             PairHead(c.pooled_dim),
             score_as_match_head(weight, bias),
             {"vil_logit.weight", "vil_logit.bias"},
+        )
+    if "vil_tri_prediction.weight" in state:
+        # SNLI-VE: their rows contradiction / neutral / entailment -> ours entailment / neutral / contradiction
+        heads["snli-ve"] = (
+            nn.Linear(c.pooled_dim, 3),
+            *module_state(linear("x", "vil_tri_prediction", flip_rows=True), state, "snli-ve"),
         )
     if "vision_logit.weight" in state:
         # one logit per vision element (the referring-expression head, RegionScoreHead.score)

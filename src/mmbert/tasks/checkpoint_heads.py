@@ -14,13 +14,16 @@ from mmbert.tasks.vqa import VQAHead
 
 
 def heads_from_checkpoint(model: PretrainingModel) -> dict[str, nn.Module]:
-    """Task name -> head taking ``(Encoded, Batch)``: ``vqa`` / ``gqa`` (``VQAHead``), ``nlvr2``
+    """Task name -> head taking ``(Encoded, Batch)``: ``vqa`` / ``gqa`` / ``snli-ve`` (``VQAHead``), ``nlvr2``
     (``NLVR2Head``), ``retrieval`` (``MatchHead``), ``refexp`` (``RegionScoreHead``), holding the
     checkpoint's weights (shared, not copied)."""
     out: dict[str, nn.Module] = {}
     for name, module in model.task_heads.items():
         if name in ("vqa", "gqa"):
             head = VQAHead(module.fc1.in_features, module.fc2.out_features)
+            head.classifier = module
+        elif name == "snli-ve":  # SNLI-VE's head is VQAHead; ViLBERT's classifier is one Linear
+            head = VQAHead(module.in_features, module.out_features)
             head.classifier = module
         elif name == "nlvr2":
             head = NLVR2Head(module.fc1.in_features // 2)
@@ -33,7 +36,7 @@ def heads_from_checkpoint(model: PretrainingModel) -> dict[str, nn.Module]:
             head.score = module
         else:
             raise KeyError(
-                f"no task head for checkpoint head {name!r} (known: vqa, gqa, nlvr2, retrieval, refexp)"
+                f"no task head for checkpoint head {name!r} (known: vqa, gqa, snli-ve, nlvr2, retrieval, refexp)"
             )
         out[name] = head.train(module.training)
     return out
