@@ -1,4 +1,5 @@
-"""``mmbert convert SRC DST --to hf|mmbert``: between Hugging Face and mmbert checkpoint directories."""
+"""``mmbert convert SRC DST --to hf|mmbert``: an mmbert, Hugging Face or authors' checkpoint to an mmbert or
+Hugging Face directory (``--to hf`` refuses, with the reason, what Hugging Face cannot hold exactly)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert a checkpoint directory (Hugging Face <-> mmbert)",
-        description="Read SRC (an mmbert or Hugging Face directory; detected from config.json) and write DST. "
-        "Pre-training heads are kept when SRC has them.",
+        help="convert a checkpoint (mmbert, Hugging Face or the authors' files) to mmbert or Hugging Face",
+        description="Read SRC (an mmbert or Hugging Face directory, detected from config.json, or an authors' "
+        "checkpoint file, detected from its keys) and write DST. Pre-training and task heads are kept when SRC "
+        "has them; --to hf refuses, naming the reason, what Hugging Face cannot hold exactly.",
     )
     p.add_argument("src", help="source checkpoint directory, or an authors' checkpoint file")
     p.add_argument("dst", help="destination directory (created; an existing non-empty one is refused unless it "
@@ -75,6 +77,8 @@ def check_destination(src: str, dst: str, to: str, force: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmbert.atomic import atomic_write_json
     from mmbert.convert import CheckpointError, export_hf, load_model, load_pretraining
+    from mmbert.convert.hf_tasks import export_question_answering
+    from mmbert.convert.load import is_lxmert_question_answering
 
     check_destination(args.src, args.dst, args.to, args.force)
     model = None
@@ -90,11 +94,27 @@ def run(args: argparse.Namespace) -> int:
     report = getattr(model, "source_report", None)
     if report is not None:
         print(report.summary())
-    kind = "encoder + pre-training heads" if model is not None and hasattr(model, "heads") else "encoder"
-    if args.to == "hf":
+    kind = _what(model)
+    if args.to == "hf" and is_lxmert_question_answering(model):  # a fine-tuned VQA / GQA file
+        (name,) = model.task_heads
+        export_question_answering(model.encoder, model.task_heads[name], args.dst)
+    elif args.to == "hf":
         export_hf(model, args.dst)
     else:
         model.save(args.dst)
     atomic_write_json(f"{args.dst}/{MARKER}", {"to": args.to, "src": str(args.src)})
     print(f"wrote {kind} ({type(model).__name__}) to {args.dst} in {args.to} format")
     return 0
+
+
+def _what(model) -> str:
+    """The parts of the model the command writes, for its closing line."""
+    if not hasattr(model, "heads"):
+        return "encoder"
+    heads = [n for n in ("mlm", "pair", "region", "answer") if getattr(model.heads, n) is not None]
+    parts = ["encoder"]
+    if heads:
+        parts.append(f"pre-training heads {', '.join(heads)}")
+    if len(model.task_heads):
+        parts.append(f"task heads {', '.join(model.task_heads)}")
+    return " + ".join(parts)

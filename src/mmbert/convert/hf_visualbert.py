@@ -6,6 +6,14 @@
 ``mmbert.convert.hf_tasks.load_task_head`` reads them with their encoder as a ``VisualBertTaskHead``,
 ``export_task_head`` writes both back as the matching Hugging Face class. HF's ``sentence_image_labels``
 use 0 = matches; ours 1, so the match head's rows are swapped on the way in and out.
+
+Regions' visual token type: Hugging Face gives every region type 1 unless ``visual_token_type_ids`` is
+passed. The original uclanlp checkpoints give regions type 0 (``region_segment=0``). Such a model exports
+with the two rows of ``visual_token_type_embeddings`` swapped (and ``mmbert_visual_token_types_swapped``
+in config.json), so that Hugging Face's default type 1 reads the source's type-0 row: its outputs on
+default inputs equal the source's (tested against the authors' fixture). A caller who passes
+``visual_token_type_ids`` to such a Hugging Face model gets the rows swapped (0 <-> 1). Reading the
+directory back restores ``region_segment=0`` and the source's row order.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from mmbert.convert.hf_bert import common_fields_from_hf, common_fields_to_hf, h
 from mmbert.models.visualbert import VisualBertConfig
 
 HF_MODEL_TYPE = "visual_bert"
+# config.json key: visual_token_type_embeddings rows 0 and 1 hold the mmbert model's rows 1 and 0
+SWAPPED_TYPES_KEY = "mmbert_visual_token_types_swapped"
 # Pre-training heads (cls.predictions / cls.seq_relationship), task classifiers (cls.weight / cls.bias)
 # and the region-to-phrase attention head: skipped by load_model.
 HEAD_PREFIXES = ("cls.", "attention.")
@@ -45,6 +55,7 @@ def config_from_hf(hf: dict[str, Any], source: str) -> VisualBertConfig:
         **common_fields_from_hf(hf, source),
         region_feat_dim=hf.get("visual_embedding_dim", 512),
         special_visual_initialize=hf.get("special_visual_initialize", True),
+        region_segment=0 if hf.get(SWAPPED_TYPES_KEY, False) else 1,
     )
 
 
@@ -56,7 +67,11 @@ def encoder_rules(config: VisualBertConfig, prefix: str) -> list[Rule]:
     e = f"{prefix}embeddings"
     rules = [
         *hf_text_embeddings("embeddings.text", e),  # includes the one LayerNorm over [text ; regions]
-        Rule("embeddings.visual_segment.weight", (f"{e}.visual_token_type_embeddings.weight",)),
+        Rule(
+            "embeddings.visual_segment.weight",
+            (f"{e}.visual_token_type_embeddings.weight",),
+            flip_rows=_types_swapped(config),  # 2 rows: flipping them swaps types 0 and 1
+        ),
         Rule("embeddings.visual_position.weight", (f"{e}.visual_position_embeddings.weight",)),
         *linear("embeddings.visual_proj", f"{e}.visual_projection"),
     ]
@@ -79,17 +94,27 @@ def ignorable(key: str) -> bool:
     return key.endswith(("position_ids", "token_type_ids")) or key.startswith("cls.predictions.decoder.")
 
 
+def _types_swapped(config: VisualBertConfig) -> bool:
+    """Whether the Hugging Face table holds this model's visual token-type rows 0 and 1 swapped (the
+    regions' row at index 1, where Hugging Face looks by default)."""
+    if config.region_segment == 1:
+        return False
+    if config.region_segment != 0 or config.type_vocab_size != 2:
+        raise CheckpointError(
+            f"VisualBERT with region_segment={config.region_segment} and type_vocab_size="
+            f"{config.type_vocab_size} has no Hugging Face form: Hugging Face gives regions visual token "
+            "type 1, and only a 2-row table with the regions at row 0 can be swapped into that"
+        )
+    return True
+
+
 def _check_exportable(config: VisualBertConfig) -> None:
     if config.global_region != "none":
         raise CheckpointError(
             f"VisualBERT with global_region={config.global_region!r} has no Hugging Face counterpart "
             "(HF VisualBERT has no whole-image region); only global_region='none' exports"
         )
-    if config.region_segment != 1:
-        raise CheckpointError(
-            f"VisualBERT with region_segment={config.region_segment} (the original uclanlp checkpoints) does not "
-            "export: Hugging Face gives regions visual token type 1"
-        )
+    _types_swapped(config)
 
 
 def to_hf_config(
@@ -105,6 +130,7 @@ def to_hf_config(
         "bypass_transformer": False,
         "special_visual_initialize": config.special_visual_initialize,
         "tie_word_embeddings": True,
+        **({SWAPPED_TYPES_KEY: True} if _types_swapped(config) else {}),
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 from safetensors.torch import save_file
 
@@ -197,7 +198,11 @@ def _load_authors_pretraining(
 
 
 def export_hf(model: EncoderModel | PretrainingModel, path: str | os.PathLike) -> Path:
-    """Write a Hugging Face directory (config.json + model.safetensors) that ``transformers`` loads."""
+    """Write a Hugging Face directory (config.json + model.safetensors) that ``transformers`` loads: the
+    encoder (``...Model``) or the encoder with every pre-training head (``...ForPreTraining``). Anything
+    that class cannot hold (a model Hugging Face lacks, some pre-training heads only, task heads) is
+    refused with the reason, never dropped. (A fine-tuned LXMERT's VQA / GQA head alone goes to
+    ``hf_tasks.export_question_answering``.)"""
     path = Path(path)
     encoder = model.encoder if isinstance(model, PretrainingModel) else model
     hf_type = next((t for t, c in HF_CONVERTERS.items() if c.config_class_matches(encoder.config)), None)
@@ -208,12 +213,60 @@ def export_hf(model: EncoderModel | PretrainingModel, path: str | os.PathLike) -
         )
     conv = HF_CONVERTERS[hf_type]
     with_heads = isinstance(model, PretrainingModel)
+    config = conv.to_hf_config(encoder.config, with_heads)  # refuses a configuration HF cannot express
+    if with_heads:
+        present = set(_present_heads(model))
+        if len(model.task_heads):
+            _refuse_task_heads(model)
+        theirs = {r.ours.split(".")[0] for r in conv.head_rules(encoder.config)}
+        arch = config["architectures"][0]
+        if theirs - present:
+            raise CheckpointError(
+                f"the model lacks the pre-training heads {sorted(theirs - present)} that Hugging Face's {arch} "
+                "holds; export the encoder alone (`mmbert convert --encoder-only`)"
+            )
+        if present - theirs:
+            raise CheckpointError(
+                f"Hugging Face's {arch} has no place for the pre-training heads {sorted(present - theirs)}; "
+                "export the encoder alone (`mmbert convert --encoder-only`)"
+            )
     prefix = conv.export_prefix(with_heads)
     state = common.export_state(conv.encoder_rules(encoder.config, prefix), encoder.state_dict())
     if with_heads:
         state.update(common.export_state(conv.head_rules(encoder.config), model.heads.state_dict()))
     path.mkdir(parents=True, exist_ok=True)
-    config = conv.to_hf_config(encoder.config, with_heads)
     atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
     atomic_write_json(path / "config.json", config)
     return path
+
+
+def _present_heads(model: PretrainingModel) -> list[str]:
+    return [n for n in ("mlm", "pair", "region", "answer") if getattr(model.heads, n) is not None]
+
+
+def _refuse_task_heads(model: PretrainingModel) -> NoReturn:
+    """A model with task heads has no Hugging Face pre-training class; why, for each case. The one Hugging
+    Face task class an authors' file fits, LXMERT's VQA / GQA head alone (``LxmertForQuestionAnswering``),
+    is written by ``hf_tasks.export_question_answering`` (``mmbert convert --to hf`` calls it)."""
+    names, present = sorted(model.task_heads), _present_heads(model)
+    if is_lxmert_question_answering(model):
+        why = "its class is LxmertForQuestionAnswering, written by mmbert.convert.hf_tasks.export_question_answering"
+    elif names == ["nlvr2"]:
+        why = "Hugging Face has no two-image (NLVR2) head"
+    elif present:
+        why = "a Hugging Face class holds pre-training heads or one task head, not both"
+    else:
+        why = "Hugging Face has no class for them"
+    raise CheckpointError(
+        f"{type(model.encoder).__name__} with task heads {names}"
+        f"{' and pre-training heads ' + str(present) if present else ''} does not export to Hugging Face "
+        f"as a pre-training model: {why}; write the encoder alone (`mmbert convert --encoder-only`) or an "
+        "mmbert directory (`--to mmbert`)"
+    )
+
+
+def is_lxmert_question_answering(model: EncoderModel | PretrainingModel) -> bool:
+    """A fine-tuned LXMERT with only its VQA / GQA answer head: Hugging Face's ``LxmertForQuestionAnswering``."""
+    if not isinstance(model, PretrainingModel) or not hf_lxmert.config_class_matches(model.encoder.config):
+        return False
+    return not _present_heads(model) and sorted(model.task_heads) in (["vqa"], ["gqa"])
