@@ -61,6 +61,17 @@ def to_hf_config(config: LxmertConfig, with_heads: bool, architecture: str | Non
         raise CheckpointError(
             f"Hugging Face LXMERT fixes LayerNorm eps at {HF_LAYER_NORM_EPS}; this model uses {config.layer_norm_eps}"
         )
+    volta = {
+        "global_region": (config.global_region, "none", "whole-image region"),
+        "location_dims": (config.location_dims, 4, "5-d locations"),
+        "pooling": (config.pooling, "cls", "fused whole-image pooler"),
+    }
+    for name, (value, hf, what) in volta.items():
+        if value != hf:
+            raise CheckpointError(
+                f"LXMERT with {name}={value!r} (VOLTA's controlled LXMERT) has no Hugging Face counterpart: "
+                f"Hugging Face LXMERT has no {what}; only {name}={hf!r} exports"
+            )
     c = config
     return {
         "model_type": HF_MODEL_TYPE,
