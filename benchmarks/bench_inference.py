@@ -27,7 +27,6 @@ import bench_models
 import bench_visualbert
 import common
 import torch
-import transformers
 
 import mmbert
 from mmbert.nn import compile_layers
@@ -70,43 +69,12 @@ def make_inputs(config, batch: int, device: str, vision: bool, seed: int = 3) ->
     return out
 
 
-def hf_call(name: str, ref):
-    """The reference encoder's forward on mmbert-named inputs -> its text hidden states (B, T, D)."""
-    if name == "bert":
-        return lambda x: (
-            ref.bert(
-                input_ids=x["text_ids"], attention_mask=x["text_mask"].long(), token_type_ids=x["segment_ids"]
-            ).last_hidden_state
-        )
-    if name == "visualbert":
-        return lambda x: ref.visual_bert(
-            input_ids=x["text_ids"],
-            attention_mask=x["text_mask"].long(),
-            token_type_ids=x["segment_ids"],
-            visual_embeds=x["region_feats"],
-            visual_attention_mask=x["region_mask"].long(),
-        ).last_hidden_state[:, : x["text_ids"].shape[1]]
-    return lambda x: (
-        ref.lxmert(
-            input_ids=x["text_ids"],
-            attention_mask=x["text_mask"].long(),
-            token_type_ids=x["segment_ids"],
-            visual_feats=x["region_feats"],
-            visual_pos=x["region_boxes"],
-            visual_attention_mask=x["region_mask"].long(),
-        ).language_output
-    )
-
-
-REFERENCES = {
-    "bert": (transformers.BertForPreTraining, bench_models.hf_config),
-    "visualbert": (transformers.VisualBertForPreTraining, bench_visualbert.hf_config),
-    "lxmert": (transformers.LxmertForPreTraining, bench_lxmert.hf_config),
-}
+# transformers' side of each model: its config and the text states the pre-training scripts compare
+REFERENCES = {"bert": bench_models.SPEC, "visualbert": bench_visualbert.SPEC, "lxmert": bench_lxmert.SPEC}
 
 
 def build_pair(name: str, size: str, device: str):
-    """(mmbert encoder, reference forward on mmbert inputs, what the reference is)."""
+    """(mmbert encoder, reference forward on mmbert inputs -> its text states (B, T, D), what the reference is)."""
     preset = f"{name}_{size}"
     torch.manual_seed(0)
     if name == "vilbert":
@@ -114,16 +82,16 @@ def build_pair(name: str, size: str, device: str):
         plain = copy.deepcopy(ours)
         plain.skip_padding = False
         return ours, lambda x: plain(**x).text, "mmbert ViLBERT, skip_padding=False (every padded position computed)"
-    cls, hf_config = REFERENCES[name]
+    spec = REFERENCES[name]
+    cls = spec.hf_class
     with tempfile.TemporaryDirectory() as d:
-        ref = cls(hf_config(preset))
-        if name == "bert":
-            ref.config._attn_implementation = "sdpa"
+        ref = cls(spec.hf_config(preset))
         ref.save_pretrained(d)
         ours = mmbert.load_pretraining(d).encoder.to(device).eval()
     ref.to(device).eval()
     kernel = "sdpa" if name == "bert" else "eager (its only implementation)"
-    return ours, hf_call(name, ref), f"transformers {cls.__name__}, attention {kernel}, every padded position computed"
+    reference = f"transformers {cls.__name__}, attention {kernel}, every padded position computed"
+    return ours, lambda x: spec.hf_text(ref, x), reference
 
 
 def time_compiled(ours, run_eager, batches: list[dict], args) -> dict:

@@ -11,16 +11,25 @@ What it guarantees, whichever script runs it:
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+import mmbert
+from mmbert.data.batch import Batch
+from mmbert.nn import set_gradient_checkpointing
+from mmbert.objectives import Pretraining
 
 MMBERT, HF = "mmbert", "transformers"
 
@@ -274,3 +283,202 @@ def pretraining_rows(result: dict) -> list[tuple[str, float, float, str]]:
         )
     )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# one model's pre-training step, mmbert vs transformers: each script states what differs, this runs it
+
+
+@dataclass(frozen=True)
+class PretrainingSpec:
+    """What a pre-training step comparison needs from its script; ``pretraining_main`` does the rest
+    (the same harness for BERT, VisualBERT and LXMERT: memory workers, parity, saved activations,
+    alternating timing, the table and the JSON)."""
+
+    benchmark: str  # the JSON's "benchmark"
+    preset: str  # the default preset; --preset offers every preset of its family
+    sizes: dict[str, int]  # --batch / --seq (/ --regions) and their defaults
+    hf_class: type  # transformers' *ForPreTraining
+    to_hf_config: Callable[..., dict]  # mmbert's converter of its config to transformers' fields
+    make_batch: Callable[[Any, argparse.Namespace, torch.Generator], Batch]  # (mmbert config, args, g) -> batch
+    hf_loss: Callable[[Any, Batch], torch.Tensor]  # the reference's public training call
+    hf_text: Callable[[Any, Mapping[str, Any]], torch.Tensor]  # reference text states (B, T, D), mmbert inputs
+    layers: Callable[[Any], Sequence[torch.nn.Module]]  # mmbert's Transformer layers (saved activations)
+    hf_layers: Callable[[Any], Sequence[torch.nn.Module]]  # the reference's
+    parity_name: str  # the JSON's name of the text-state comparison
+    computes: dict
+    objective: dict = field(default_factory=dict)  # ``Pretraining`` options
+    hf_settings: dict = field(default_factory=dict)  # set on transformers' config after conversion
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None  # script-only flags
+    extra: Callable[[argparse.Namespace], dict] | None = None  # more JSON fields after the comparison
+
+    def hf_config(self, preset: str):
+        """transformers' config for an mmbert preset, through mmbert's own converter."""
+        fields = self.to_hf_config(mmbert.MODELS[preset](), True)
+        config_class = self.hf_class.config_class
+        cfg = config_class(**{k: v for k, v in fields.items() if k not in ("architectures", "model_type")})
+        for key, value in self.hf_settings.items():
+            setattr(cfg, key, value)
+        return cfg
+
+
+# what every pre-training step script's mmbert side does alike, and the optimizer both sides share
+MMBERT_STEP = {
+    "scored_positions": "MLM transform + vocabulary projection only at the labelled tokens (mlm_positions)",
+    "padding": "padded text tokens skipped in every projection and FFN (masked as keys)",
+    "attention": "training: mmbert.nn.attention.dropout_attention (boolean dropout mask); eval: SDPA",
+    "memory": "boolean dropout masks, GELU recomputed in backward, sparse word-lookup gradient",
+    "optimizer": "mmbert.train.optim.build_optimizer: AdamW fused, wd 0.01 (not biases/LayerNorm)",
+}
+HF_STEP = {
+    "padding": "every padded position computed (additive key mask)",
+    "optimizer": "the same build_optimizer (fused AdamW, same groups)",
+}
+
+
+def computes(ours: dict[str, str], ref: dict[str, str]) -> dict:
+    """The JSON's ``computes``: what each side computes (the entries given over the shared ones)."""
+    def over(given: dict[str, str], shared: dict[str, str]) -> dict[str, str]:
+        return {**given, **{k: v for k, v in shared.items() if k not in given}}
+
+    return {MMBERT: over(ours, MMBERT_STEP), HF: over(ref, HF_STEP)}
+
+
+def hf_text_inputs(x: Mapping[str, Any]) -> dict:
+    """mmbert's text inputs under the names of transformers' BERT family."""
+    return {"input_ids": x["text_ids"], "attention_mask": x["text_mask"].long(), "token_type_ids": x["segment_ids"]}
+
+
+def padded_captions(config, batch: int, seq: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Caption-like text: 7..``seq`` real tokens (the first row the longest), padded with 0, 15 % MLM
+    targets at real tokens (position 1 always): (ids, mask, mlm_labels)."""
+    ids = torch.randint(1000 if config.vocab_size > 2000 else 5, config.vocab_size, (batch, seq), generator=g)
+    lengths = torch.randint(min(7, seq), seq + 1, (batch,), generator=g)
+    lengths[0] = seq
+    mask = torch.arange(seq)[None] < lengths[:, None]
+    ids[~mask] = 0
+    selected = (torch.rand(batch, seq, generator=g) < 0.15) & mask
+    selected[:, 1] = True
+    return ids, mask, torch.where(selected, ids, torch.full_like(ids, -100))
+
+
+def make_batch(spec: PretrainingSpec, config, args, seed: int = 1) -> Batch:
+    """The script's batch, drawn from a generator seeded alike for both sides and every process."""
+    return spec.make_batch(config, args, torch.Generator().manual_seed(seed)).to(args.device)
+
+
+def build_side(spec: PretrainingSpec, args, side: str, weights_dir: str | None = None):
+    """(model, zero-argument loss function) for one side; weights from ``weights_dir`` or random."""
+    batch = make_batch(spec, mmbert.MODELS[args.preset](), args)
+    torch.manual_seed(0)
+    if side == MMBERT:
+        model = (
+            mmbert.load_pretraining(weights_dir)
+            if weights_dir
+            else mmbert.PretrainingModel(mmbert.build_model(args.preset))
+        )
+        if args.checkpointing:
+            set_gradient_checkpointing(model)
+        objective = Pretraining(model.to(args.device).train(), **spec.objective)
+        return model, lambda: objective(batch).loss
+    ref = (
+        spec.hf_class.from_pretrained(weights_dir) if weights_dir else spec.hf_class(spec.hf_config(args.preset))
+    )
+    ref.to(args.device).train()
+    return ref, lambda: spec.hf_loss(ref, batch)
+
+
+def shape_fields(args, b: Batch) -> dict:
+    """The batch's shape in the JSON: full-length text (``seq``), or padded captions with regions."""
+    if "regions" not in vars(args):
+        return {"batch": args.batch, "seq": args.seq}
+    return {
+        "batch": args.batch,
+        "text_tokens_max": args.seq,
+        "text_tokens_real_fraction": float(b.text_mask.float().mean()),
+        "regions": args.regions,
+    }
+
+
+def compare_pretraining(spec: PretrainingSpec, args, memory: dict | None) -> dict:
+    """Same weights on both sides (transformers saves, ``mmbert.load_pretraining`` loads), parity
+    asserted in eval mode, saved activations, then the alternating timed steps."""
+    from mmbert.train.optim import build_optimizer
+
+    with tempfile.TemporaryDirectory() as d:
+        torch.manual_seed(0)
+        spec.hf_class(spec.hf_config(args.preset)).save_pretrained(d)
+        ours, ours_loss = build_side(spec, args, MMBERT, d)
+        ref, ref_loss = build_side(spec, args, HF, d)
+    b = make_batch(spec, ours.config, args)
+
+    ours.eval()
+    ref.eval()
+    with torch.no_grad():
+        text = ours.encoder(**b.model_inputs()).text
+        text_ref = spec.hf_text(ref, b.model_inputs())
+        real = b.text_mask  # mmbert leaves zeros at padded tokens; their values are meaningless either way
+        parity = assert_parity(
+            {
+                spec.parity_name: (max_abs_diff(text[real], text_ref[real]), 1e-4),
+                "loss_abs_diff": (abs(float(ours_loss()) - float(ref_loss())), 1e-4),
+            }
+        )
+    saved = {}
+    for side, model, loss_fn, layers in (
+        (MMBERT, ours, ours_loss, spec.layers(ours)),
+        (HF, ref, ref_loss, spec.hf_layers(ref)),
+    ):
+        model.train()
+        meter = SavedActivations(layers, model)
+        meter.run(loss_fn)
+        saved[side] = meter.summary()
+
+    opt_o, opt_r = build_optimizer(ours, lr=1e-5), build_optimizer(ref, lr=1e-5)
+    times = alternate(
+        {
+            MMBERT: lambda: train_step(ours_loss, opt_o, args.device, args.dtype),
+            HF: lambda: train_step(ref_loss, opt_r, args.device, args.dtype),
+        },
+        args.repeats,
+    )
+    return {
+        "benchmark": spec.benchmark,
+        "preset": args.preset,
+        **shape_fields(args, b),
+        **environment(args.threads, args.device, args.dtype),
+        "repeats": args.repeats,
+        "parity": parity,
+        "computes": spec.computes,
+        "step_s": times,
+        "step_s_median": medians(times),
+        "step_speedup": speedup(times),
+        "saved_for_backward": saved,
+        **(memory or {}),
+        **(spec.extra(args) if spec.extra else {}),
+    }
+
+
+def pretraining_main(spec: PretrainingSpec, script: str, description: str) -> None:
+    """The command line of a pre-training step script: the comparison, or one side's memory worker."""
+    p = argparse.ArgumentParser(description=description)
+    family = spec.preset.rsplit("_", 1)[0]
+    p.add_argument("--preset", default=spec.preset, choices=[m for m in mmbert.MODELS if m.startswith(family + "_")])
+    for name, default in spec.sizes.items():
+        p.add_argument(f"--{name}", type=int, default=default)
+    if spec.add_args:
+        spec.add_args(p)
+    add_common_args(p, repeats=5)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        memory_worker(args, lambda side: build_side(spec, args, side))
+        return
+    shape_args = ("preset", *spec.sizes)
+    memory = None if args.no_memory else measure_memory(script, args, shape_args, checkpointing=True)
+    if args.memory_only:
+        print(json.dumps({"benchmark": "pretraining_step_memory", **worker_shape(args, shape_args), **memory}))
+        return
+    result = compare_pretraining(spec, args, memory)
+    print_rows(pretraining_rows(result))
+    print(json.dumps(result))
