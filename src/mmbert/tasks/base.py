@@ -51,11 +51,31 @@ class TaskOptions:
     trust_pickle: bool = False  # allow pickled inputs (RefCOCO refs, VOLTA LMDB stores): trusted files only
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalRun:
+    """How ``Task.evaluate`` runs: batch size, device, and whether to show a progress bar."""
+
+    batch_size: int
+    device: str | torch.device = "cpu"
+    progress: bool = False
+
+    def batches(self, items: Any, pad_token_id: int, desc: str) -> Iterator[Batch]:
+        """``items`` (a dataset) in padded batches on the device, under a progress bar when asked."""
+        batches: Iterator = iter(loader(items, self.batch_size, pad_token_id=pad_token_id))
+        if self.progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, total=-(-len(items) // self.batch_size), desc=desc)
+        for batch in batches:
+            yield batch.to(self.device)
+
+
 class Task(ABC):
     """One downstream task. Subclasses set ``name``, ``files`` (the annotation files a split needs, by
     name), ``options_class`` (a ``TaskOptions`` dataclass) and implement ``load``, ``build_head``,
     ``loss`` and ``write_predictions``, plus ``predict`` and ``score`` for the default ``evaluate``
-    (batch-wise prediction; retrieval overrides ``evaluate`` to score the full pool instead).
+    (batch-wise prediction; retrieval overrides ``predict_split`` to score the full pool instead,
+    captioning to generate).
 
     ``Task(**options)`` or ``Task(options=TheOptions(...))``: the options are typed (``task.options.
     max_text_len``) and saved with a fine-tuned model (``state()``), so evaluation rebuilds exactly the
@@ -66,6 +86,7 @@ class Task(ABC):
     files: ClassVar[dict[str, str]] = {}  # file name -> what it is (for --help and error messages)
     prediction_file: ClassVar[str] = "predictions.json"
     main_metric: ClassVar[str] = ""
+    eval_batch_size: ClassVar[int] = 32  # ``evaluate``'s default batch size
     options_class: ClassVar[type[TaskOptions]] = TaskOptions
 
     def __init__(self, options: TaskOptions | None = None, **settings: Any) -> None:
@@ -133,35 +154,44 @@ class Task(ABC):
         raise NotImplementedError(f"task {self.name!r} scores in its own evaluate()")
 
     # shared -----------------------------------------------------------------------------------------
+    def forward(self, model: TaskModel, batch: Batch) -> Tensor:
+        """The task model's logits for a batch, in training and evaluation alike (a task that sets
+        batch-level inputs first, such as Flickr30K Entities' phrase mask, overrides this)."""
+        return model(batch)
+
     def model_step(self, model: TaskModel, batch: Batch) -> LossOutput:
         """One training step's loss (retrieval overrides this to add negatives)."""
-        return self.loss(model(batch), batch)
+        return self.loss(self.forward(model, batch), batch)
 
     @torch.no_grad()
     def evaluate(
         self,
         model: TaskModel,
         dataset: TaskDataset,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         device: str | torch.device = "cpu",
         progress: bool = False,
     ) -> tuple[dict[str, Any], list[dict]]:
-        """Predict over ``dataset`` and score (when it has labels). Returns (metrics, predictions)."""
+        """Predict over ``dataset`` in eval mode (the model's mode comes back after, also on an error) and
+        score it. Returns (metrics, predictions); ``batch_size`` defaults to the task's ``eval_batch_size``."""
+        run = EvalRun(batch_size or self.eval_batch_size, device, progress)
         was_training = model.training
         model.eval()
-        predictions: list[dict[str, Any]] = []
-        batches: Iterator = iter(loader(dataset, batch_size, pad_token_id=model.config.pad_token_id))
-        if progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc=f"evaluate {self.name}")
-        for batch in batches:
-            batch = batch.to(device)
-            predictions.extend(self.predict(model(batch), batch))
-        model.train(was_training)
-        metrics = self.score(predictions, dataset) if dataset.info.get("labelled", True) else {}
+        try:
+            metrics, predictions = self.predict_split(model, dataset, run)
+        finally:
+            model.train(was_training)
         if dataset.report:
             metrics["skipped"] = dict(dataset.report.counts)
+        return metrics, predictions
+
+    def predict_split(self, model: TaskModel, dataset: TaskDataset, run: EvalRun) -> tuple[dict, list[dict]]:
+        """``evaluate``'s work: ``predict`` batch by batch, then ``score`` when the split has labels
+        (captioning generates and retrieval scores the whole pool instead)."""
+        predictions: list[dict[str, Any]] = []
+        for batch in run.batches(dataset, model.config.pad_token_id, f"evaluate {self.name}"):
+            predictions.extend(self.predict(self.forward(model, batch), batch))
+        metrics = self.score(predictions, dataset) if dataset.info.get("labelled", True) else {}
         return metrics, predictions
 
     def load_split(

@@ -43,8 +43,7 @@ from mmbert.models.base import Encoded, EncoderModel
 from mmbert.nn.heads import MLMHead
 from mmbert.nn.masks import captioning_mask
 from mmbert.objectives.base import LossOutput
-from mmbert.tasks.base import Task, TaskOptions
-from mmbert.tasks.collate import loader
+from mmbert.tasks.base import EvalRun, Task, TaskOptions
 from mmbert.tasks.features import check_images, open_features, region_lookup
 from mmbert.tasks.files import read_json, require_fields, write_json
 from mmbert.tasks.model import TaskModel
@@ -318,33 +317,15 @@ class CaptionTask(Task):
         hyps = generate(step, batch.size, sp["sep"], config, device=device)
         return [h.tokens for h in hyps]
 
-    @torch.no_grad()
-    def evaluate(
-        self,
-        model: TaskModel,
-        dataset: TaskDataset,
-        batch_size: int = 32,
-        device: str | torch.device = "cpu",
-        progress: bool = False,
-    ) -> tuple[dict[str, Any], list[dict]]:
+    def predict_split(self, model: TaskModel, dataset: TaskDataset, run: EvalRun) -> tuple[dict, list[dict]]:
         """Generate one caption per image and score them against the split's references."""
         from mmbert.tasks.caption_metrics import METRICS, score_captions
 
-        was_training = model.training
-        model.eval()
-        images = self.evaluation_set(dataset)
         tokenizer = dataset.info["tokenizer"]
-        batches = loader(images, batch_size, pad_token_id=model.config.pad_token_id)
-        if progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, total=-(-len(images) // batch_size), desc="generate captions")
         predictions = []
-        for batch in batches:
-            batch = batch.to(device)
+        for batch in run.batches(self.evaluation_set(dataset), model.config.pad_token_id, "generate captions"):
             for meta, ids in zip(batch.meta["items"], self.generate(model, batch)):
                 predictions.append({"image_id": meta["image_id"], "caption": tokenizer.decode(ids)})
-        model.train(was_training)
         refs = dataset.info["references"]
         metrics = score_captions({str(p["image_id"]): p["caption"] for p in predictions},
                                  {str(p["image_id"]): refs[str(p["image_id"])] for p in predictions},
@@ -353,8 +334,6 @@ class CaptionTask(Task):
         metrics["split"] = dataset.info["split"]
         generation = ("beam_size", "length_penalty", "no_repeat_ngram_size", "max_caption_len", "min_caption_len")
         metrics["generation"] = {k: getattr(self.options, k) for k in generation}
-        if dataset.report:
-            metrics["skipped"] = dict(dataset.report.counts)
         return metrics, predictions
 
     def write_predictions(self, predictions: list[dict], path: str | os.PathLike) -> Path:

@@ -38,6 +38,7 @@ from mmbert.data.batch import Batch
 from mmbert.models.base import EncoderModel
 from mmbert.objectives.base import LossOutput
 from mmbert.tasks.base import (
+    EvalRun,
     Example,
     LoadReport,
     Task,
@@ -53,6 +54,7 @@ from mmbert.tasks.base import (
     write_json,
 )
 from mmbert.tasks.metrics import box_iou
+from mmbert.tasks.model import TaskModel
 
 PAD_LOGIT = -10000.0
 KS = (1, 5, 10)
@@ -299,9 +301,10 @@ class Flickr30KEntitiesTask(Task):
             raise ValueError(f"{type(encoder).__name__} has no vision stream: phrase grounding needs one")
         return PhraseRegionHead(encoder.config.dim, dims.vision, dims.region_offset)
 
-    def model_step(self, model, batch: Batch) -> LossOutput:
+    def forward(self, model: TaskModel, batch: Batch) -> Tensor:
+        """The head reads which tokens form the phrase: set on the batch before the forward pass."""
         self._phrase_mask(batch)
-        return self.loss(model(batch), batch)
+        return model(batch)
 
     @staticmethod
     def _phrase_mask(batch: Batch) -> None:
@@ -337,22 +340,9 @@ class Flickr30KEntitiesTask(Task):
                         "ious": [float(ious[k]) for k in order], "all_ious": ious.tolist()})  # fmt: skip
         return out
 
-    def evaluate(self, model, dataset, batch_size: int = 32, device="cpu", progress: bool = False):
-        """As the default, with the phrase mask set on each batch before the forward pass."""
-        from mmbert.tasks.base import loader
-
-        was_training = model.training
-        model.eval()
-        predictions = []
-        with torch.no_grad():
-            for batch in loader(dataset, batch_size, pad_token_id=model.config.pad_token_id):
-                self._phrase_mask(batch)
-                batch = batch.to(device)
-                predictions.extend(self.predict(model(batch), batch))
-        model.train(was_training)
-        metrics = self.score(predictions, dataset)
-        if dataset.report:
-            metrics["skipped"] = dict(dataset.report.counts)
+    def predict_split(self, model: TaskModel, dataset: TaskDataset, run: EvalRun) -> tuple[dict, list[dict]]:
+        """As the default; each prediction's IoUs with every region serve the chance figure only."""
+        metrics, predictions = super().predict_split(model, dataset, run)
         for p in predictions:
             p.pop("all_ious")
         return metrics, predictions

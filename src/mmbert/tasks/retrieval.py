@@ -34,7 +34,7 @@ from mmbert.models.base import Encoded, EncoderModel
 from mmbert.models.dual_stream import DualStreamModel, StreamStates
 from mmbert.nn.heads import PairHead
 from mmbert.objectives.base import LossOutput
-from mmbert.tasks.base import Task, TaskOptions
+from mmbert.tasks.base import EvalRun, Task, TaskOptions
 from mmbert.tasks.features import check_images, open_features, region_lookup
 from mmbert.tasks.files import read_json, require_fields, write_json
 from mmbert.tasks.metrics import recall_at_k
@@ -99,6 +99,7 @@ class RetrievalTask(Task):
     files = {"karpathy": "Karpathy split JSON (dataset_flickr30k.json / dataset_coco.json)"}
     prediction_file = "retrieval_rankings.json"
     main_metric = "r_mean"
+    eval_batch_size = 64
 
     options_class = RetrievalOptions
     options: RetrievalOptions
@@ -253,20 +254,11 @@ class RetrievalTask(Task):
         return match_score(model(pairs)).view(rows, -1)
 
     # evaluation -------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(
-        self,
-        model: TaskModel,
-        dataset: TaskDataset,
-        batch_size: int = 64,
-        device: str | torch.device = "cpu",
-        progress: bool = False,
-    ) -> tuple[dict[str, Any], list[dict]]:
-        scores = self.score_matrix(model, dataset, batch_size, device, progress)
+    def predict_split(self, model: TaskModel, dataset: TaskDataset, run: EvalRun) -> tuple[dict, list[dict]]:
+        """Recall@K over the whole pool's score matrix; the predictions are the rankings."""
+        scores = self.score_matrix(model, dataset, run.batch_size, run.device, run.progress)
         metrics = recall_at_k(scores, dataset.info["text_to_image"])
         metrics.update(num_captions=scores.shape[0], num_images=scores.shape[1])
-        if dataset.report:
-            metrics["skipped"] = dict(dataset.report.counts)
         return metrics, self.rankings(scores, dataset)
 
     def score_matrix(
