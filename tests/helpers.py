@@ -28,6 +28,28 @@ def make_inputs(config, batch: int = 2, text_len: int = 7, regions: int = 5, see
     return inputs
 
 
+def encode_with_maps(model, inputs: dict, atol: float = 1e-5, rtol: float = 0.0):
+    """``model`` on ``inputs`` with attention maps and without: (with, without). Maps are off by default,
+    and asking for them (the slow path) leaves the real tokens' states as they are."""
+    with torch.no_grad():
+        plain = model(**inputs)
+        enc = model(**inputs, output_attentions=True)
+    assert plain.attentions is None
+    m = inputs["text_mask"]  # real tokens: the fast path skips padding (zeros there)
+    torch.testing.assert_close(enc.text[m], plain.text[m], atol=atol, rtol=rtol)
+    return enc, plain
+
+
+def one_masked_region(inputs: dict, example: int, region: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``region_masked`` input flagging one region, and ``region_feats`` with that region's feature
+    zeroed (what the masked-region models feed in its place, before any learned vector)."""
+    masked = torch.zeros(inputs["region_feats"].shape[:2], dtype=torch.bool)
+    masked[example, region] = True
+    zeroed = inputs["region_feats"].clone()
+    zeroed[example, region] = 0
+    return masked, zeroed
+
+
 def make_kind_inputs(config, kind: str = "pair", **kwargs) -> dict:
     """``make_inputs`` for one input kind: "pair" (text + regions where the model has them), "text"
     (no region arguments) or "image" (``text_ids=None``) — the unimodal kinds UNIMO takes."""

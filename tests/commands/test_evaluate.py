@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 from commands.test_finetune import finetune, setup  # noqa: F401 - the fixture
+from commands.test_score import vqa_score_argv
 from tasks.task_fixtures import WORDS, make_store, tiny_encoder, vl_tiny_presets
 from tasks.test_retrieval import write_karpathy
 
@@ -43,22 +44,7 @@ def test_evaluate_matches_the_finetune_validation(setup, capsys, tmp_path):  # n
     preds = json.loads((final / "eval" / "minival_vqa_results.json").read_text())
     assert preds == json.loads((final / "val_vqa_results.json").read_text())
     # the official scorer agrees with the evaluation
-    assert (
-        main(
-            [
-                "score",
-                "--task",
-                "vqa",
-                "--questions",
-                str(files["questions"]),
-                "--annotations",
-                str(files["annotations"]),
-                "--predictions",
-                str(final / "eval" / "minival_vqa_results.json"),
-            ]
-        )
-        == 0
-    )
+    assert main(vqa_score_argv(files, final / "eval" / "minival_vqa_results.json")) == 0
     assert json.loads(capsys.readouterr().out)["overall"] == out["metrics"]["overall"]
     # a store whose feature width is not the model's region_feat_dim fails at start-up, naming both
     with features.open(root / "wide.h5", mode="w") as out:

@@ -26,16 +26,15 @@ def setup(tmp_path):
     return tmp_path, files
 
 
+def vqa_finetune_argv(out) -> list[str]:
+    """``mmbert finetune`` on VQA from the first tiny V&L preset into ``out``: how every call here starts."""
+    return ["finetune", "--task", "vqa", "--init", vl_tiny_presets()[0], "--out", str(out)]
+
+
 def finetune(tmp_path, files, out, *extra):
     data = [f"questions={files['questions']}", f"annotations={files['annotations']}"]
     argv = [
-        "finetune",
-        "--task",
-        "vqa",
-        "--init",
-        vl_tiny_presets()[0],
-        "--out",
-        str(out),
+        *vqa_finetune_argv(out),
         "--features",
         str(tmp_path / "feats.h5"),
         "--tokenizer",
@@ -97,25 +96,8 @@ def test_bad_arguments(setup, capsys):
     assert "unknown task 'nope'" in capsys.readouterr().err
     assert finetune(tmp_path, files, tmp_path / "o", "task.colour=red") == 1
     assert "its options:" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "finetune",
-                "--task",
-                "vqa",
-                "--init",
-                vl_tiny_presets()[0],
-                "--out",
-                str(tmp_path / "o"),
-                "--tokenizer",
-                str(tmp_path / "tok"),
-                "--train",
-                f"annotations={files['annotations']}",
-                "model.vocab_size=64",
-            ]
-        )
-        == 1
-    )
+    no_questions = ["--train", f"annotations={files['annotations']}", "model.vocab_size=64"]
+    assert main([*vqa_finetune_argv(tmp_path / "o"), "--tokenizer", str(tmp_path / "tok"), *no_questions]) == 1
     assert "needs the file(s) ['questions']" in capsys.readouterr().err
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from mmbert.cli import main
 from mmbert.data.synthetic.generate import generate
@@ -17,13 +16,8 @@ def vocab_arg(world) -> str:
     return f"model.vocab_size={len((world / 'vocab.txt').read_text().splitlines())}"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is much faster than two on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: one intra-op thread is much faster than two on a loaded 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,12 @@ from tasks.test_vqa import write_official
 from mmbert.cli import main
 
 
+def vqa_score_argv(files: dict, predictions) -> list[str]:
+    """``mmbert score`` on VQA predictions against the official files ``write_official`` wrote."""
+    official = ["--questions", str(files["questions"]), "--annotations", str(files["annotations"])]
+    return ["score", "--task", "vqa", *official, "--predictions", str(predictions)]
+
+
 def test_vqa_score_hand_computed(tmp_path, capsys):
     files = write_official(tmp_path)
     # q1: red 6/10 -> 1.0; q2: "two" normalised with the 5 "2" -> 1.0 (8 of 10 after normalisation);
@@ -23,19 +29,7 @@ def test_vqa_score_hand_computed(tmp_path, capsys):
     ]
     preds += [{"question_id": q, "answer": "purple"} for q in range(5, 9)]
     (tmp_path / "res.json").write_text(json.dumps(preds))
-    argv = [
-        "score",
-        "--task",
-        "vqa",
-        "--questions",
-        str(files["questions"]),
-        "--annotations",
-        str(files["annotations"]),
-        "--predictions",
-        str(tmp_path / "res.json"),
-        "--out",
-        str(tmp_path / "m.json"),
-    ]
+    argv = [*vqa_score_argv(files, tmp_path / "res.json"), "--out", str(tmp_path / "m.json")]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["overall"] == round(100 * 3.6 / 8, 2)

@@ -21,6 +21,19 @@ def write_store(path, records):
     return path
 
 
+def three_records():
+    """img0, img1, img2: three good 3-region records."""
+    return [make_region_record(f"img{i}", 3, seed=i) for i in range(3)]
+
+
+def hdf5_without(path, records, image_id: str, key: str):
+    """An HDF5 store of ``records`` whose ``image_id`` group lacks its ``key`` dataset."""
+    write_store(path, records)
+    with h5py.File(path, "a") as f:
+        del f[image_id][key]
+    return path
+
+
 def run(capsys, *argv):
     code = cli.main(list(argv))
     out = capsys.readouterr()
@@ -67,10 +80,8 @@ def test_check_finds_every_planted_fault_in_a_tsv(tmp_path, capsys):
 
 
 def test_check_finds_missing_keys_in_hdf5_lmdb_and_npz(tmp_path, capsys):
-    good = [make_region_record(f"img{i}", 3, seed=i) for i in range(3)]
-    h5 = write_store(tmp_path / "f.h5", good)
-    with h5py.File(h5, "a") as f:
-        del f["img1"]["boxes"]
+    good = three_records()
+    h5 = hdf5_without(tmp_path / "f.h5", good, "img1", "boxes")
     code, out, _ = run(capsys, "features", "check", str(h5))
     assert code == 1 and out.startswith("img1: group has no 'boxes' dataset")
 
@@ -102,7 +113,7 @@ def test_check_finds_missing_keys_in_hdf5_lmdb_and_npz(tmp_path, capsys):
 
 
 def test_check_passes_a_good_store(tmp_path, capsys):
-    path = write_store(tmp_path / "good.lmdb", [make_region_record(f"img{i}", 3, seed=i) for i in range(3)])
+    path = write_store(tmp_path / "good.lmdb", three_records())
     code, out, _ = run(capsys, "features", "check", str(path))
     assert code == 0 and "all 3 records OK" in out
 
@@ -135,10 +146,7 @@ def test_convert_is_resumable(tmp_path, capsys):
 
 
 def test_convert_skip_bad_lists_unreadable_records(tmp_path, capsys):
-    records = [make_region_record(f"img{i}", 3, seed=i) for i in range(3)]
-    src = write_store(tmp_path / "src.h5", records)
-    with h5py.File(src, "a") as f:
-        del f["img1"]["features"]
+    src = hdf5_without(tmp_path / "src.h5", three_records(), "img1", "features")
     code, _, err = run(capsys, "features", "convert", str(src), str(tmp_path / "a.lmdb"), "--no-progress")
     assert code == 1 and "img1" in err and "features" in err
     code, out, err = run(
@@ -148,7 +156,7 @@ def test_convert_skip_bad_lists_unreadable_records(tmp_path, capsys):
 
 
 def test_check_reports_duplicate_tsv_ids(tmp_path, capsys):
-    path = write_store(tmp_path / "d.tsv", [make_region_record(f"img{i}", 3, seed=i) for i in range(3)])
+    path = write_store(tmp_path / "d.tsv", three_records())
     lines = path.read_bytes().split(b"\n")
     path.write_bytes(b"\n".join([lines[0], lines[1], lines[0], lines[2], b""]))
     code, out, _ = run(capsys, "features", "check", str(path))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from helpers import make_inputs
+from helpers import make_inputs, one_masked_region
 
 import mmbert
 from mmbert.data.boxes import location_features
@@ -23,10 +23,7 @@ def test_region_embedding_formula():
 def test_masked_region_features_are_zeroed():
     model = mmbert.build_model("unicoder_vl_tiny").eval()
     x = make_inputs(model.config)
-    masked = torch.zeros(2, 5, dtype=torch.bool)
-    masked[1, 2] = True
-    zeroed = x["region_feats"].clone()
-    zeroed[1, 2] = 0
+    masked, zeroed = one_masked_region(x, 1, 2)
     with torch.no_grad():
         torch.testing.assert_close(
             model(**x, region_masked=masked).text, model(**dict(x, region_feats=zeroed)).text

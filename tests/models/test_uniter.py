@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from helpers import make_inputs
+from helpers import make_inputs, one_masked_region
 
 import mmbert
 from mmbert.data.boxes import location_features
@@ -27,10 +27,7 @@ def test_region_embedding_formula():
 def test_masked_regions_are_zeroed_plus_a_learned_vector():
     model = mmbert.build_model("uniter_tiny").eval()
     x = make_inputs(model.config)
-    masked = torch.zeros(2, 5, dtype=torch.bool)
-    masked[0, 1] = True
-    zeroed = x["region_feats"].clone()
-    zeroed[0, 1] = 0
+    masked, zeroed = one_masked_region(x, 0, 1)
     vector = model.embeddings.region.mask_embedding
     # UNITER's nn.Embedding row 1 under init_weights: N(0, 0.02), not zeros
     assert vector.detach().abs().sum() > 0 and abs(float(vector.detach().std()) - 0.02) < 0.012

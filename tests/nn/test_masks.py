@@ -43,32 +43,14 @@ def test_seq2seq_source_fully_visible_target_causal():
 
 def test_captioning_regions_and_tags_see_each_other_caption_sees_all_and_earlier_caption():
     # [v0 v1 ; g0 ; c0 c1 c2]
-    expected = grid(
-        [
-            "111000",
-            "111000",
-            "111000",
-            "111100",
-            "111110",
-            "111111",
-        ]
-    )
+    expected = grid(["111000", "111000", "111000", "111100", "111110", "111111"])
     got = captioning_mask(flags(1, 1, 1), flags(1, 1), flags(1))
     assert torch.equal(got, expected)
 
 
 def test_captioning_with_the_caption_first_and_padding():
     # [c0 c1 (c2 padded) ; v0 v1 (v2 padded)]
-    expected = grid(
-        [
-            "100110",
-            "110110",
-            "110110",
-            "000110",
-            "000110",
-            "000110",
-        ]
-    )
+    expected = grid(["100110", "110110", "110110", "000110", "000110", "000110"])
     got = captioning_mask(flags(1, 1, 0), flags(1, 1, 0), caption_first=True)
     assert torch.equal(got, expected)
 

@@ -57,6 +57,14 @@ def tiny_encoder(name: str, seed: int = 0):
     return build_model(name, vocab_size=64, dropout=0.0, attn_dropout=0.0, init_std=0.1)
 
 
+def tiny_task_model(task, preset: str | None = None):
+    """A tiny V&L encoder (the first tiny preset unless named) under a fresh head of ``task``."""
+    from mmbert.tasks.model import TaskModel
+
+    encoder = tiny_encoder(preset or vl_tiny_presets()[0])
+    return TaskModel(encoder, task.build_head(encoder))
+
+
 def train_steps(task, model, dataset, steps: int = 12, batch_size: int = 4, lr: float = 3e-3) -> list[float]:
     """Full-batch-ish training on a tiny dataset; returns the loss per step."""
     from mmbert.tasks.base import loader

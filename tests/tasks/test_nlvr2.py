@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from tasks.task_fixtures import make_store, tiny_encoder, train_steps, vl_tiny_presets
+from tasks.task_fixtures import make_store, tiny_task_model, train_steps
 
-from mmbert.tasks.base import TaskDataError, TaskModel
+from mmbert.tasks.base import TaskDataError
 from mmbert.tasks.nlvr2 import NLVR2Task, image_ids, read_predictions
 
 SENTENCES = [
@@ -61,8 +61,7 @@ def test_nlvr2_finetunes_and_writes_official_csv(tmp_path, tokenizer):
     task = NLVR2Task(dropout=0.0)
     ds = task.load({"data": write_jsonl(tmp_path / "dev.json", learnable=True)}, tokenizer, store)
     assert len(ds) == 12 and len(ds[0].views) == 2
-    encoder = tiny_encoder(vl_tiny_presets()[0])
-    model = TaskModel(encoder, task.build_head(encoder))
+    model = tiny_task_model(task)
     losses = train_steps(task, model, ds, steps=24, batch_size=4, lr=3e-3)
     assert sum(losses[-3:]) < 0.7 * sum(losses[:3])
     metrics, preds = task.evaluate(model, ds, batch_size=5)

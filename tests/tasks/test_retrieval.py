@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tasks.task_fixtures import make_store, tiny_encoder, train_steps, vl_tiny_presets
+from tasks.task_fixtures import make_store, tiny_encoder, tiny_task_model, train_steps, vl_tiny_presets
 
 from mmbert.models.dual_stream import DualStreamModel
 from mmbert.models.pretraining import PretrainingModel
@@ -63,8 +63,7 @@ def test_retrieval_finetunes_with_in_batch_negatives(tmp_path, tokenizer, store)
     task = RetrievalTask(split="train", negatives=2)
     ds = task.load({"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, store)
     assert len(ds) == 10 and ds.info["images"] == ["1000", "1001", "1002", "1003", "1004"]  # train + restval
-    encoder = tiny_encoder(responsive_preset())
-    model = TaskModel(encoder, task.build_head(encoder))
+    model = tiny_task_model(task, responsive_preset())
     losses = train_steps(task, model, ds, steps=20, batch_size=5, lr=3e-3)
     assert sum(losses[-2:]) < 0.7 * sum(losses[:2])
 
@@ -101,8 +100,7 @@ def test_full_pool_recall_and_rankings(tmp_path, tokenizer, store):
     task = RetrievalTask(split="test")
     ds = task.load({"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, store)
     assert ds.info["images"] == ["1005", "1006", "1007"] and ds.info["text_to_image"] == [0, 0, 1, 1, 2, 2]
-    encoder = tiny_encoder(vl_tiny_presets()[0])
-    model = TaskModel(encoder, task.build_head(encoder))
+    model = tiny_task_model(task)
     metrics, ranks = task.evaluate(model, ds, batch_size=4)
     assert set(metrics) >= {"ir_r@1", "ir_r@5", "ir_r@10", "tr_r@1", "tr_r@5", "tr_r@10"}
     assert metrics["ir_r@5"] == 100.0  # only 3 images in the pool
@@ -152,9 +150,8 @@ def test_bad_input(tmp_path, tokenizer, store):
 def test_fast_dual_stream_scores_equal_the_full_forward(tmp_path, tokenizer, store, name):
     task = RetrievalTask(split="test")
     ds = task.load({"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, store)
-    encoder = tiny_encoder(name)
-    model = TaskModel(encoder, task.build_head(encoder))
-    assert isinstance(encoder, DualStreamModel)
+    model = tiny_task_model(task, name)
+    assert isinstance(model.encoder, DualStreamModel)
     fast = task.score_matrix(model, ds, batch_size=4, fast=True)
     slow = task.score_matrix(model, ds, batch_size=5, fast=False)
     assert fast.shape == (6, 3) and torch.allclose(fast, slow, atol=1e-5)
@@ -165,8 +162,7 @@ def test_unimo_retrieval_trains_its_match_head_with_the_circle_loss(tmp_path, to
 
     task = RetrievalTask(split="train", negatives=2)
     ds = task.load({"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, store)
-    encoder = tiny_encoder("unimo_tiny")
-    model = TaskModel(encoder, task.build_head(encoder))
+    model = tiny_task_model(task, "unimo_tiny")
     assert isinstance(model.head, UnimoMatchHead)
     with torch.no_grad():  # every pair scores 0.3: sigmoid(0.3) for the positive and both negatives
         model.head.fc.weight.zero_()

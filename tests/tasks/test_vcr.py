@@ -6,9 +6,9 @@ import csv
 import json
 
 import pytest
-from tasks.task_fixtures import make_store, tiny_encoder, train_steps, vl_tiny_presets
+from tasks.task_fixtures import make_store, tiny_task_model, train_steps
 
-from mmbert.tasks.base import TaskDataError, TaskModel
+from mmbert.tasks.base import TaskDataError
 from mmbert.tasks.vcr import VCRTask, read_predictions, render, vcr_joint, write_leaderboard_csv
 
 ANSWERS = [["he", "wants", "rain"], ["it", "is", "sunny"], [[0], "is", "sitting"], ["two", "dogs"]]
@@ -55,8 +55,7 @@ def test_vcr_finetunes(tmp_path, tokenizer, store, mode):
     task = VCRTask(mode=mode)
     ds = task.load({"data": write_jsonl(tmp_path / "val.jsonl")}, tokenizer, store)
     assert len(ds) == 6 and len(ds[0].views) == 4
-    encoder = tiny_encoder(vl_tiny_presets()[0])
-    model = TaskModel(encoder, task.build_head(encoder))
+    model = tiny_task_model(task)
     losses = train_steps(task, model, ds, steps=12, batch_size=3, lr=3e-3)
     assert sum(losses[-2:]) < 0.7 * sum(losses[:2])
     metrics, preds = task.evaluate(model, ds, batch_size=4)
@@ -84,8 +83,7 @@ def test_joint_accuracy_and_leaderboard_csv(tmp_path, tokenizer, store):
     task = VCRTask(mode="qa2r", condition_on="all")
     ds = task.load({"data": data}, tokenizer, store)
     assert len(ds) == 8  # 2 questions x 4 answers to condition on
-    encoder = tiny_encoder(vl_tiny_presets()[0])
-    _, preds = task.evaluate(TaskModel(encoder, task.build_head(encoder)), ds)
+    _, preds = task.evaluate(tiny_task_model(task), ds)
     path = write_leaderboard_csv(q2a, preds, tmp_path / "submission.csv")
     rows = list(csv.reader(path.open()))
     assert rows[0][:2] == ["annot_id", "answer_0"] and rows[0][-1] == "rationale_conditioned_on_a3_3"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from tasks.task_fixtures import make_store, tiny_encoder, train_steps, vl_tiny_presets
+from tasks.task_fixtures import make_store, tiny_task_model, train_steps
 
-from mmbert.tasks.base import TaskDataError, TaskModel
+from mmbert.tasks.base import TaskDataError
 from mmbert.tasks.vqa import VQATask, read_answer_vocab, read_results
 
 QUESTIONS = [
@@ -69,8 +69,7 @@ def test_vqa_finetunes_and_writes_official_results(tmp_path, tokenizer, store):
     files = write_official(tmp_path)
     task = VQATask(min_answer_count=1, dropout=0.0)
     ds = task.load(files, tokenizer, store)
-    encoder = tiny_encoder(vl_tiny_presets()[0])
-    model = TaskModel(encoder, task.build_head(encoder))
+    model = tiny_task_model(task)
     losses = train_steps(task, model, ds, steps=16, batch_size=4)
     assert sum(losses[-2:]) < 0.7 * sum(losses[:2])
     metrics, preds = task.evaluate(model, ds, batch_size=3)
@@ -141,6 +140,5 @@ def test_unlabelled_test_split_predicts_without_scoring(tmp_path, tokenizer, sto
     task.load(files, tokenizer, store)  # the training split sets the vocabulary
     test = task.load({"questions": files["questions"]}, tokenizer, store)
     assert test[0].target is None
-    encoder = tiny_encoder(vl_tiny_presets()[0])
-    metrics, preds = task.evaluate(TaskModel(encoder, task.build_head(encoder)), test, batch_size=8)
+    metrics, preds = task.evaluate(tiny_task_model(task), test, batch_size=8)
     assert metrics == {} and len(preds) == 8 and all(p["answer"] in task.answers for p in preds)

@@ -4,12 +4,9 @@ threads spin against each other (measured: 33 ms vs 640 ms per tiny ViLBERT step
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def every_test_on_one_thread(one_thread) -> None:
+    """Every trainer test runs under the shared ``one_thread`` fixture (tests/conftest.py)."""
+    return one_thread
