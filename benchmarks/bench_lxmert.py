@@ -27,7 +27,6 @@ import torch
 import transformers
 
 import mmbert
-from mmbert.convert.hf_lxmert import to_hf_config
 from mmbert.data.batch import Batch
 from mmbert.objectives import Pretraining
 from mmbert.objectives.regions import LXMERT_VISUAL_LOSS_NORMALIZER
@@ -133,11 +132,9 @@ def add_args(p) -> None:
 
 
 SPEC = common.PretrainingSpec(
-    benchmark="lxmert_pretraining_step",
     preset="lxmert_base",
     sizes={"batch": 8, "seq": 20, "regions": 36},
     hf_class=transformers.LxmertForPreTraining,
-    to_hf_config=to_hf_config,
     make_batch=make_batch,
     hf_loss=hf_loss,
     hf_text=hf_text,

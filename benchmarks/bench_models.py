@@ -21,7 +21,6 @@ import common
 import torch
 import transformers
 
-from mmbert.convert.hf_bert import to_hf_config
 from mmbert.data.batch import Batch
 
 COMPUTES = common.computes(
@@ -68,11 +67,9 @@ def hf_loss(ref, b: Batch) -> torch.Tensor:
 
 
 SPEC = common.PretrainingSpec(
-    benchmark="bert_pretraining_step",
     preset="bert_base",
     sizes={"batch": 16, "seq": 128},
     hf_class=transformers.BertForPreTraining,
-    to_hf_config=to_hf_config,
     make_batch=make_batch,
     hf_loss=hf_loss,
     hf_text=hf_text,

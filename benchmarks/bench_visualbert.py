@@ -21,7 +21,6 @@ import common
 import torch
 import transformers
 
-from mmbert.convert.hf_visualbert import to_hf_config
 from mmbert.data.batch import Batch
 
 COMPUTES = common.computes(
@@ -74,11 +73,9 @@ def hf_loss(ref, b: Batch) -> torch.Tensor:
 
 
 SPEC = common.PretrainingSpec(
-    benchmark="visualbert_pretraining_step",
     preset="visualbert_base",
     sizes={"batch": 32, "seq": 20, "regions": 36},
     hf_class=transformers.VisualBertForPreTraining,
-    to_hf_config=to_hf_config,
     make_batch=make_batch,
     hf_loss=hf_loss,
     hf_text=hf_text,

@@ -295,11 +295,9 @@ class PretrainingSpec:
     (the same harness for BERT, VisualBERT and LXMERT: memory workers, parity, saved activations,
     alternating timing, the table and the JSON)."""
 
-    benchmark: str  # the JSON's "benchmark"
-    preset: str  # the default preset; --preset offers every preset of its family
+    preset: str  # the default preset; --preset offers every preset of its family ("<family>_<size>")
     sizes: dict[str, int]  # --batch / --seq (/ --regions) and their defaults
-    hf_class: type  # transformers' *ForPreTraining
-    to_hf_config: Callable[..., dict]  # mmbert's converter of its config to transformers' fields
+    hf_class: type  # transformers' *ForPreTraining (mmbert's converter for it: by its model_type)
     make_batch: Callable[[Any, argparse.Namespace, torch.Generator], Batch]  # (mmbert config, args, g) -> batch
     hf_loss: Callable[[Any, Batch], torch.Tensor]  # the reference's public training call
     hf_text: Callable[[Any, Mapping[str, Any]], torch.Tensor]  # reference text states (B, T, D), mmbert inputs
@@ -312,10 +310,17 @@ class PretrainingSpec:
     add_args: Callable[[argparse.ArgumentParser], None] | None = None  # script-only flags
     extra: Callable[[argparse.Namespace], dict] | None = None  # more JSON fields after the comparison
 
+    @property
+    def benchmark(self) -> str:
+        """The JSON's "benchmark": ``<family>_pretraining_step``."""
+        return f"{self.preset.rsplit('_', 1)[0]}_pretraining_step"
+
     def hf_config(self, preset: str):
-        """transformers' config for an mmbert preset, through mmbert's own converter."""
-        fields = self.to_hf_config(mmbert.MODELS[preset](), True)
+        """transformers' config for an mmbert preset, through mmbert's own converter for that model type."""
+        from mmbert.convert.load import HF_CONVERTERS
+
         config_class = self.hf_class.config_class
+        fields = HF_CONVERTERS[config_class.model_type].to_hf_config(mmbert.MODELS[preset](), True)
         cfg = config_class(**{k: v for k, v in fields.items() if k not in ("architectures", "model_type")})
         for key, value in self.hf_settings.items():
             setattr(cfg, key, value)
