@@ -15,13 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
 import mmbert
-from mmbert.convert import CheckpointError
 from mmbert.data.batch import Batch
 from mmbert.tasks.checkpoint_heads import heads_from_checkpoint
 from mmbert.tasks.retrieval import match_score
@@ -78,31 +76,6 @@ def load_options(fx: Fixture) -> dict:
     hp = fx.meta.get("hyper_parameters", {})
     opts = {k: hp[k] for k in ("llayers", "xlayers", "rlayers") if k in hp}
     return opts
-
-
-def unsupported_volta_layout(folder: Path) -> bool:
-    """VOLTA's single-stream layouts (every sublayer shared) with embeddings mmbert has no VOLTA form of (its
-    VL-BERT): refused by the loader until then (read from the fixture's config, not its name)."""
-    fx = read_fixture(folder)
-    if not fx.meta["source"].startswith("volta"):
-        return False
-    from mmbert.convert.volta import SINGLE_STREAM
-
-    raw = json.loads(fx.config.read_text())
-    every = len(raw.get("shared_sublayers", [])) == len(raw["t_ff_sublayers"]) * 2
-    return every and raw.get("image_embeddings") not in SINGLE_STREAM
-
-
-def refused_marks(folder: Path) -> list:
-    """A strict xfail (CheckpointError only) for the fixtures the loader refuses on purpose; none elsewhere, so
-    a regression in a supported loader fails rather than hides."""
-    if unsupported_volta_layout(folder):
-        return [
-            pytest.mark.xfail(
-                strict=True, raises=CheckpointError, reason="VOLTA shared-sublayer layout: refused"
-            )
-        ]
-    return []
 
 
 def plain_inputs(x: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
@@ -367,11 +340,7 @@ def main() -> int:
     print(f"{'fixture':<32} {'output':<22} {'max abs diff':>12}")
     for folder in fixture_dirs():
         fx = read_fixture(folder)
-        try:
-            diffs = compare(fx)
-        except CheckpointError as e:  # a layout the loader refuses (VOLTA's ctrl_vl-bert)
-            print(f"{fx.name:<32} refused: {str(e).split(': ', 2)[-1][:90]}")
-            continue
+        diffs = compare(fx)
         for name, d in diffs.items():
             worst = max(worst, d)
             print(f"{fx.name:<32} {name:<22} {d:>12.3e}")

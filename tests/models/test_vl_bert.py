@@ -108,3 +108,113 @@ def test_a_text_only_example_runs_with_its_own_visual_embedding():
     padded = model(torch.cat([ids, torch.zeros(2, 2, dtype=torch.long)], 1),
                    text_mask=torch.cat([mask, torch.zeros(2, 2, dtype=torch.bool)], 1))  # fmt: skip
     torch.testing.assert_close(padded.text[:, :5][mask], model(ids, text_mask=mask).text[mask], atol=1e-6, rtol=1e-6)
+
+
+def volta_tiny(shift: bool = False) -> VLBertConfig:
+    """``ctrl_vl_bert``'s options (VOLTA's controlled VL-BERT) at the tiny sizes."""
+    base = mmbert.MODELS["ctrl_vl_bert"]()
+    return mmbert.MODELS["vl_bert_tiny"]().replace(
+        global_region=base.global_region,
+        embeddings=base.embeddings,
+        volta_position_shift=shift,
+        pooling=base.pooling,
+        pooled_dim=24,
+    )
+
+
+def test_volta_embeddings_end_on_the_last_slot_text_sees_it():
+    """VOLTA's layout: [text ; whole image, regions], no [END] element of its own; the last vision slot
+    carries [END]'s token at position n + 1 and is the text tokens' visual feature; regions at n, type 2."""
+    torch.manual_seed(0)
+    model = mmbert.models.vl_bert.VLBert(volta_tiny()).eval()
+    x = make_inputs(model.config)
+    e = model.embeddings
+    joint, mask = embed(model, x)
+    b, t = x["text_ids"].shape
+    r = x["region_feats"].shape[1]
+    assert joint.shape == (b, t + r + 1, model.config.dim)
+    assert torch.equal(mask, torch.cat([x["text_mask"], torch.ones(b, 1, dtype=torch.bool), x["region_mask"]], 1))
+    feats = torch.cat([x["region_feats"].mean(1, keepdim=True), x["region_feats"]], 1)[:1]
+    boxes = torch.cat([torch.tensor([[[0.0, 0.0, 1.0, 1.0]]]), x["region_boxes"][:1]], 1)
+    with torch.no_grad():
+        reps = e.visual(feats, boxes)
+        text_visual, slot_visual = e.visual_norms(reps[:, -1:], reps)
+        n = int(x["text_mask"][0].sum())
+        pos, seg = e.text.position.weight, e.text.segment.weight
+        text = e.text.summed(x["text_ids"][:1], x["segment_ids"][:1]) + text_visual
+        last = e.end_token + slot_visual[0, -1] + pos[n + 1] + seg[2]
+        first = e.image_token + slot_visual[0, 0] + pos[n] + seg[2]
+        want = e.text.norm(torch.cat([text[0], first[None], last[None]]))
+    torch.testing.assert_close(joint[0, :t], want[:t])
+    torch.testing.assert_close(joint[0, t], want[t])
+    torch.testing.assert_close(joint[0, -1], want[-1])
+    assert model.vision_mask(x).shape == (b, r + 1) and model.num_trailing_elements == 0
+
+
+def test_volta_zero_feature_rows_take_the_masked_feature():
+    """VOLTA signals masking by an all-zero feature row: a padding slot or a zeroed region gets the masked
+    feature (and keeps [IMG]); region_masked does the same."""
+    model = mmbert.models.vl_bert.VLBert(volta_tiny()).eval()
+    with torch.no_grad():
+        model.embeddings.masked_feature.normal_()
+    x = make_inputs(model.config)
+    x["region_mask"][:] = True
+    zeroed = dict(x, region_feats=x["region_feats"].clone())
+    zeroed["region_feats"][0, 1] = 0.0
+    flagged = dict(x)
+    whole = x["region_feats"].mean(1)  # the same whole-image feature for both
+    a, _ = embed(model, zeroed, global_feats=whole)
+    m = torch.zeros_like(x["region_mask"])
+    m[0, 1] = True
+    c, _ = embed(model, flagged, region_masked=m, global_feats=whole)
+    torch.testing.assert_close(a, c)
+    plain, _ = embed(model, x, global_feats=whole)
+    t = x["text_ids"].shape[1]
+    assert not torch.allclose(plain[0, t + 2], a[0, t + 2])
+
+
+def test_volta_position_shift_is_voltas_batch_dependent_positions():
+    """Off (default): every row's text is at 0..T-1, whatever the batch. On: from the batch's shortest text
+    on, every row's positions are shifted by the number of vision slots (VOLTA's expanded arange), so the
+    longer text's real tokens move; a batch of one is unaffected."""
+    torch.manual_seed(0)
+    right = mmbert.models.vl_bert.VLBert(volta_tiny()).eval()
+    volta = mmbert.models.vl_bert.VLBert(volta_tiny(shift=True)).eval()
+    volta.load_state_dict(right.state_dict())
+    x = make_inputs(right.config)  # row 0: 7 tokens, row 1: 4
+    first = {k: v[:1] for k, v in x.items()}
+    with torch.no_grad():
+        assert torch.equal(embed(volta, first)[0], embed(right, first)[0])  # one text length: no shift on reals
+        a, b = embed(right, x)[0], embed(volta, x)[0]
+        solo = embed(right, first)[0]
+    torch.testing.assert_close(a[0], solo[0])  # mmbert: row 0 does not depend on row 1
+    n, t, slots = 4, 7, x["region_feats"].shape[1] + 1
+    assert torch.equal(a[0, :n], b[0, :n]) and not torch.allclose(a[0, n:t], b[0, n:t])
+    e = volta.embeddings
+    with torch.no_grad():
+        delta = e.text.position.weight[n + slots] - e.text.position.weight[n]
+        raw_right = e.text.summed(x["text_ids"][:1], x["segment_ids"][:1])
+        positions = torch.arange(t)[None] + slots * (torch.arange(t)[None] >= n)
+        raw_volta = e.text.summed(x["text_ids"][:1], x["segment_ids"][:1], positions)
+    torch.testing.assert_close(raw_volta[0, n] - raw_right[0, n], delta)
+
+
+def test_volta_options_are_explicit_and_checked():
+    with pytest.raises(ValueError, match="embeddings='volta'"):
+        VLBertConfig(volta_position_shift=True)
+    with pytest.raises(ValueError, match="embeddings must be"):
+        VLBertConfig(embeddings="other")
+    model = mmbert.models.vl_bert.VLBert(volta_tiny()).eval()
+    x = make_inputs(model.config)
+    assert not model.takes_image_size and model.embeddings.masked_token is None
+    with pytest.raises(ValueError, match="no image_size"):
+        model(**x, image_size=torch.tensor([[480, 640], [375, 500]]))
+    with pytest.raises(ValueError, match="no text-only input"):
+        model(x["text_ids"], x["text_mask"])
+    pt = mmbert.PretrainingModel(model).eval()
+    with torch.no_grad():
+        out = pt(**x)
+    assert out.pair_logits.shape == (2, 2) and out.encoded.pooled.shape == (2, 24)
+    assert out.region_class_logits.shape == (2, 6, model.config.num_region_classes)
+    assert mmbert.MODELS["vl_bert_base"]().embeddings == "vl_bert"  # mmbert's own positions by default
+    assert not mmbert.MODELS["vl_bert_base"]().volta_position_shift

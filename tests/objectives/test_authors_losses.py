@@ -17,9 +17,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared fixture reader
-from authors_fixtures import ROOT, Fixture, fixture_dirs, load, read_fixture, refused_marks  # noqa: E402
+from authors_fixtures import ROOT, Fixture, fixture_dirs, load, read_fixture  # noqa: E402
 
-from mmbert.convert import CheckpointError  # noqa: E402
 from mmbert.data.batch import Batch  # noqa: E402
 from mmbert.data.masking import box_iou, whole_image_feature  # noqa: E402
 from mmbert.objectives import Pretraining  # noqa: E402
@@ -188,12 +187,12 @@ def loss_table(folder: Path) -> list[tuple[str, float, float]]:
 FOLDERS = loss_folders()
 
 
-CASES = [pytest.param(f, id=str(f.relative_to(ROOT)), marks=refused_marks(f)) for f in FOLDERS]
+CASES = [pytest.param(f, id=str(f.relative_to(ROOT))) for f in FOLDERS]
 
 
 @pytest.mark.parametrize("folder", CASES)
 def test_the_labelled_batch_gives_the_authors_losses(folder):
-    rows = loss_table(folder)  # the layouts the loader refuses on purpose are strict xfails, nothing else
+    rows = loss_table(folder)
     bad = {name: (theirs, ours) for name, theirs, ours in rows if abs(theirs - ours) > TOLERANCE}
     assert not bad, f"{folder.name}: losses beyond {TOLERANCE} (authors', mmbert's): {bad}"
 
@@ -215,11 +214,7 @@ def main() -> int:
     print(f"{'fixture':<26} {'loss':<24} {'authors':>12} {'mmbert':>12} {'abs diff':>9}")
     worst = 0.0
     for folder in FOLDERS:
-        try:
-            rows = loss_table(folder)
-        except CheckpointError as e:
-            print(f"{str(folder.relative_to(ROOT)):<26} (no loader: {str(e).split(': ')[-1][:60]})")
-            continue
+        rows = loss_table(folder)
         for name, theirs, ours in rows:
             diff = abs(theirs - ours)
             worst = max(worst, diff)

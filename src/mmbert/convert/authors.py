@@ -58,6 +58,7 @@ class SourceReport:
     task_heads: list[str] = field(default_factory=list)
     ignored: dict[str, str] = field(default_factory=dict)
     match_order: str = ""
+    notes: list[str] = field(default_factory=list)  # settings the source needs, e.g. a compatibility option
 
     def summary(self) -> str:
         lines = [
@@ -68,6 +69,7 @@ class SourceReport:
         ]
         if self.match_order:
             lines.append(f"matching head: {self.match_order}")
+        lines += [f"note: {note}" for note in self.notes]
         if self.ignored:
             reasons: dict[str, list[str]] = {}
             for key, why in self.ignored.items():
@@ -318,6 +320,7 @@ def load_authors(
         task_heads=sorted(task_heads),
         ignored=ignored,
         match_order=order.get(mod.MATCH_ORDER, "") if "pair" in loaded else "",
+        notes=mod.notes(cfg) if hasattr(mod, "notes") else [],
     )
     return encoder.eval(), heads.eval(), task_heads, report
 

@@ -24,7 +24,9 @@ Layouts built from the first kinds (``ctrl_vilbert_base``, ``vilbert_base``) loa
 single-stream ``ctrl_visualbert_base`` / ``ctrl_uniter_base`` into ``VisualBert`` / ``Uniter`` with the
 whole-image region first, VOLTA's fused ReLU pooler ([CLS] x whole-image region, ``pooling="volta"``)
 and its region head (UNITER also with 5-d locations, its own region type table, no mask embedding);
-``ctrl_lxmert`` into ``Lxmert`` with the same whole-image region, pooler and region head and 5-d locations.
+``ctrl_lxmert`` into ``Lxmert`` with the same whole-image region, pooler and region head and 5-d locations;
+``ctrl_vl-bert_base`` into ``VLBert`` with VOLTA's embeddings (``embeddings="volta"``) and, so that its
+outputs are VOLTA's, ``volta_position_shift=True`` (VOLTA's batch-dependent text positions; reported).
 
 The matching head ``cls.bi_seq_relationship`` puts "matches" at index 0 (``is_match`` 0); rows swapped.
 """
@@ -46,6 +48,7 @@ from mmbert.models.lxmert import LxmertConfig
 from mmbert.models.uniter import UniterConfig
 from mmbert.models.vilbert import ViLBertConfig
 from mmbert.models.visualbert import VisualBertConfig
+from mmbert.models.vl_bert import VLBertConfig
 
 NAME = "volta"
 TITLE = "VOLTA (e-bug/volta: ctrl_* and original configs)"
@@ -53,7 +56,7 @@ FILES = "pytorch_model_<epoch>.bin + config/ctrl_vilbert_base.json, vilbert_base
 SIGNATURE = "bert.encoder.layer.<n>.attention_self.*, .attention_output.v_dense (flat sublayers)"
 MATCH_ORDER = 0
 # single-stream VOLTA layouts mmbert reproduces, by their image_embeddings
-SINGLE_STREAM = ("visualbert", "uniter")
+SINGLE_STREAM = ("visualbert", "uniter", "vl-bert")
 LISTS = (
     "tt_attn_sublayers",
     "tv_attn_sublayers",
@@ -260,10 +263,10 @@ def _lxmert_config(
 
 def _single_stream_config(
     raw: Mapping[str, Any], state: Mapping[str, Tensor], steps: list[Step], source: str
-) -> VisualBertConfig:
-    """VOLTA's controlled VisualBERT: mmbert's VisualBERT with the whole-image region first, VOLTA's
-    fused ReLU pooler and its region head. Shared sublayers list each tensor under both names: checked
-    equal, loaded once."""
+) -> ModelConfig:
+    """VOLTA's controlled VisualBERT, UNITER and VL-BERT: mmbert's model with the whole-image region first,
+    VOLTA's fused ReLU pooler and its region head (UNITER and VL-BERT with their VOLTA embedding options).
+    Shared sublayers list each tensor under both names: checked equal, loaded once."""
     _require_settings(raw, source, f"{raw['image_embeddings']} model")
     _check_shared(raw, state, source)
     if raw.get("pooler_size") != raw.get("v_pooler_size"):
@@ -271,6 +274,26 @@ def _single_stream_config(
             f"{source}: pooler_size and v_pooler_size differ; the 'mul' fusion needs them equal"
         )
     classes = state.get("cls.imagePredictions.decoder_dict.0.weight")
+    if raw.get("image_embeddings") == "vl-bert":
+        targets = {k for k, w in raw.get("visual_target_weights", {}).items() if w > 0}
+        if targets - {"0"}:
+            raise CheckpointError(
+                f"{source}: visual targets {sorted(targets)}; mmbert's VOLTA VL-BERT reproduces target 0 (KL) only"
+            )
+        if raw.get("image_head_ln", True):
+            raise CheckpointError(f"{source}: image_head_ln true; VOLTA's VL-BERT configs have false")
+        return VLBertConfig(
+            **{**bert_fields(raw), "num_layers": len(steps)},
+            region_feat_dim=raw["v_feature_size"],
+            geometry_dim=raw["v_coordinate_embeddings_dim"],
+            visual_dim=raw["v_hidden_size"],
+            num_region_classes=classes.shape[0] if classes is not None else 1601,
+            global_region="first",
+            embeddings="volta",
+            volta_position_shift=True,  # VOLTA's own outputs; mmbert's positions with False
+            pooling="volta",
+            pooled_dim=raw["pooler_size"],
+        )
     if raw.get("image_embeddings") == "uniter":
         if raw.get("num_locs", 5) != 5:
             raise CheckpointError(f"{source}: num_locs = {raw['num_locs']}; VOLTA's UNITER runs with 5")
@@ -332,7 +355,22 @@ def _co_layer(ours: str, attn: int, ff: int) -> list[Rule]:
 def encoder_rules(c: ModelConfig, steps: list[Step]) -> list[Rule]:
     """``steps``: the layout ``config_from`` read (the config keeps no sublayer ids)."""
     e = "bert.embeddings"
-    if isinstance(c, UniterConfig):  # VOLTA's UniterEmbeddings
+    if isinstance(c, VLBertConfig):  # VOLTA's VLBertEmbeddings
+        rules = [
+            *hf_text_embeddings("embeddings.text", e),
+            *linear("embeddings.region_proj", f"{e}.obj_downsample.1"),
+            *linear("embeddings.visual_text_norm", f"{e}.visual_ln_text"),
+            *linear("embeddings.visual_object_norm", f"{e}.visual_ln_object"),
+            Rule("embeddings.image_token", (f"{e}.object_linguistic_embeddings.weight",), row=0),
+            Rule("embeddings.masked_feature", (f"{e}.object_mask_visual_embedding.weight",), row=0),
+            Rule("embeddings.end_token", (f"{e}.end_embedding.weight",), row=0),
+        ]
+        if c.visual_dim != c.dim:
+            rules += [
+                *linear("embeddings.visual_text_proj", f"{e}.visual_1x1_text"),
+                *linear("embeddings.visual_object_proj", f"{e}.visual_1x1_object"),
+            ]
+    elif isinstance(c, UniterConfig):  # VOLTA's UniterEmbeddings
         rules = [
             *hf_text_embeddings("embeddings.text", e),
             *linear("embeddings.region.feat_proj", f"{e}.image_embeddings"),
@@ -349,7 +387,7 @@ def encoder_rules(c: ModelConfig, steps: list[Step]) -> list[Rule]:
             Rule("embeddings.visual_position.weight", (f"{e}.position_embeddings_visual.weight",)),
             *linear("embeddings.visual_proj", f"{e}.projection"),
         ]
-    if isinstance(c, (UniterConfig, VisualBertConfig)):
+    if isinstance(c, (UniterConfig, VisualBertConfig, VLBertConfig)):
         for s in steps:
             rules += _stream_block(f"layers.{s.index}", s.attn, s.ff, "")
         return (
@@ -422,6 +460,17 @@ def head_rules(c: ViLBertConfig) -> list[Rule]:
 
 def task_heads(c: ViLBertConfig, state: Mapping[str, Tensor]) -> dict[str, tuple[nn.Module, dict, set[str]]]:
     return {}
+
+
+def notes(c: ModelConfig) -> list[str]:
+    """What the load set that a user should know: VOLTA's batch-dependent text positions (VL-BERT)."""
+    if getattr(c, "volta_position_shift", False):
+        return [
+            "volta_position_shift=True: text positions reproduce VOLTA's (in a batch of mixed text lengths, "
+            "positions from the shortest text on are shifted by the number of vision slots in every row); "
+            "config.replace(volta_position_shift=False) gives mmbert's positions"
+        ]
+    return []
 
 
 def ignored(key: str) -> str | None:

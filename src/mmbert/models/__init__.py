@@ -34,6 +34,7 @@ MODELS: dict[str, Callable[[], ModelConfig]] = {
     "unicoder_vl_tiny": unicoder_vl.unicoder_vl_tiny,
     "vl_bert_base": vl_bert.vl_bert_base,
     "vl_bert_large": vl_bert.vl_bert_large,
+    "ctrl_vl_bert": vl_bert.ctrl_vl_bert,
     "vl_bert_tiny": vl_bert.vl_bert_tiny,
     "uniter_base": uniter.uniter_base,
     "uniter_large": uniter.uniter_large,

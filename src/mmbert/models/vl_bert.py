@@ -27,6 +27,22 @@ The original concatenates without padding; we keep text padding in place and mas
 ``Encoded.vision`` is [regions (with the global one) ; [END]] and ``vision_mask`` marks the input regions.
 Initialising from BERT copies words, positions, the LayerNorm and BERT's two segment rows into the first
 two of the 3-type table (the image type stays new), as the original's ``load_language_pretrained_model``.
+
+VOLTA's controlled VL-BERT (e-bug/volta volta/embeddings.py ``VLBertEmbeddings``, config/ctrl_vl-bert_base.json;
+preset ``ctrl_vl_bert``) is ``embeddings="volta"``: the vision slots are [whole image (first) ; regions], with
+no [END] element of its own: the LAST vision slot carries [END]'s token embedding (the others [IMG]) at
+position n + 1 (the others at n), and ITS visual feature embedding is the one every text token gets (a
+region, or a padding slot, where the original uses the whole image); a masked region keeps [IMG] (VOLTA
+builds no masked-region token for its KL target) and any all-zero feature row (a padding slot, a region the
+loader zeroed) takes the masked-region feature, as VOLTA detects masking by zero features; the box
+geometry is on normalised boxes (no pixel box, no ``image_size``); there is no text-only stream. With it come
+VOLTA's fused ReLU pooler (``pooling="volta"``) and a matching head on it (dropout 0.1, as VOLTA's
+``BertPreTrainingHeads``). ``volta_position_shift=True`` (off by default; the VOLTA loader sets it and
+reports it) reproduces VOLTA's text positions: it shifts the positions at or past the text end by the
+number of vision slots in place on an expanded ``arange``, whose rows share memory, so in a batch of mixed
+text lengths every row's positions from the SHORTEST text length on are shifted, real tokens of the longer
+texts included. mmbert's own positions (0..T-1 for every row) are right; the option exists only to
+reproduce VOLTA's checkpoints exactly on the batches they were trained and evaluated with.
 """
 
 from __future__ import annotations
@@ -44,7 +60,7 @@ from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, check_text_inpu
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.outputs import Encoded
 from mmbert.models.single_stream import SingleStreamModel
-from mmbert.nn import MLMHead, RegionHeads, TextEmbeddings
+from mmbert.nn import MLMHead, PairHead, RegionHeads, TextEmbeddings
 
 IMAGE_SEGMENT = 2
 
@@ -62,10 +78,21 @@ class VLBertConfig(ModelConfig):
     global_region: GlobalRegion = "first"
     # False as in the authors' pre-training configs (VLBERT.with_pooler): no pooler; pooled = [CLS]'s state
     with_pooler: bool = True
+    # VOLTA's controlled VL-BERT (see the module docstring), all off by default:
+    embeddings: str = "vl_bert"  # "volta": VOLTA's VLBertEmbeddings (last vision slot = [END], ...)
+    volta_position_shift: bool = False  # VOLTA's text positions from the batch's shortest text on (+ slots)
+    pooling: str = "cls"  # "volta": ReLU(Linear([CLS])) * ReLU(Linear(whole image)), pooled_dim wide
+    pooled_dim: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_global_region(self)
+        if self.embeddings not in ("vl_bert", "volta"):
+            raise ValueError(f"VLBertConfig.embeddings must be 'vl_bert' or 'volta', got {self.embeddings!r}")
+        if self.volta_position_shift and self.embeddings != "volta":
+            raise ValueError("VLBertConfig.volta_position_shift reproduces VOLTA's embeddings: embeddings='volta'")
+        if self.pooling not in ("cls", "volta"):
+            raise ValueError(f"VLBertConfig.pooling must be 'cls' or 'volta', got {self.pooling!r}")
         if self.type_vocab_size < 3:
             raise ValueError("VLBertConfig.type_vocab_size must be >= 3 (regions use segment type 2)")
         for name in ("region_feat_dim", "geometry_dim", "visual_dim", "num_region_classes"):
@@ -95,7 +122,8 @@ def pixel_convention_boxes(boxes: Tensor, image_size: Tensor) -> Tensor:
 
 
 class VLBertEmbeddings(nn.Module):
-    """The four-way sum over [text ; regions ; [END]], then ``text.norm`` (one LayerNorm for all)."""
+    """The four-way sum over [text ; regions ; [END]], then ``text.norm`` (one LayerNorm for all); VOLTA's
+    form (``embeddings="volta"``) in ``forward_volta``."""
 
     def __init__(self, c: VLBertConfig) -> None:
         super().__init__()
@@ -106,12 +134,15 @@ class VLBertEmbeddings(nn.Module):
         self.visual_object_proj = nn.Linear(c.visual_dim, c.dim) if c.visual_dim != c.dim else None
         self.visual_text_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
         self.visual_object_norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
+        volta = c.embeddings == "volta"  # VOLTA has no masked-region token and no text-only stream
         self.image_token = nn.Parameter(torch.zeros(c.dim))  # [IMG]
-        self.masked_token = nn.Parameter(torch.zeros(c.dim))  # token embedding of a masked region
+        # token embedding of a masked region
+        self.masked_token = None if volta else nn.Parameter(torch.zeros(c.dim))
         self.masked_feature = nn.Parameter(torch.zeros(c.region_feat_dim))  # its appearance feature
         self.end_token = nn.Parameter(torch.zeros(c.dim))  # [END]
         # the visual feature embedding of text-only examples (the authors' ``aux_text_visual_embedding``)
-        self.text_only_visual = nn.Parameter(torch.zeros(c.visual_dim))
+        self.text_only_visual = None if volta else nn.Parameter(torch.zeros(c.visual_dim))
+        self.position_shift = c.volta_position_shift
         self.dropout = c.dropout
 
     def visual(self, feats: Tensor, boxes: Tensor) -> Tensor:
@@ -146,7 +177,7 @@ class VLBertEmbeddings(nn.Module):
         whole, reps = reps[:, r:], reps[:, :r]  # (B, 1, V), (B, R, V)
 
         token = self.image_token.expand(b, r, -1)
-        if masked is not None:
+        if masked is not None and self.masked_token is not None:
             token = torch.where(masked[..., None], self.masked_token, token)
         real = torch.ones(b, 1, dtype=torch.bool, device=feats.device)
         img = self.image_token.expand(b, 1, -1)
@@ -163,11 +194,7 @@ class VLBertEmbeddings(nn.Module):
                 torch.cat([region_mask, real], 1),
             )
 
-        def project(proj: nn.Linear | None, x: Tensor) -> Tensor:
-            return proj(x) if proj is not None else x
-
-        text_visual = self.visual_text_norm(project(self.visual_text_proj, whole))  # (B, 1, D)
-        region_visual = self.visual_object_norm(project(self.visual_object_proj, reps))  # (B, R', D)
+        text_visual, region_visual = self.visual_norms(whole, reps)  # (B, 1, D), (B, R', D)
 
         n_text = text_mask.sum(1, keepdim=True)  # (B, 1): regions at position n, [END] at n + 1
         position = self.text.position
@@ -179,11 +206,57 @@ class VLBertEmbeddings(nn.Module):
         joint = F.dropout(self.text.norm(joint), self.dropout, self.training)
         return joint, torch.cat([text_mask, region_mask, real], 1)
 
+    def visual_norms(self, text_visual: Tensor, region_visual: Tensor) -> tuple[Tensor, Tensor]:
+        """The text tokens' and the vision elements' visual feature embeddings: projected to ``dim`` where
+        ``visual_dim`` differs, then their own LayerNorms."""
+
+        def project(proj: nn.Linear | None, x: Tensor) -> Tensor:
+            return proj(x) if proj is not None else x
+
+        return (
+            self.visual_text_norm(project(self.visual_text_proj, text_visual)),
+            self.visual_object_norm(project(self.visual_object_proj, region_visual)),
+        )
+
+    def forward_volta(
+        self, text_ids: Tensor, text_mask: Tensor, segment_ids: Tensor | None, slots: tuple[Tensor, ...]
+    ) -> tuple[Tensor, Tensor]:
+        """VOLTA's VLBertEmbeddings (the module docstring): the joint embeddings (B, T + N, D) over [text ;
+        N vision slots] and their key mask. ``slots``: feats (B, N, F), boxes (B, N, 4), mask (B, N) with the
+        whole-image region placed, and the masked ones (B, N) or None."""
+        b, t = text_ids.shape
+        feats, boxes, mask, masked = slots
+        blank = (feats == 0).all(-1)  # VOLTA's masked-region signal: an all-zero feature row
+        if masked is not None:
+            blank = blank | masked
+        feats = torch.where(blank[..., None], self.masked_feature.to(feats.dtype), feats)
+        reps = self.visual(feats, boxes)  # (B, N, V)
+        n = reps.shape[1]
+        text_visual, region_visual = self.visual_norms(reps[:, -1:], reps)  # text tokens see the LAST slot
+        token = torch.cat([self.image_token.expand(b, n - 1, -1), self.end_token.expand(b, 1, -1)], 1)
+        n_text = text_mask.sum(1, keepdim=True)  # (B, 1)
+        positions = torch.arange(t, device=text_ids.device).expand(b, t)
+        if self.position_shift and t:  # VOLTA: every row shifted from the batch's shortest text on
+            positions = positions + n * (positions >= n_text.min()).long()
+        top = int(max(positions.max() if t else 0, n_text.max() + 1))
+        if top >= self.text.position.num_embeddings:
+            raise ValueError(
+                f"VOLTA's VL-BERT needs position {top} ({t} tokens, {n} vision slots), the model has "
+                f"{self.text.position.num_embeddings}"
+            )
+        slot_positions = n_text + (torch.arange(n, device=text_ids.device) == n - 1).long()  # (B, N)
+        text = self.text.summed(text_ids, segment_ids, positions) + text_visual
+        vision = token + region_visual + self.text.position(slot_positions) + self.text.segment.weight[IMAGE_SEGMENT]
+        joint = F.dropout(self.text.norm(torch.cat([text, vision], 1)), self.dropout, self.training)
+        return joint, torch.cat([text_mask, mask], 1)
+
     def text_only(self, text_ids: Tensor, text_mask: Tensor, segment_ids: Tensor | None) -> tuple[Tensor, Tensor]:
         """[text ; [END]] for a text-only example (the general-corpus stream): the text's visual feature
         embedding is ``text_only_visual``, there are no regions, [END] sits at position n + 1
         (pretrain/modules/resnet_vlbert_for_pretraining_multitask.py: ``aux_text_visual_embedding``,
         ``box_mask`` all False for the auxiliary rows)."""
+        if self.text_only_visual is None:
+            raise ValueError("VOLTA's VL-BERT (embeddings='volta') has no text-only input: pass regions")
         proj = self.visual_text_proj
         visual = self.text_only_visual.to(self.end_token.dtype)
         text_visual = self.visual_text_norm(proj(visual) if proj is not None else visual)  # (D,)
@@ -208,11 +281,16 @@ class VLBert(SingleStreamModel):
     def __init__(self, config: VLBertConfig) -> None:
         super().__init__(config)
         self.embeddings = VLBertEmbeddings(config)
+        if config.embeddings == "volta":  # [END] rides on the last vision slot; boxes stay normalised
+            self.num_trailing_elements = 0
+            self.takes_image_size = False
+            self.text_only_input = False
         self.init_weights()
         e = self.embeddings
         with torch.no_grad():
             for p in (e.image_token, e.masked_token, e.end_token, e.text_only_visual):
-                nn.init.normal_(p, 0.0, config.init_std)
+                if p is not None:
+                    nn.init.normal_(p, 0.0, config.init_std)
             e.masked_feature.zero_()  # as the original: the masked-region feature starts at 0
             e.visual_text_norm.weight.fill_(config.visual_scale_init)
             e.visual_object_norm.weight.fill_(config.visual_scale_init)
@@ -250,7 +328,16 @@ class VLBert(SingleStreamModel):
         region_mask,
         region_masked: Tensor | None = None,
         image_size: Tensor | None = None,
+        global_feats: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        if self.config.embeddings == "volta":
+            if image_size is not None:
+                raise ValueError("VOLTA's VL-BERT (embeddings='volta') takes normalised boxes only, no image_size")
+            slots = self.with_global_region(region_feats, region_boxes, region_mask, global_feats)
+            masked = self.align_to_global(region_masked, False)
+            return self.embeddings.forward_volta(text_ids, text_mask, segment_ids, (*slots, masked))
+        if global_feats is not None:
+            raise ValueError("global_feats: VL-BERT computes its whole-image feature itself (embeddings='vl_bert')")
         longest = int(text_mask.sum(1).max()) if text_mask.numel() else 0
         if longest + 2 > self.config.max_positions:
             raise ValueError(
@@ -276,10 +363,12 @@ class VLBert(SingleStreamModel):
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         """Masked LM (with visual clues) and masked RoI classification; no match head (the paper found
-        sentence-image relation prediction unhelpful)."""
+        sentence-image relation prediction unhelpful). VOLTA's pooler (``pooling="volta"``) comes with
+        VOLTA's matching head on the fused vector (dropout 0.1 before it)."""
         c = self.config
         heads = PretrainingHeads(
             mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+            pair=PairHead(c.pooled_dim or c.dim, dropout=0.1) if c.pooling == "volta" else None,
             region=RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps, norm=False),
         )
         init_heads(heads, c.init_std)
@@ -308,8 +397,13 @@ class VLBert(SingleStreamModel):
             f"segment {c.type_vocab_size} (2 = image)",
             f"embeddings.region_proj: ReLU(Linear(8*{c.geometry_dim} geometry + {c.region_feat_dim} feature, "
             f"{c.visual_dim})), LayerNorms for text (whole image) and regions",
-            f"embeddings: [IMG] / masked-region / [END] tokens; global region: {c.global_region}",
-            "embeddings.text.norm: one LayerNorm over [text ; regions ; [END]]",
+            f"embeddings: [IMG] / masked-region / [END] tokens; global region: {c.global_region}"
+            if c.embeddings == "vl_bert"
+            else f"embeddings (VOLTA's): [IMG] tokens, [END] on the last vision slot, whose visual embedding the text "
+            f"tokens get; global region: {c.global_region}; volta_position_shift={c.volta_position_shift}",
+            "embeddings.text.norm: one LayerNorm over [text ; regions ; [END]]"
+            if c.embeddings == "vl_bert"
+            else "embeddings.text.norm: one LayerNorm over [text ; vision slots]",
             *self.block_plan(),
         ]
 
@@ -323,6 +417,19 @@ def vl_bert_large() -> VLBertConfig:
     """VL-BERT-large (cfgs/pretrain/large_e2e_*): BERT-large sizes (24 x 1024, 16 heads, FFN 4096), visual
     embeddings 1024 wide (IMAGE_FINAL_DIM)."""
     return VLBertConfig(dim=1024, num_heads=16, num_layers=24, ffn_dim=4096, visual_dim=1024)
+
+
+def ctrl_vl_bert() -> VLBertConfig:
+    """VOLTA's controlled VL-BERT (config/ctrl_vl-bert_base.json): BERT-base sizes, 256-d geometry, VOLTA's
+    embeddings with the whole-image region first and its text-position shift (``volta_position_shift``),
+    the fused ReLU pooler at 1024 and the 1601-class region head without LayerNorm (VOLTA's visual target 0)."""
+    return VLBertConfig(
+        global_region="first",
+        embeddings="volta",
+        volta_position_shift=True,
+        pooling="volta",
+        pooled_dim=1024,
+    )
 
 
 def vl_bert_tiny() -> VLBertConfig:
