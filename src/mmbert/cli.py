@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from mmbert.commands import (
+    compare,
     convert,
     demo,
     evaluate,
@@ -29,6 +30,7 @@ COMMANDS = [
     convert,
     demo,
     field_tasks,
+    compare,
     features,
     extract,
     synthetic,

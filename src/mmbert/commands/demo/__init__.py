@@ -30,8 +30,8 @@ import torch
 from mmbert.atomic import atomic_write_json
 from mmbert.commands.demo.checks import EVAL_SPLITS, acceptance, exit_status
 from mmbert.commands.demo.experiment import (
-    _first,
     finetune_vqa,
+    first_items,
     left_chance_at,
     majority_baseline,
     pretrain,
@@ -114,13 +114,13 @@ def run(args: argparse.Namespace) -> int:
     train_full = task.load(vqa_files(world, "train"), tok, world / "features.tsv")
     train_data = torch.utils.data.Subset(train_full, range(min(plan.vqa_questions, len(train_full))))
     # val: the split the budget and thresholds were tuned on; test: held out, where the checks are judged
-    evals = {split: _first(task.load(vqa_files(world, split), tok, world / "features.tsv"), plan.eval_questions)
+    evals = {split: first_items(task.load(vqa_files(world, split), tok, world / "features.tsv"), plan.eval_questions)
              for split in EVAL_SPLITS}  # fmt: skip
     text_task = VQATask(answer_list=answers, max_text_len=plan.max_text_len)
     text_train = torch.utils.data.Subset(
         text_task.load(vqa_files(world, "train"), tok), range(len(train_data))
     )
-    text_evals = {split: _first(text_task.load(vqa_files(world, split), tok), plan.eval_questions)
+    text_evals = {split: first_items(text_task.load(vqa_files(world, split), tok), plan.eval_questions)
                   for split in EVAL_SPLITS}  # fmt: skip
     train_anns = [
         train_full.info["annotations"][train_full.records[i]["question_id"]] for i in train_data.indices

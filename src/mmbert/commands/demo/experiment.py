@@ -41,9 +41,13 @@ def left_chance_at(curve: dict, key: str = "itm_acc", threshold: float = 0.6, wi
 
 
 def pretrain(world: Path, tok, plan: DemoPlan, model_name: str, num_answers: int, run_dir: Path, seed: int,
-             quiet: bool):  # fmt: skip
+             quiet: bool, recipe=None):  # fmt: skip
     """Pre-train with the paper's objectives on the training captions. LXMERT's image-QA objective is left
-    out: it would pre-train on the VQA answers that the low-data fine-tuning comparison withholds."""
+    out: it would pre-train on the VQA answers that the low-data fine-tuning comparison withholds.
+
+    ``recipe`` (an ``objectives.Recipe``) replaces the paper's: its objectives, region masking and
+    mismatched-pair rule (``mmbert compare``'s controlled setting, one recipe for every model). A model
+    whose paper has no match head gets a fresh one when the recipe matches image and text."""
     from mmbert.data.captions import read_coco_captions
     from mmbert.data.datasets import CaptionDataset
     from mmbert.models.pretraining import PretrainingModel
@@ -54,12 +58,18 @@ def pretrain(world: Path, tok, plan: DemoPlan, model_name: str, num_answers: int
     config = demo_config(model_name, plan, tok.vocab_size, num_answers)
     torch.manual_seed(seed)
     model = PretrainingModel(build_encoder(config))
-    recipe = recipe_for(config.model_type)
+    recipe = recipe or recipe_for(config.model_type)
     objectives = [o for o in recipe.objectives if o != "qa"]
+    if model.heads.pair is None and any(o in ("itm", "itm_wra") for o in objectives):
+        from mmbert.models.base import init_heads
+        from mmbert.nn.heads import PairHead
+
+        model.heads.pair = PairHead(getattr(config, "pooled_dim", None) or config.dim)
+        init_heads(model.heads.pair, config.init_std)
     captions = CaptionDataset(read_coco_captions(world / "captions_train.json"), world / "features.tsv", tok,
                               max_text_length=plan.max_text_len, max_regions=None)  # fmt: skip
     data = PretrainingDataset(captions, region_rule=recipe.region_rule, match=builds_pairs(objectives), seed=seed)
-    task = Pretraining(model, objectives)
+    task = Pretraining(model, objectives, score_mismatched=recipe.score_mismatched)
     cfg = train_config(plan.pretrain_steps, plan.pretrain_batch, plan.pretrain_lr, seed, quiet, plan.workers)
     result = train(task, data, data.collate, cfg, run_dir, run_info={"demo": "pretrain", "model": model_name})
     keys = ("loss", *(f"{o}_loss" for o in objectives), "mlm_acc", "itm_acc")
@@ -71,17 +81,26 @@ def pretrain(world: Path, tok, plan: DemoPlan, model_name: str, num_answers: int
 def finetune_vqa(task, encoder: nn.Module, train_data, eval_data: dict, plan: DemoPlan, seed: int, run_dir: Path,
                  pad_id: int, quiet: bool) -> tuple[dict[str, dict], dict, nn.Module]:  # fmt: skip
     """Fine-tune on ``train_data``; the official metrics on each of ``eval_data`` (split name -> dataset)."""
+    model = finetune_task(task, encoder, train_data, plan.vqa_steps, plan.vqa_batch, plan.vqa_lr, seed, run_dir,
+                          pad_id, quiet)  # fmt: skip
+    metrics = {split: task.evaluate(model, data, batch_size=256)[0] for split, data in eval_data.items()}
+    return metrics, read_curve(run_dir, ("loss", "vqa_score")), model
+
+
+def finetune_task(task, encoder: nn.Module, train_data, steps: int, batch: int, lr: float, seed: int, run_dir: Path,
+                  pad_id: int, quiet: bool) -> nn.Module:  # fmt: skip
+    """``encoder`` + a fresh head of ``task``, trained ``steps`` steps on ``train_data`` (seeded: the head's
+    initialisation and the batch order follow ``seed``); returns the ``TaskModel``."""
     from mmbert.tasks.base import TaskModel, collate
     from mmbert.tasks.objective import TaskObjective
     from mmbert.train.loop import train
 
     torch.manual_seed(seed)
     model = TaskModel(encoder, task.build_head(encoder))
-    cfg = train_config(plan.vqa_steps, plan.vqa_batch, plan.vqa_lr, seed, quiet)
+    cfg = train_config(steps, batch, lr, seed, quiet)
     train(TaskObjective(task, model), train_data, partial(collate, pad_token_id=pad_id), cfg, run_dir,
-          run_info={"demo": "vqa"})  # fmt: skip
-    metrics = {split: task.evaluate(model, data, batch_size=256)[0] for split, data in eval_data.items()}
-    return metrics, read_curve(run_dir, ("loss", "vqa_score")), model
+          run_info={"demo": task.name})  # fmt: skip
+    return model
 
 
 def majority_baseline(train_anns: list[dict], val_anns: dict) -> dict:
@@ -107,7 +126,7 @@ def zero_shot_retrieval(world: Path, tok, pretrained: nn.Module, plan: DemoPlan)
     return metrics
 
 
-def _first(dataset, n: int):
+def first_items(dataset, n: int):
     """The first ``n`` items of a task dataset, still a TaskDataset (evaluation reads its info)."""
     from mmbert.tasks.base import TaskDataset
 

@@ -9,12 +9,14 @@ from pathlib import Path
 from mmbert.commands.demo.plan import DemoPlan
 
 
-def ensure_world(cache: Path, plan: DemoPlan, seed: int) -> Path:
-    """The world for this plan and seed, generated once and then reused."""
+def ensure_world(cache: Path, plan: DemoPlan, seed: int, nlvr2_pairs: int = 0) -> Path:
+    """The world for this plan and seed, generated once and then reused. ``nlvr2_pairs``: image pairs for
+    NLVR2 (none by default: the demo does not run it; ``mmbert compare`` does)."""
     from mmbert.data.synthetic import WorldConfig, generate
 
     config = WorldConfig(feat_dim=plan.feat_dim, max_objects=plan.max_objects, max_extra_regions=2)
-    path = cache / f"world-s{seed}-n{plan.images}-f{plan.feat_dim}-o{plan.max_objects}-v4"
+    pairs = f"-p{nlvr2_pairs}" if nlvr2_pairs else ""
+    path = cache / f"world-s{seed}-n{plan.images}-f{plan.feat_dim}-o{plan.max_objects}{pairs}-v4"
     if (path / "manifest.json").exists():
         return path
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -28,9 +30,14 @@ def ensure_world(cache: Path, plan: DemoPlan, seed: int) -> Path:
         bar.total = total
         bar.update(done - bar.n)
 
-    generate(tmp, plan.images, seed, config, nlvr2_pairs=0, progress=progress)
+    generate(tmp, plan.images, seed, config, nlvr2_pairs=nlvr2_pairs, progress=progress)
     bar.close()
-    tmp.rename(path)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process (``mmbert compare`` workers) generated it meanwhile: keep theirs
+        if not (path / "manifest.json").exists():
+            raise
+        shutil.rmtree(tmp)
     return path
 
 

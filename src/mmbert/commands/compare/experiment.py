@@ -1,0 +1,155 @@
+"""One cell of the comparison: the model's pre-trained encoder (computed once per (model, setting, seed)
+and cached on disk for every task's cells), fine-tuned on the task, scored on the held-out test split.
+
+The V&L pre-training is the demo's (``commands.demo.experiment.pretrain``: the training captions and region
+features, the paper's or the controlled recipe); text-only BERT pre-trains with its own recipe (MLM and
+next-sentence prediction, ``data.text_corpus.NextSentenceDataset``) on the same captions, each image's
+captions one document. Fine-tuning is the demo's ``finetune_task``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmbert.atomic import atomic_torch_save
+from mmbert.commands.compare.grid import Busy, Cell, try_lock
+from mmbert.commands.compare.plan import CONTROLLED, CONTROLLED_RECIPE, TEXT_MODEL, ComparePlan, preset_name
+from mmbert.commands.compare.tasks import SPECS, build_task, load_split, main_score
+from mmbert.commands.demo.plan import DemoPlan, build_encoder, demo_config, train_config
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class Runner:
+    """Computes cells for one process: the world and tokenizer loaded once, task datasets and the last
+    pre-trained encoder kept in memory between the cells that share them."""
+
+    def __init__(self, out: Path, world: Path, plan: ComparePlan, model_plans: dict[str, DemoPlan],
+                 log=print) -> None:  # fmt: skip
+        from mmbert.data.tokenizer import Tokenizer
+
+        self.out, self.world, self.plan, self.model_plans, self.log = out, world, plan, model_plans, log
+        self.tok = Tokenizer.from_pretrained(world)
+        self.num_answers = len(json.loads((world / "vqa" / "answers.json").read_text()))
+        self._data: dict[tuple[str, bool], tuple[Any, Any, Any]] = {}
+        self._encoder: tuple[tuple, dict, dict] | None = None  # (key, state dict, pre-training info)
+
+    def config(self, model: str):
+        return demo_config(preset_name(model), self.model_plans[model], self.tok.vocab_size, self.num_answers)
+
+    # ---- pre-training --------------------------------------------------------------------------------
+    def pretrained_path(self, key: tuple[str, str, int]) -> Path:
+        model, setting, seed = key
+        return self.out / "pretrained" / f"{model}--{setting}--s{seed}.pt"
+
+    def pretrained(self, key: tuple[str, str, int]) -> tuple[dict, dict]:
+        """The encoder state and pre-training info for ``key``: from memory, from the cache on disk, or
+        computed here (under its lock; ``Busy`` while another live process is computing it)."""
+        if self._encoder is not None and self._encoder[0] == key:
+            return self._encoder[1], self._encoder[2]
+        path = self.pretrained_path(key)
+        if not path.exists():
+            lock = try_lock(path, "pre-training", self.log)
+            if lock is None:
+                raise Busy(path.name)
+            try:
+                if not path.exists():
+                    state, info = self._pretrain(key)
+                    atomic_torch_save({"encoder": state, "info": info}, path)
+            finally:
+                lock.release()
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self._encoder = (key, saved["encoder"], saved["info"])
+        return saved["encoder"], saved["info"]
+
+    def _pretrain(self, key: tuple[str, str, int]) -> tuple[dict, dict]:
+        model, setting, seed = key
+        plan = self.model_plans[model]
+        run_dir = self.out / "runs" / f"pretrain--{model}--{setting}--s{seed}"
+        self.log(f"pre-training {model} ({setting}, seed {seed}, {plan.pretrain_steps} steps)")
+        start = time.perf_counter()
+        if model == TEXT_MODEL:
+            pre, objectives, metrics = self._pretrain_text(plan, seed, run_dir)
+        else:
+            from mmbert.commands.demo.experiment import pretrain
+
+            recipe = CONTROLLED_RECIPE if setting == CONTROLLED else None
+            pre, objectives, metrics, _ = pretrain(self.world, self.tok, plan, preset_name(model), self.num_answers,
+                                                   run_dir, seed, True, recipe=recipe)  # fmt: skip
+        info = {"objectives": list(objectives), "steps": plan.pretrain_steps, "batch": plan.pretrain_batch,
+                "wall_s": round(time.perf_counter() - start, 2),
+                "final": {k: round(float(v), 4) for k, v in metrics.items()
+                          if isinstance(v, (int, float))}}  # fmt: skip
+        return pre.encoder.state_dict(), info
+
+    def _pretrain_text(self, plan: DemoPlan, seed: int, run_dir: Path):
+        """BERT's recipe on the training captions: MLM + next-sentence prediction, one document per image."""
+        from mmbert.data.captions import read_coco_captions
+        from mmbert.data.text_corpus import NextSentenceDataset
+        from mmbert.models.pretraining import PretrainingModel
+        from mmbert.objectives.pretraining import Pretraining
+        from mmbert.train.loop import train
+
+        documents: dict[Any, list[str]] = {}
+        for c in read_coco_captions(self.world / "captions_train.json"):
+            documents.setdefault(c.image_id, []).append(c.caption)
+        data = NextSentenceDataset(list(documents.values()), self.tok, plan.max_text_len, seed)
+        torch.manual_seed(seed)
+        model = PretrainingModel(build_encoder(self.config(TEXT_MODEL)))
+        objectives = ["mlm", "nsp"]
+        steps = self.plan.text_pretrain_steps or plan.pretrain_steps
+        cfg = train_config(steps, plan.pretrain_batch, plan.pretrain_lr, seed, True)
+        result = train(Pretraining(model, objectives), data, data.collate, cfg, run_dir,
+                       run_info={"compare": "pretrain", "model": TEXT_MODEL})  # fmt: skip
+        return model, objectives, result.metrics
+
+    # ---- fine-tuning ---------------------------------------------------------------------------------
+    def data(self, task_name: str, text_only: bool):
+        key = (task_name, text_only)
+        if key not in self._data:
+            task = build_task(task_name, self.world, self.plan)
+            train = load_split(task, task_name, self.world, "train", self.tok, text_only, self.plan)
+            test = load_split(task, task_name, self.world, "test", self.tok, text_only, self.plan)
+            self._data[key] = (task, train, test)
+        return self._data[key]
+
+    def prepare(self, cell: Cell) -> None:
+        """The cell's pre-trained encoder, computed here or by another process (``Busy`` meanwhile)."""
+        if cell.pretraining is not None:
+            self.pretrained(cell.pretraining)
+
+    def compute(self, cell: Cell) -> dict[str, Any]:
+        """Fine-tune the cell's encoder on its task and score the test split; the cell's result record."""
+        from mmbert.commands.demo.experiment import finetune_task
+
+        text_only = cell.model == TEXT_MODEL
+        task, train_data, test_data = self.data(cell.task, text_only)
+        info = None
+        if cell.pretraining is not None:
+            state, info = self.pretrained(cell.pretraining)
+        start = time.perf_counter()
+        torch.manual_seed(1000 + cell.seed)
+        encoder = build_encoder(self.config(cell.model))
+        if info is not None:
+            encoder.load_state_dict(state)
+        model = finetune_task(task, encoder, train_data, self.plan.finetune_steps, self.plan.finetune_batch,
+                              self.plan.finetune_lr, cell.seed, self.out / "runs" / cell.id, self.tok.pad_id,
+                              True)  # fmt: skip
+        metrics, _ = task.evaluate(model, test_data, batch_size=256)
+        return {
+            "cell": cell.id, "model": cell.model, "setting": cell.setting, "task": cell.task, "seed": cell.seed,
+            "metric": SPECS[cell.task].metric, "value": round(main_score(task, metrics), 4),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+            "wall_s": round(time.perf_counter() - start, 2),  # the fine-tuning and scoring of this cell
+            "pretraining": info, "parameters": count_parameters(encoder),
+            "train_examples": len(train_data), "test_examples": len(test_data),
+            "finetune_steps": self.plan.finetune_steps,
+        }  # fmt: skip
