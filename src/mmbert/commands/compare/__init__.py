@@ -62,11 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 class Progress:
     """One status line per cell: cells done (by any process) / total, the running cell, and the time left
-    at this process's pace so far."""
+    at the grid's pace since this process started (cells finished by every process sharing the grid)."""
 
     def __init__(self, cells: list[Cell], store: CellStore, log=print) -> None:
         self.cells, self.store, self.log = cells, store, log
         self.start = time.perf_counter()
+        self.done_at_start = store.count_done(cells)
         self.computed = 0
         self.last_wait = 0.0
 
@@ -74,7 +75,8 @@ class Progress:
         done = self.store.count_done(self.cells)
         left = len(self.cells) - done
         elapsed = time.perf_counter() - self.start
-        eta = f"~{elapsed / self.computed * left / 60:.0f} min left at this process's pace" if self.computed else \
+        finished = done - self.done_at_start
+        eta = f"~{elapsed / finished * left / 60:.0f} min left at the pace so far" if finished else \
             "time left: after the first cell"  # fmt: skip
         return f"[{done}/{len(self.cells)} cells done] {running} | {elapsed / 60:.1f} min so far, {eta}"
 
