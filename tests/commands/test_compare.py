@@ -142,3 +142,17 @@ def test_a_grid_with_other_settings_is_refused(full_run, cache, capsys):
     assert main(["compare", *GRID, "--budget", "7", "--out", str(full_run), "--cache", str(cache)]) == 1
     assert "holds a comparison run with other settings (plan differ" in capsys.readouterr().err
     assert json.loads((full_run / "grid.json").read_text()) == plan
+
+
+def test_own_data_directory_with_matched_parameter_counts(tmp_path, cache, full_run):
+    """``--data DIR``: any directory in the synthetic world's layout (here the world the grid above used);
+    ``--match-params`` brings the encoders to about one parameter count, said in the table."""
+    world = next(cache.glob("world-*"))
+    out = tmp_path / "out"
+    args = ["compare", "--quick", "--models", "visualbert,vilbert", "--tasks", "refexp", "--seeds", "1",
+            "--setting", "paper", "--data", str(world), "--match-params", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    with open(out / "results.csv") as f:
+        sizes = {row["model"]: int(row["parameters"]) for row in csv.DictReader(f)}
+    assert max(sizes.values()) < 1.3 * min(sizes.values())  # unmatched, vilbert is about 3x visualbert
+    assert "Parameter counts matched (`--match-params`)" in (out / "table.md").read_text()
