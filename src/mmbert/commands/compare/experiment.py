@@ -10,6 +10,7 @@ captions one document. Fine-tuning is the demo's ``finetune_task``.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ from mmbert.commands.demo.plan import DemoPlan, build_encoder, demo_config, trai
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def fresh_run_dir(path: Path) -> Path:
+    """The trainer's directory for a claimed cell or pre-training, emptied of what a killed process left
+    there (its log would otherwise continue into the new run's)."""
+    shutil.rmtree(path, ignore_errors=True)
+    return path
 
 
 class Runner:
@@ -73,7 +81,7 @@ class Runner:
     def _pretrain(self, key: tuple[str, str, int]) -> tuple[dict, dict]:
         model, setting, seed = key
         plan = self.model_plans[model]
-        run_dir = self.out / "runs" / f"pretrain--{model}--{setting}--s{seed}"
+        run_dir = fresh_run_dir(self.out / "runs" / f"pretrain--{model}--{setting}--s{seed}")
         self.log(f"pre-training {model} ({setting}, seed {seed}, {plan.pretrain_steps} steps)")
         start = time.perf_counter()
         if model == TEXT_MODEL:
@@ -140,9 +148,9 @@ class Runner:
         encoder = build_encoder(self.config(cell.model))
         if info is not None:
             encoder.load_state_dict(state)
+        run_dir = fresh_run_dir(self.out / "runs" / cell.id)
         model = finetune_task(task, encoder, train_data, self.plan.finetune_steps, self.plan.finetune_batch,
-                              self.plan.finetune_lr, cell.seed, self.out / "runs" / cell.id, self.tok.pad_id,
-                              True)  # fmt: skip
+                              self.plan.finetune_lr, cell.seed, run_dir, self.tok.pad_id, True)  # fmt: skip
         metrics, _ = task.evaluate(model, test_data, batch_size=256)
         return {
             "cell": cell.id, "model": cell.model, "setting": cell.setting, "task": cell.task, "seed": cell.seed,
