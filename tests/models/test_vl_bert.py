@@ -7,6 +7,7 @@ import torch
 from helpers import make_inputs
 
 import mmbert
+from mmbert.models.base import ModelInputs
 from mmbert.models.vl_bert import VLBertConfig
 
 
@@ -18,15 +19,7 @@ def tiny():
 
 def embed(model, x, **extra):
     with torch.no_grad():
-        return model.embed(
-            x["text_ids"],
-            x["text_mask"],
-            x["segment_ids"],
-            x["region_feats"],
-            x["region_boxes"],
-            x["region_mask"],
-            **extra,
-        )
+        return model.embed(ModelInputs(**x), **extra)
 
 
 def test_text_tokens_see_the_whole_image(tiny):

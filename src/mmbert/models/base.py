@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import save_file
@@ -24,6 +26,14 @@ TINY_SIZES: dict[str, int] = dict(
 TINY_REGION_FEAT_DIM = 16
 
 
+def check_ids(name: str, ids: Tensor, size: int, what: str) -> None:
+    """Every id in ``ids`` within ``0..size - 1``; else an error naming the first one outside."""
+    bad = (ids < 0) | (ids >= size)
+    if bool(bad.any()):
+        where = tuple(bad.nonzero()[0].tolist())
+        raise ValueError(f"{name}[{where[0]}, {where[1]}] = {int(ids[where])} is outside {what}")
+
+
 def check_text_inputs(
     config: ModelConfig, text_ids: Tensor, text_mask: Tensor | None, segment_ids: Tensor | None
 ) -> None:
@@ -32,13 +42,7 @@ def check_text_inputs(
         raise ValueError(f"text_ids must be (batch, tokens), got shape {tuple(text_ids.shape)}")
     if text_ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"text_ids must be integer token ids, got dtype {text_ids.dtype}")
-    bad = (text_ids < 0) | (text_ids >= config.vocab_size)
-    if bool(bad.any()):
-        where = tuple(bad.nonzero()[0].tolist())
-        raise ValueError(
-            f"text_ids[{where[0]}, {where[1]}] = {int(text_ids[where])} is outside the vocabulary "
-            f"(size {config.vocab_size})"
-        )
+    check_ids("text_ids", text_ids, config.vocab_size, f"the vocabulary (size {config.vocab_size})")
     for name, t in (("text_mask", text_mask), ("segment_ids", segment_ids)):
         if t is not None and t.shape != text_ids.shape:
             raise ValueError(
@@ -47,13 +51,24 @@ def check_text_inputs(
     if text_mask is not None and text_mask.dtype != torch.bool:
         raise TypeError(f"text_mask must be boolean (True = real token), got dtype {text_mask.dtype}")
     if segment_ids is not None:
-        bad = (segment_ids < 0) | (segment_ids >= config.type_vocab_size)
-        if bool(bad.any()):
-            where = tuple(bad.nonzero()[0].tolist())
-            raise ValueError(
-                f"segment_ids[{where[0]}, {where[1]}] = {int(segment_ids[where])} is outside "
-                f"0..{config.type_vocab_size - 1} (type_vocab_size)"
-            )
+        limit = config.type_vocab_size
+        check_ids("segment_ids", segment_ids, limit, f"0..{limit - 1} (type_vocab_size)")
+
+
+@dataclass
+class ModelInputs:
+    """The inputs every model takes (DESIGN.md section 5), as one value: ``EncoderModel.forward`` takes
+    them once, with the one public signature, and hands them to the family's ``encode_inputs``."""
+
+    text_ids: Tensor
+    text_mask: Tensor | None
+    segment_ids: Tensor | None
+    region_feats: Tensor | None
+    region_boxes: Tensor | None
+    region_mask: Tensor | None
+
+    def has_regions(self) -> bool:
+        return self.region_feats is not None or self.region_boxes is not None or self.region_mask is not None
 
 
 class EncoderModel(nn.Module):
@@ -68,6 +83,27 @@ class EncoderModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+
+    def forward(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        region_feats: Tensor | None = None,
+        region_boxes: Tensor | None = None,
+        region_mask: Tensor | None = None,
+        output_attentions: bool = False,
+        **extra: Any,
+    ) -> Encoded:
+        """``model(text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask)`` -> ``Encoded``
+        for every model (masks boolean, True = real); ``output_attentions`` adds the attention maps;
+        ``extra``: a model's own inputs (e.g. ``region_masked``), refused by name where it has none."""
+        inputs = ModelInputs(text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask)
+        return self.encode_inputs(inputs, output_attentions, **extra)
+
+    def encode_inputs(self, x: ModelInputs, output_attentions: bool = False, **extra: Any) -> Encoded:
+        """The family's forward pass over checked inputs (each family implements it)."""
+        raise NotImplementedError(f"{type(self).__name__} implements no encode_inputs")
 
     @property
     def word_embeddings(self) -> nn.Embedding:
@@ -127,6 +163,19 @@ def block_stack(
         Block(dim or c.dim, heads or c.num_heads, ffn_dim or c.ffn_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
         for _ in range(count)
     )
+
+
+def run_blocks(
+    layers: Iterable[nn.Module], x: Tensor, bias: Tensor | None, rows: Tensor | None, output_attentions: bool
+) -> tuple[Tensor, list[Tensor]]:
+    """``x`` through self-attention ``Block``s (key ``bias``; ``rows``: the real positions the sublayers
+    may restrict themselves to), with each layer's attention maps when asked (else an empty list)."""
+    maps: list[Tensor] = []
+    for layer in layers:
+        x, probs = layer(x, bias, need_weights=output_attentions, rows=rows)
+        if output_attentions:
+            maps.append(probs)
+    return x, maps
 
 
 def init_heads(heads: nn.Module, std: float) -> None:

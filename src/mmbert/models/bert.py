@@ -9,11 +9,19 @@ head puts "is next" at index 1 (HF uses index 0); the converter swaps the rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import Tensor
+from typing import Any
 
 from mmbert.config import ModelConfig
-from mmbert.models.base import TINY_SIZES, Encoded, EncoderModel, block_stack, check_text_inputs, init_heads
+from mmbert.models.base import (
+    TINY_SIZES,
+    Encoded,
+    EncoderModel,
+    ModelInputs,
+    block_stack,
+    check_text_inputs,
+    init_heads,
+    run_blocks,
+)
 from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import MLMHead, PairHead, Pooler, TextEmbeddings, key_padding_bias
 
@@ -35,30 +43,20 @@ class Bert(EncoderModel):
         self.pooler = Pooler(c.dim)
         self.init_weights()
 
-    def forward(
-        self,
-        text_ids: Tensor,
-        text_mask: Tensor | None = None,
-        segment_ids: Tensor | None = None,
-        region_feats: Tensor | None = None,
-        region_boxes: Tensor | None = None,
-        region_mask: Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> Encoded:
-        if region_feats is not None or region_boxes is not None or region_mask is not None:
+    def encode_inputs(self, x: ModelInputs, output_attentions: bool = False, **extra: Any) -> Encoded:
+        if x.has_regions():
             raise ValueError(
                 "BERT is a text-only model: it takes no region_feats / region_boxes / region_mask"
             )
+        if extra:
+            raise TypeError(f"BERT got unexpected inputs {sorted(extra)}")
+        text_ids, text_mask, segment_ids = x.text_ids, x.text_mask, x.segment_ids
         check_text_inputs(self.config, text_ids, text_mask, segment_ids)
         x = self.embeddings(text_ids, segment_ids)
         bias = key_padding_bias(text_mask, x.dtype)
         # skip padded tokens in the projections and FFNs
         rows = text_mask if bias is not None and self.skip_padding else None
-        maps: list[Tensor] = []
-        for layer in self.layers:
-            x, probs = layer(x, bias, need_weights=output_attentions, rows=rows)
-            if output_attentions:
-                maps.append(probs)
+        x, maps = run_blocks(self.layers, x, bias, rows, output_attentions)
         return Encoded(
             text=x,
             vision=None,

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from mmbert.config import ModelConfig
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
-from mmbert.models.base import EncoderModel, check_text_inputs
+from mmbert.models.base import EncoderModel, ModelInputs, check_text_inputs, run_blocks
 from mmbert.models.outputs import Encoded
-from mmbert.nn import key_padding_bias
+from mmbert.nn import TextEmbeddings, key_padding_bias
 
 
 @dataclass
@@ -61,9 +63,15 @@ def joined_maps(*parts: dict[str, list[Tensor]] | None) -> dict[str, list[Tensor
 
 
 class DualStreamModel(EncoderModel):
-    """Base of ViLBERT and LXMERT: subclasses implement the three stages; ``forward`` chains them."""
+    """Base of ViLBERT and LXMERT: BERT's text embeddings start the text stream, ``embed_regions`` the
+    vision stream; subclasses build ``region_embeddings`` and their layers, say which layers run on each
+    stream alone (``stream_layers``) and implement ``fuse``; ``forward`` chains the three stages."""
 
     display_name: str = ""  # for error messages ("ViLBERT needs region_feats ...")
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.embeddings = TextEmbeddings.from_config(config)
 
     def embed_text(
         self, text_ids: Tensor, text_mask: Tensor | None, segment_ids: Tensor | None, output_attentions: bool
@@ -120,11 +128,14 @@ class DualStreamModel(EncoderModel):
     ) -> StreamStates:
         """``layers`` (self-attention ``Block``s) over one stream, keeping their maps under ``direction``."""
         bias, rows = stream.bias_and_rows(self.skip_padding)
-        for layer in layers:
-            stream.states, probs = layer(stream.states, bias, output_attentions, rows)
-            if stream.attentions is not None:
-                stream.attentions[direction].append(probs)
+        stream.states, maps = run_blocks(layers, stream.states, bias, rows, output_attentions)
+        if stream.attentions is not None:
+            stream.attentions[direction].extend(maps)
         return stream
+
+    def stream_layers(self, stream: str) -> list[nn.Module]:
+        """The self-attention layers of ``stream`` ("text" or "vision") that run before the streams meet."""
+        raise NotImplementedError
 
     def encode_text(
         self,
@@ -134,7 +145,8 @@ class DualStreamModel(EncoderModel):
         output_attentions: bool = False,
     ) -> StreamStates:
         """Text embeddings and the text-only layers: (B, T, D) states."""
-        raise NotImplementedError
+        text = self.embed_text(text_ids, text_mask, segment_ids, output_attentions)
+        return self.run_layers(text, self.stream_layers("text"), "text_text", output_attentions)
 
     def encode_vision(
         self,
@@ -143,36 +155,32 @@ class DualStreamModel(EncoderModel):
         region_mask: Tensor | None = None,
         output_attentions: bool = False,
         text_batch: int | None = None,
+        global_feats: Tensor | None = None,
     ) -> StreamStates:
-        """Region embeddings and the vision-only layers: (B, R', Dv) states. ``text_batch``: the text's
-        batch size, checked against the regions' when known."""
-        raise NotImplementedError
+        """Region embeddings (``embed_regions``) and the vision-only layers: (B, R', Dv) states.
+        ``text_batch``: the text's batch size, checked against the regions' when known; ``global_feats``
+        (B, F): the whole-image region's feature where the config has one (default the real regions' mean)."""
+        vision = self.embed_regions(
+            region_feats, region_boxes, region_mask, output_attentions, text_batch, global_feats
+        )
+        return self.run_layers(vision, self.stream_layers("vision"), "vision_vision", output_attentions)
 
     def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
         """The cross-modal layers over a (text, image) pair and the pooled output."""
         raise NotImplementedError
 
-    def forward(
-        self,
-        text_ids: Tensor,
-        text_mask: Tensor | None = None,
-        segment_ids: Tensor | None = None,
-        region_feats: Tensor | None = None,
-        region_boxes: Tensor | None = None,
-        region_mask: Tensor | None = None,
-        output_attentions: bool = False,
-        **vision_inputs: Tensor,
-    ) -> Encoded:
-        """``vision_inputs``: model-specific inputs of ``encode_vision`` (ViLBERT's ``global_feats``)."""
-        text = self.encode_text(text_ids, text_mask, segment_ids, output_attentions)
-        if region_feats is None or region_boxes is None:
+    def encode_inputs(self, x: ModelInputs, output_attentions: bool = False, **vision_inputs: Any) -> Encoded:
+        """``fuse(encode_text(...), encode_vision(...))``. ``vision_inputs``: model-specific inputs of
+        ``encode_vision`` (``global_feats``)."""
+        text = self.encode_text(x.text_ids, x.text_mask, x.segment_ids, output_attentions)
+        if x.region_feats is None or x.region_boxes is None:
             raise ValueError(f"{self.display_name} needs region_feats (B, R, F) and region_boxes (B, R, 4)")
         vision = self.encode_vision(
-            region_feats,
-            region_boxes,
-            region_mask,
+            x.region_feats,
+            x.region_boxes,
+            x.region_mask,
             output_attentions,
-            text_batch=text_ids.shape[0],
+            text_batch=x.text_ids.shape[0],
             **vision_inputs,
         )
         return self.fuse(text, vision, output_attentions)

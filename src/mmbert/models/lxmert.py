@@ -47,7 +47,6 @@ from mmbert.nn import (
     PairHead,
     Pooler,
     RegionHeads,
-    TextEmbeddings,
 )
 
 VOLTA_FUSION_DROPOUT = 0.1  # VOLTA's matching head reads the fused pooled vector through nn.Dropout(0.1)
@@ -167,9 +166,9 @@ class Lxmert(DualStreamModel):
     def __init__(self, config: LxmertConfig) -> None:
         super().__init__(config)
         c = config
-        eps = c.layer_norm_eps
-        self.embeddings = TextEmbeddings.from_config(c)
-        self.region_embeddings = VisualFeatureEncoder(c.region_feat_dim, c.dim, c.dropout, eps, c.location_dims)
+        self.region_embeddings = VisualFeatureEncoder(
+            c.region_feat_dim, c.dim, c.dropout, c.layer_norm_eps, c.location_dims
+        )
         self.text_layers = block_stack(c, c.num_layers)  # language encoder
         self.vision_layers = block_stack(c, c.num_vision_layers)  # object-relationship encoder
         self.cross_layers = nn.ModuleList(CrossModalityLayer(c) for _ in range(c.num_cross_layers))
@@ -180,32 +179,10 @@ class Lxmert(DualStreamModel):
             self.pooler = Pooler(c.dim)
         self.init_weights()
 
-    def encode_text(
-        self,
-        text_ids: Tensor,
-        text_mask: Tensor | None = None,
-        segment_ids: Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> StreamStates:
-        """Embeddings + the language encoder: (B, T, D)."""
-        text = self.embed_text(text_ids, text_mask, segment_ids, output_attentions)
-        return self.run_layers(text, self.text_layers, "text_text", output_attentions)
-
-    def encode_vision(
-        self,
-        region_feats: Tensor,
-        region_boxes: Tensor,
-        region_mask: Tensor | None = None,
-        output_attentions: bool = False,
-        text_batch: int | None = None,
-        global_feats: Tensor | None = None,
-    ) -> StreamStates:
-        """The visual feature encoder + the object-relationship encoder: (B, R, D), or (B, R+1, D) with
-        the whole-image region first (``global_feats`` (B, F): its feature, default the regions' mean)."""
-        vision = self.embed_regions(
-            region_feats, region_boxes, region_mask, output_attentions, text_batch, global_feats
-        )
-        return self.run_layers(vision, self.vision_layers, "vision_vision", output_attentions)
+    def stream_layers(self, stream: str) -> list[nn.Module]:
+        """The language encoder (text) and the object-relationship encoder (vision, after the visual
+        feature encoder; with the whole-image region first where the config has one): all of each."""
+        return list(self.text_layers if stream == "text" else self.vision_layers)
 
     def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
         """The cross-modality encoder and the pooler: text (B, T, D), vision (B, R, D), pooled (B, D). With

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -32,28 +33,13 @@ class PretrainingModel(nn.Module):
         return self.encoder.config
 
     def forward(
-        self,
-        text_ids: Tensor | None,
-        text_mask: Tensor | None = None,
-        segment_ids: Tensor | None = None,
-        region_feats: Tensor | None = None,
-        region_boxes: Tensor | None = None,
-        region_mask: Tensor | None = None,
-        mlm_positions: Tensor | None = None,
-        output_attentions: bool = False,
-        **model_inputs: Tensor,
+        self, text_ids: Tensor | None, *inputs: Tensor | None, mlm_positions: Tensor | None = None, **named: Any
     ) -> PretrainingOutput:
-        enc = self.encoder(
-            text_ids,
-            text_mask=text_mask,
-            segment_ids=segment_ids,
-            region_feats=region_feats,
-            region_boxes=region_boxes,
-            region_mask=region_mask,
-            output_attentions=output_attentions,
-            **model_inputs,
-        )
-        return self.heads(enc, mlm_positions)
+        """The encoder's inputs as the encoder takes them (by position up to ``region_mask``, or by name,
+        ``output_attentions`` and model-specific inputs included), then the heads."""
+        if len(inputs) > 5:
+            raise TypeError("PretrainingModel takes text_ids .. region_mask by position; name the rest")
+        return self.heads(self.encoder(text_ids, *inputs, **named), mlm_positions)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Encoder and heads in one directory (``encoder.*``, ``heads.*`` and ``task_heads.*`` keys)."""

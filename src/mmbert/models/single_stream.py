@@ -22,7 +22,7 @@ from mmbert.config import GLOBAL_REGION_CHOICES as GLOBAL_REGION_CHOICES
 from mmbert.config import GlobalRegion as GlobalRegion
 from mmbert.config import ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
-from mmbert.models.base import Encoded, EncoderModel, block_stack, check_text_inputs
+from mmbert.models.base import Encoded, EncoderModel, ModelInputs, block_stack, check_text_inputs, run_blocks
 from mmbert.nn import Pooler, key_padding_bias
 
 
@@ -50,6 +50,8 @@ class SingleStreamModel(EncoderModel):
     needs_boxes: bool = True
     # Whether forward takes ``region_masked`` (B, R) bool: regions masked for a masked-region objective.
     masked_region_input: bool = False
+    # Whether forward takes text alone (no visual input at all): ``embed_text_only`` embeds it.
+    text_only_input: bool = False
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -70,22 +72,19 @@ class SingleStreamModel(EncoderModel):
             self.vision_pooler = Pooler(c.dim, width, activation="relu")
 
     def embed(
-        self,
-        text_ids: Tensor,
-        text_mask: Tensor,
-        segment_ids: Tensor | None,
-        region_feats: Tensor,
-        region_boxes: Tensor | None,
-        region_mask: Tensor,
-        region_masked: Tensor | None = None,
-        global_feats: Tensor | None = None,
+        self, x: ModelInputs, region_masked: Tensor | None = None, global_feats: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """The joint sequence (B, T + R', D) and its key mask. The default places the whole-image region
+        """The joint sequence (B, T + R', D) and its key mask, from checked inputs (masks filled in, padded
+        regions cleared) and the model's own ``extra`` inputs. The default places the whole-image region
         (config ``global_region``) and calls ``self.embeddings(text_ids, segment_ids, feats, boxes, masked)``;
         models whose embeddings need more (VisualBERT's alignment, VL-BERT's [END]) override it."""
-        feats, boxes, mask = self.with_global_region(region_feats, region_boxes, region_mask, global_feats)
-        x = self.embeddings(text_ids, segment_ids, feats, boxes, self.align_to_global(region_masked, False))
-        return x, torch.cat([text_mask, mask], 1)
+        feats, boxes, mask = self.with_global_region(x.region_feats, x.region_boxes, x.region_mask, global_feats)
+        masked = self.align_to_global(region_masked, False)
+        return self.embeddings(x.text_ids, x.segment_ids, feats, boxes, masked), torch.cat([x.text_mask, mask], 1)
+
+    def embed_text_only(self, text_ids: Tensor, text_mask: Tensor, segment_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The joint sequence and key mask of a text-only example (models with ``text_only_input``)."""
+        raise NotImplementedError(f"{type(self).__name__} takes no text-only input")
 
     def with_global_region(
         self, feats: Tensor, boxes: Tensor | None, mask: Tensor, whole: Tensor | None = None
@@ -125,22 +124,21 @@ class SingleStreamModel(EncoderModel):
         if extra:
             raise TypeError(f"{type(self).__name__} got unexpected inputs {sorted(extra)}")
 
-    def forward(
-        self,
-        text_ids: Tensor,
-        text_mask: Tensor | None = None,
-        segment_ids: Tensor | None = None,
-        region_feats: Tensor | None = None,
-        region_boxes: Tensor | None = None,
-        region_mask: Tensor | None = None,
-        output_attentions: bool = False,
-        attention_mask: Tensor | None = None,
-        **extra: Any,
+    def encode_inputs(
+        self, x: ModelInputs, output_attentions: bool = False, attention_mask: Tensor | None = None, **extra: Any
     ) -> Encoded:
         """``attention_mask`` (B, L, L) bool, optional: who sees whom in the joint sequence
         ``[text ; vision]`` of length L = T + ``Encoded.vision`` length (``mmbert.nn.masks`` builds it,
-        e.g. ``captioning_mask(..., caption_first=True)``); padded positions stay hidden either way."""
+        e.g. ``captioning_mask(..., caption_first=True)``); padded positions stay hidden either way.
+        Without any visual input, a model with ``text_only_input`` encodes a text-only example."""
+        text_ids, text_mask, segment_ids = x.text_ids, x.text_mask, x.segment_ids
+        region_feats, region_boxes, region_mask = x.region_feats, x.region_boxes, x.region_mask
         check_text_inputs(self.config, text_ids, text_mask, segment_ids)
+        if self.text_only_input and not x.has_regions() and not extra:
+            if text_mask is None:
+                text_mask = torch.ones_like(text_ids, dtype=torch.bool)
+            joint, mask = self.embed_text_only(text_ids, text_mask, segment_ids)
+            return self.encode(joint, mask, text_ids.shape[1], output_attentions, attention_mask)
         name = type(self).__name__
         if region_feats is None:
             raise ValueError(
@@ -170,10 +168,9 @@ class SingleStreamModel(EncoderModel):
         else:
             region_feats, region_boxes = clear_padded_regions(region_feats, region_boxes, region_mask)
 
-        x, mask = self.embed(
-            text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask, **extra
-        )
-        return self.encode(x, mask, t, output_attentions, attention_mask)
+        inputs = ModelInputs(text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask)
+        joint, mask = self.embed(inputs, **extra)
+        return self.encode(joint, mask, t, output_attentions, attention_mask)
 
     def encode(
         self,
@@ -189,11 +186,7 @@ class SingleStreamModel(EncoderModel):
         bias = key_padding_bias(visible, x.dtype)
         # skip padded tokens and regions in the projections and FFNs
         rows = mask if bias is not None and self.skip_padding else None
-        maps: list[Tensor] = []
-        for layer in self.layers:
-            x, probs = layer(x, bias, need_weights=output_attentions, rows=rows)
-            if output_attentions:
-                maps.append(probs)
+        x, maps = run_blocks(self.layers, x, bias, rows, output_attentions)
         return Encoded(
             text=x[:, :text_len],
             vision=x[:, text_len:],

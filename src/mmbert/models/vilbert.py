@@ -41,7 +41,6 @@ from mmbert.nn import (
     PairHead,
     Pooler,
     RegionHeads,
-    TextEmbeddings,
 )
 
 FUSION_DROPOUT = 0.1  # before the alignment head, fixed in the reference (not hidden_dropout_prob)
@@ -167,9 +166,7 @@ class ViLBert(DualStreamModel):
     def __init__(self, config: ViLBertConfig) -> None:
         super().__init__(config)
         c = config
-        eps = c.layer_norm_eps
-        self.embeddings = TextEmbeddings.from_config(c)
-        self.region_embeddings = RegionEmbeddings(c.region_feat_dim, c.vision_dim, c.dropout, eps)
+        self.region_embeddings = RegionEmbeddings(c.region_feat_dim, c.vision_dim, c.dropout, c.layer_norm_eps)
         self.text_layers = block_stack(c, c.num_layers)
         self.vision_layers = block_stack(c, c.num_vision_layers, c.vision_dim, c.vision_heads, c.vision_ffn_dim)
         self.co_layers = nn.ModuleList(CoAttentionLayer(c) for _ in c.text_co_ids)
@@ -182,36 +179,13 @@ class ViLBert(DualStreamModel):
         self.single_modality_steps, self.cross_modal_steps = self.plan[:first_co], self.plan[first_co:]
         self.init_weights()
 
-    def encode_text(
-        self,
-        text_ids: Tensor,
-        text_mask: Tensor | None = None,
-        segment_ids: Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> StreamStates:
-        """Embeddings + the text layers that run before the first co-attention: (B, T, D)."""
-        text = self.embed_text(text_ids, text_mask, segment_ids, output_attentions)
-        layers = [self.text_layers[i] for kind, i in self.single_modality_steps if kind == "text"]
-        return self.run_layers(text, layers, "text_text", output_attentions)
-
-    def encode_vision(
-        self,
-        region_feats: Tensor,
-        region_boxes: Tensor,
-        region_mask: Tensor | None = None,
-        output_attentions: bool = False,
-        text_batch: int | None = None,
-        global_feats: Tensor | None = None,
-    ) -> StreamStates:
-        """The whole-image region in front, region embeddings + the vision layers that run before the
-        first co-attention: (B, R+1, Dv). ``global_feats`` (B, F): the whole-image region's feature where
-        the data loader computes it (default: the mean of the real regions, as the authors' fine-tuning
-        readers do; their pre-training loaders average only regions overlapping no masked one)."""
-        vision = self.embed_regions(
-            region_feats, region_boxes, region_mask, output_attentions, text_batch, global_feats
-        )
-        layers = [self.vision_layers[i] for kind, i in self.single_modality_steps if kind == "vision"]
-        return self.run_layers(vision, layers, "vision_vision", output_attentions)
+    def stream_layers(self, stream: str) -> list[nn.Module]:
+        """The text or vision layers that run before the first co-attention. The vision stream starts with
+        the whole-image region in front; the authors' fine-tuning readers take its feature as the mean of
+        the real regions, the default here (their pre-training loaders average only regions overlapping no
+        masked one: ``global_feats`` carries that)."""
+        layers = self.text_layers if stream == "text" else self.vision_layers
+        return [layers[i] for kind, i in self.single_modality_steps if kind == stream]
 
     def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
         """The run plan from the first co-attention on, then the fused poolers: text (B, T, D), vision

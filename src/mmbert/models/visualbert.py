@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, ModelInputs, init_heads
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.single_stream import SingleStreamModel
 from mmbert.nn import MLMHead, PairHead, RegionHeads, TextEmbeddings
@@ -112,18 +112,8 @@ class VisualBert(SingleStreamModel):
                 self.embeddings.visual_segment.weight.copy_(self.embeddings.text.segment.weight)
                 self.embeddings.visual_position.weight.copy_(self.embeddings.text.position.weight)
 
-    def check_extra_inputs(
-        self,
-        region_feats: Tensor,
-        image_text_alignment: Tensor | None = None,
-        global_feats: Tensor | None = None,
-        **extra,
-    ) -> None:
-        super().check_extra_inputs(region_feats, **extra)
-        if global_feats is not None and self.config.global_region == "none":
-            raise ValueError(
-                "global_feats given, but this VisualBERT has no whole-image region (global_region='none')"
-            )
+    def check_extra_inputs(self, region_feats: Tensor, image_text_alignment: Tensor | None = None, **extra) -> None:
+        super().check_extra_inputs(region_feats, **extra)  # global_feats included
         if image_text_alignment is None:
             return
         b, r = region_feats.shape[:2]
@@ -143,23 +133,15 @@ class VisualBert(SingleStreamModel):
             )
 
     def embed(
-        self,
-        text_ids,
-        text_mask,
-        segment_ids,
-        region_feats,
-        region_boxes,
-        region_mask,
-        image_text_alignment: Tensor | None = None,
-        global_feats: Tensor | None = None,
+        self, x: ModelInputs, image_text_alignment: Tensor | None = None, global_feats: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         # the whole-image region (if any) is aligned to no word
         region_feats, _, region_mask = self.with_global_region(
-            region_feats, region_boxes, region_mask, global_feats
+            x.region_feats, x.region_boxes, x.region_mask, global_feats
         )
         image_text_alignment = self.align_to_global(image_text_alignment, -1)
-        x = self.embeddings(text_ids, segment_ids, region_feats, image_text_alignment)
-        return x, torch.cat([text_mask, region_mask], 1)
+        joint = self.embeddings(x.text_ids, x.segment_ids, region_feats, image_text_alignment)
+        return joint, torch.cat([x.text_mask, region_mask], 1)
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         """Masked LM on the text and sentence-image matching (index 1 = matches); the paper has no

@@ -48,7 +48,6 @@ reproduce VOLTA's checkpoints exactly on the batches they were trained and evalu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,9 +55,8 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, sinusoidal_box_embedding
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, check_text_inputs, init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, ModelInputs, init_heads
 from mmbert.models.heads import PretrainingHeads
-from mmbert.models.outputs import Encoded
 from mmbert.models.single_stream import SingleStreamModel
 from mmbert.nn import MLMHead, PairHead, RegionHeads, TextEmbeddings
 
@@ -295,37 +293,14 @@ class VLBert(SingleStreamModel):
             e.visual_text_norm.weight.fill_(config.visual_scale_init)
             e.visual_object_norm.weight.fill_(config.visual_scale_init)
 
-    def forward(
-        self,
-        text_ids: Tensor,
-        text_mask: Tensor | None = None,
-        segment_ids: Tensor | None = None,
-        region_feats: Tensor | None = None,
-        region_boxes: Tensor | None = None,
-        region_mask: Tensor | None = None,
-        output_attentions: bool = False,
-        attention_mask: Tensor | None = None,
-        **extra: Any,
-    ) -> Encoded:
-        """As every single-stream model; without ``region_feats`` (and nothing else visual) a text-only
-        example, the general-corpus stream of VL-BERT's pre-training: ``Encoded.vision`` is then [END]."""
-        if region_feats is None and region_boxes is None and region_mask is None and not extra:  # text only
-            check_text_inputs(self.config, text_ids, text_mask, segment_ids)
-            if text_mask is None:
-                text_mask = torch.ones_like(text_ids, dtype=torch.bool)
-            x, mask = self.embeddings.text_only(text_ids, text_mask, segment_ids)
-            return self.encode(x, mask, text_ids.shape[1], output_attentions, attention_mask)
-        return super().forward(text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask,
-                               output_attentions, attention_mask, **extra)  # fmt: skip
+    def embed_text_only(self, text_ids: Tensor, text_mask: Tensor, segment_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+        """A text-only example, the general-corpus stream of VL-BERT's pre-training: ``Encoded.vision`` is
+        then [END]."""
+        return self.embeddings.text_only(text_ids, text_mask, segment_ids)
 
     def embed(
         self,
-        text_ids,
-        text_mask,
-        segment_ids,
-        region_feats,
-        region_boxes,
-        region_mask,
+        x: ModelInputs,
         region_masked: Tensor | None = None,
         image_size: Tensor | None = None,
         global_feats: Tensor | None = None,
@@ -333,11 +308,12 @@ class VLBert(SingleStreamModel):
         if self.config.embeddings == "volta":
             if image_size is not None:
                 raise ValueError("VOLTA's VL-BERT (embeddings='volta') takes normalised boxes only, no image_size")
-            slots = self.with_global_region(region_feats, region_boxes, region_mask, global_feats)
+            slots = self.with_global_region(x.region_feats, x.region_boxes, x.region_mask, global_feats)
             masked = self.align_to_global(region_masked, False)
-            return self.embeddings.forward_volta(text_ids, text_mask, segment_ids, (*slots, masked))
+            return self.embeddings.forward_volta(x.text_ids, x.text_mask, x.segment_ids, (*slots, masked))
         if global_feats is not None:
             raise ValueError("global_feats: VL-BERT computes its whole-image feature itself (embeddings='vl_bert')")
+        text_mask = x.text_mask
         longest = int(text_mask.sum(1).max()) if text_mask.numel() else 0
         if longest + 2 > self.config.max_positions:
             raise ValueError(
@@ -345,12 +321,12 @@ class VLBert(SingleStreamModel):
                 f"{longest + 2} positions, the model has {self.config.max_positions}"
             )
         return self.embeddings(
-            text_ids,
+            x.text_ids,
             text_mask,
-            segment_ids,
-            region_feats,
-            region_boxes,
-            region_mask,
+            x.segment_ids,
+            x.region_feats,
+            x.region_boxes,
+            x.region_mask,
             region_masked,
             self.config.global_region,
             image_size,
