@@ -134,7 +134,9 @@ class SingleStreamModel(EncoderModel):
         text_ids, text_mask, segment_ids = x.text_ids, x.text_mask, x.segment_ids
         region_feats, region_boxes, region_mask = x.region_feats, x.region_boxes, x.region_mask
         check_text_inputs(self.config, text_ids, text_mask, segment_ids)
-        if self.text_only_input and not x.has_regions() and not extra:
+        # a model class with a text-only path takes input without any visual part there (its embed_text_only
+        # refuses it, by name, in a configuration that has none: VOLTA's VL-BERT)
+        if type(self).text_only_input and not x.has_regions() and not extra:
             if text_mask is None:
                 text_mask = torch.ones_like(text_ids, dtype=torch.bool)
             joint, mask = self.embed_text_only(text_ids, text_mask, segment_ids)

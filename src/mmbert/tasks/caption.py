@@ -64,9 +64,11 @@ class CaptionHead(nn.Module):
 
 
 def supports_visibility_mask(encoder: EncoderModel) -> bool:
-    return "attention_mask" in inspect.signature(encoder.forward).parameters and hasattr(
-        encoder, "vision_mask"
-    )
+    """Whether the encoder takes an ``attention_mask`` over one joint sequence (in its forward, or in the
+    ``encode_inputs`` that ``EncoderModel.forward`` hands its inputs to) and says where its regions sit."""
+    calls = (encoder.forward, getattr(encoder, "encode_inputs", encoder.forward))
+    takes = any("attention_mask" in inspect.signature(call).parameters for call in calls)
+    return takes and hasattr(encoder, "vision_mask")
 
 
 def caption_visibility(encoder: EncoderModel, inputs: Mapping[str, Tensor]) -> Tensor:
