@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, get_args
 
 import torch
 from safetensors.torch import save_file
@@ -17,6 +17,7 @@ from mmbert.config import ModelConfig
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.outputs import Encoded as Encoded  # re-exported: models and tasks import it from here
 from mmbert.nn.block import Block, set_gradient_checkpointing
+from mmbert.nn.heads import MLMHead
 
 # The text-side sizes every ``*_tiny`` preset shares (tests, quick experiments): DESIGN.md section 8.
 TINY_SIZES: dict[str, int] = dict(
@@ -71,11 +72,25 @@ class ModelInputs:
         return self.region_feats is not None or self.region_boxes is not None or self.region_mask is not None
 
 
-class EncoderModel(nn.Module):
-    """Base class of every model: ``forward(...) -> Encoded``, BERT initialisation, ``save``."""
+ConfigT = TypeVar("ConfigT", bound=ModelConfig)
+
+
+class EncoderModel(nn.Module, Generic[ConfigT]):
+    """Base class of every model: ``forward(...) -> Encoded``, BERT initialisation, ``save``.
+
+    A model names its config class once, as the type argument (``class Bert(EncoderModel[BertConfig])``):
+    that sets ``config_class`` (what loading a saved config builds) and the type of ``config``."""
 
     config_class: ClassVar[type[ModelConfig]]
-    config: ModelConfig
+    config: ConfigT
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, ModelConfig):
+                    cls.config_class = arg
+
     # Skip padded tokens / regions in every projection and FFN (the same real outputs, zeros at padding).
     # Off: the plain path that computes every position, as the reference implementations do.
     skip_padding: bool = True
@@ -131,6 +146,14 @@ class EncoderModel(nn.Module):
         """The heads this model's paper pre-trains with (each model overrides)."""
         raise NotImplementedError(f"{type(self).__name__} defines no pre-training heads")
 
+    def tied_heads(self, **heads: nn.Module | None) -> PretrainingHeads:
+        """The masked-LM head tied to the word embeddings, plus ``heads`` (pair, region, answer), all
+        BERT-initialised: what every model's ``build_pretraining_heads`` assembles."""
+        c = self.config
+        out = PretrainingHeads(mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps), **heads)
+        init_heads(out, c.init_std)
+        return out
+
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
         """(our prefix, BERT prefix) pairs saying where a BERT checkpoint's weights go
         (``build_model(..., init_text_from=DIR)``). Each model overrides."""
@@ -176,6 +199,11 @@ def run_blocks(
         if output_attentions:
             maps.append(probs)
     return x, maps
+
+
+def text_embeddings_plan(c: ModelConfig, name: str = "embeddings") -> str:
+    """``layer_plan``'s line for BERT's text embeddings (``TextEmbeddings``) at ``name``."""
+    return f"{name}: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment {c.type_vocab_size}, LN"
 
 
 def init_heads(heads: nn.Module, std: float) -> None:

@@ -19,11 +19,11 @@ from mmbert.models.base import (
     ModelInputs,
     block_stack,
     check_text_inputs,
-    init_heads,
     run_blocks,
+    text_embeddings_plan,
 )
 from mmbert.models.heads import PretrainingHeads
-from mmbert.nn import MLMHead, PairHead, Pooler, TextEmbeddings, key_padding_bias
+from mmbert.nn import PairHead, Pooler, TextEmbeddings, key_padding_bias
 
 
 @dataclass
@@ -31,10 +31,7 @@ class BertConfig(ModelConfig):
     model_type = "bert"
 
 
-class Bert(EncoderModel):
-    config_class = BertConfig
-    config: BertConfig
-
+class Bert(EncoderModel[BertConfig]):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
         c = config
@@ -65,12 +62,7 @@ class Bert(EncoderModel):
         )
 
     def build_pretraining_heads(self) -> PretrainingHeads:
-        c = self.config
-        heads = PretrainingHeads(
-            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps), pair=PairHead(c.dim)
-        )
-        init_heads(heads, c.init_std)
-        return heads
+        return self.tied_heads(pair=PairHead(self.config.dim))
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
         if num_bert_layers != self.config.num_layers:
@@ -82,7 +74,7 @@ class Bert(EncoderModel):
     def layer_plan(self) -> list[str]:
         c = self.config
         return [
-            f"embeddings: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment {c.type_vocab_size}, LN",
+            text_embeddings_plan(c),
             *(
                 f"layers.{i}: Block(dim {c.dim}, heads {c.num_heads}, ffn {c.ffn_dim})"
                 for i in range(c.num_layers)

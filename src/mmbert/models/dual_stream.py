@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
-from mmbert.models.base import EncoderModel, ModelInputs, check_text_inputs, run_blocks
+from mmbert.models.base import ConfigT, EncoderModel, ModelInputs, check_text_inputs, run_blocks
 from mmbert.models.outputs import Encoded
 from mmbert.nn import TextEmbeddings, key_padding_bias
 
@@ -62,7 +62,7 @@ def joined_maps(*parts: dict[str, list[Tensor]] | None) -> dict[str, list[Tensor
     return out
 
 
-class DualStreamModel(EncoderModel):
+class DualStreamModel(EncoderModel[ConfigT]):
     """Base of ViLBERT and LXMERT: BERT's text embeddings start the text stream, ``embed_regions`` the
     vision stream; subclasses build ``region_embeddings`` and their layers, say which layers run on each
     stream alone (``stream_layers``) and implement ``fuse``; ``forward`` chains the three stages."""

@@ -36,13 +36,19 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import location_features
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, block_stack, init_heads
+from mmbert.models.base import (
+    TINY_REGION_FEAT_DIM,
+    TINY_SIZES,
+    Encoded,
+    block_stack,
+    init_heads,
+    text_embeddings_plan,
+)
 from mmbert.models.dual_stream import DualStreamModel, StreamStates, joined_maps, new_maps
 from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import (
     Block,
     CrossBlock,
-    MLMHead,
     MLPClassifier,
     PairHead,
     Pooler,
@@ -158,10 +164,8 @@ class CrossModalityLayer(nn.Module):
         return text, vision, maps
 
 
-class Lxmert(DualStreamModel):
-    config_class = LxmertConfig
+class Lxmert(DualStreamModel[LxmertConfig]):
     display_name = "LXMERT"
-    config: LxmertConfig
 
     def __init__(self, config: LxmertConfig) -> None:
         super().__init__(config)
@@ -206,14 +210,11 @@ class Lxmert(DualStreamModel):
         c = self.config
         outputs = c.region_outputs()
         volta = c.pooling == "volta"
-        heads = PretrainingHeads(
-            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+        return self.tied_heads(
             pair=PairHead(c.pooled_dim or c.dim, dropout=VOLTA_FUSION_DROPOUT) if volta else PairHead(c.dim),
             region=RegionHeads(c.dim, outputs, c.layer_norm_eps) if outputs else None,
             answer=self.build_answer_head(c.num_qa_labels) if c.num_qa_labels else None,
         )
-        init_heads(heads, c.init_std)
-        return heads
 
     def build_answer_head(self, num_labels: int) -> MLPClassifier:
         """LXMERT's answer head over the pooled output: Linear(D, 2D), GELU, LN, Linear(2D, num_labels).
@@ -242,7 +243,7 @@ class Lxmert(DualStreamModel):
         c = self.config
         block = f"Block(dim {c.dim}, heads {c.num_heads}, ffn {c.ffn_dim})"
         return [
-            f"embeddings: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment {c.type_vocab_size}, LN",
+            text_embeddings_plan(c),
             f"region_embeddings: (LN(Linear({c.region_feat_dim}, {c.dim})) + LN(Linear({c.location_dims}, {c.dim})))"
             f" / 2 (global region: {c.global_region})",
             *(f"text_layers.{i}: {block} (language)" for i in range(c.num_layers)),

@@ -13,7 +13,7 @@ through ``vision_mask``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,15 @@ from mmbert.config import GLOBAL_REGION_CHOICES as GLOBAL_REGION_CHOICES
 from mmbert.config import GlobalRegion as GlobalRegion
 from mmbert.config import ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
-from mmbert.models.base import Encoded, EncoderModel, ModelInputs, block_stack, check_text_inputs, run_blocks
+from mmbert.models.base import (
+    ConfigT,
+    Encoded,
+    EncoderModel,
+    ModelInputs,
+    block_stack,
+    check_text_inputs,
+    run_blocks,
+)
 from mmbert.nn import Pooler, key_padding_bias
 
 
@@ -37,13 +45,16 @@ def split_attention(maps: list[Tensor], text_len: int) -> dict[str, list[Tensor]
     }
 
 
-class SingleStreamModel(EncoderModel):
-    """Base of the single-stream models. Subclasses build ``self.embeddings`` and implement ``embed``.
+class SingleStreamModel(EncoderModel[ConfigT]):
+    """Base of the single-stream models. Subclasses name their embedding module (``embeddings_class``,
+    built from the config) and, where the default does not fit, override ``embed``.
 
     ``embed`` returns the joint sequence (B, T + R', D) and its boolean key mask (B, T + R'); the first T
     elements are the text tokens, the rest the vision elements (R' >= R).
     """
 
+    # The module that embeds [text ; vision]: built as ``self.embeddings`` from the config.
+    embeddings_class: ClassVar[type[nn.Module]]
     # Vision elements appended after the regions (and after a global region placed last), e.g. VL-BERT's [END].
     num_trailing_elements: int = 0
     # Whether the region boxes are required (VisualBERT, as in Hugging Face, does not use them).
@@ -70,6 +81,8 @@ class SingleStreamModel(EncoderModel):
             self.pooler = None
             self.text_pooler = Pooler(c.dim, width, activation="relu")
             self.vision_pooler = Pooler(c.dim, width, activation="relu")
+        self.embeddings = self.embeddings_class(config)
+        self.init_weights()
 
     def embed(
         self, x: ModelInputs, region_masked: Tensor | None = None, global_feats: Tensor | None = None

@@ -24,10 +24,10 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import location_features
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, text_embeddings_plan
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.single_stream import SingleStreamModel
-from mmbert.nn import MLMHead, PairHead, RegionHeads, TextEmbeddings
+from mmbert.nn import PairHead, RegionHeads, TextEmbeddings
 
 
 @dataclass
@@ -74,31 +74,21 @@ class UnicoderVLEmbeddings(nn.Module):
         return torch.cat([self.text(text_ids, segment_ids), self.region(feats, boxes, masked)], dim=1)
 
 
-class UnicoderVL(SingleStreamModel):
-    config_class = UnicoderVLConfig
-    config: UnicoderVLConfig
+class UnicoderVL(SingleStreamModel[UnicoderVLConfig]):
+    embeddings_class = UnicoderVLEmbeddings
     masked_region_input = True
-
-    def __init__(self, config: UnicoderVLConfig) -> None:
-        super().__init__(config)
-        self.embeddings = UnicoderVLEmbeddings(config)
-        self.init_weights()
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         c = self.config
-        heads = PretrainingHeads(
-            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+        return self.tied_heads(
             pair=PairHead(c.dim),
             region=RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps),
         )
-        init_heads(heads, c.init_std)
-        return heads
 
     def layer_plan(self) -> list[str]:
         c = self.config
         return [
-            f"embeddings.text: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment "
-            f"{c.type_vocab_size}, LN",
+            text_embeddings_plan(c, "embeddings.text"),
             f"embeddings.region: LN(Linear({c.region_feat_dim}, {c.dim}) + Linear(5, {c.dim}))"
             f" (global region: {c.global_region})",
             *self.block_plan(),

@@ -24,10 +24,10 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import location_features
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, text_embeddings_plan
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.single_stream import SingleStreamModel
-from mmbert.nn import MLMHead, PairHead, PredictionTransform, RegionHeads, TextEmbeddings
+from mmbert.nn import PairHead, PredictionTransform, RegionHeads, TextEmbeddings
 
 
 @dataclass
@@ -132,15 +132,9 @@ class UniterRegionHeads(nn.Module):
         return {"class": self.class_decoder(self.class_transform(vision)), "feat": feat}
 
 
-class Uniter(SingleStreamModel):
-    config_class = UniterConfig
-    config: UniterConfig
+class Uniter(SingleStreamModel[UniterConfig]):
+    embeddings_class = UniterEmbeddings
     masked_region_input = True
-
-    def __init__(self, config: UniterConfig) -> None:
-        super().__init__(config)
-        self.embeddings = UniterEmbeddings(config)
-        self.init_weights()
 
     def build_pretraining_heads(self) -> PretrainingHeads:
         c = self.config
@@ -150,19 +144,15 @@ class Uniter(SingleStreamModel):
             region = UniterRegionHeads(
                 c.dim, c.num_region_classes, self.embeddings.region.feat_proj, c.layer_norm_eps
             )
-        heads = PretrainingHeads(
-            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+        return self.tied_heads(
             pair=PairHead((c.pooled_dim or c.dim) if c.pooling == "volta" else c.dim),
             region=region,
         )
-        init_heads(heads, c.init_std)
-        return heads
 
     def layer_plan(self) -> list[str]:
         c = self.config
         return [
-            f"embeddings.text: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment "
-            f"{c.type_vocab_size}, LN",
+            text_embeddings_plan(c, "embeddings.text"),
             f"embeddings.region: LN(LN(Linear({c.region_feat_dim}, {c.dim})) + LN(Linear(7, {c.dim})) + segment 1)"
             f" (global region: {c.global_region})",
             *self.block_plan(),

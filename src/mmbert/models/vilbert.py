@@ -32,12 +32,11 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import location_features
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, block_stack, init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, block_stack, text_embeddings_plan
 from mmbert.models.dual_stream import DualStreamModel, StreamStates, joined_maps, new_maps
 from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import (
     CrossBlock,
-    MLMHead,
     PairHead,
     Pooler,
     RegionHeads,
@@ -158,10 +157,8 @@ class CoAttentionLayer(nn.Module):
         return new_text, new_vision, text_vision, vision_text
 
 
-class ViLBert(DualStreamModel):
-    config_class = ViLBertConfig
+class ViLBert(DualStreamModel[ViLBertConfig]):
     display_name = "ViLBERT"
-    config: ViLBertConfig
 
     def __init__(self, config: ViLBertConfig) -> None:
         super().__init__(config)
@@ -222,13 +219,10 @@ class ViLBert(DualStreamModel):
         sees the fused vector through dropout 0.1 (vilbert/vilbert.py ``BertPreTrainingHeads``:
         ``self.dropout(pooled_output_t * pooled_output_v)``, ``nn.Dropout(0.1)``)."""
         c = self.config
-        heads = PretrainingHeads(
-            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+        return self.tied_heads(
             pair=PairHead(c.pooled_dim, dropout=FUSION_DROPOUT),
             region=RegionHeads(c.vision_dim, {"class": c.num_region_classes}, c.layer_norm_eps),
         )
-        init_heads(heads, c.init_std)
-        return heads
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
         """BERT's embeddings and layers 0..11 -> the text stream, as the paper does. New: the region
@@ -249,7 +243,7 @@ class ViLBert(DualStreamModel):
         }
         modules = {"text": "text_layers", "vision": "vision_layers", "co": "co_layers"}
         return [
-            f"embeddings: word {c.vocab_size}x{c.dim} + position {c.max_positions} + segment {c.type_vocab_size}, LN",
+            text_embeddings_plan(c),
             f"region_embeddings: LN(Linear({c.region_feat_dim}, {c.vision_dim}) + Linear(5, {c.vision_dim})), "
             "global region first",
             *(f"{modules[kind]}.{i}: {names[kind]}" for kind, i in self.plan),

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, ModelInputs, init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, ModelInputs
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.single_stream import SingleStreamModel
-from mmbert.nn import MLMHead, PairHead, RegionHeads, TextEmbeddings
+from mmbert.nn import PairHead, RegionHeads, TextEmbeddings
 
 
 @dataclass
@@ -98,15 +98,12 @@ class VisualBertEmbeddings(nn.Module):
         return F.dropout(self.text.norm(joint), self.dropout, self.training)
 
 
-class VisualBert(SingleStreamModel):
-    config_class = VisualBertConfig
-    config: VisualBertConfig
+class VisualBert(SingleStreamModel[VisualBertConfig]):
+    embeddings_class = VisualBertEmbeddings
     needs_boxes = False
 
     def __init__(self, config: VisualBertConfig) -> None:
         super().__init__(config)
-        self.embeddings = VisualBertEmbeddings(config)
-        self.init_weights()
         if config.special_visual_initialize:
             with torch.no_grad():
                 self.embeddings.visual_segment.weight.copy_(self.embeddings.text.segment.weight)
@@ -147,15 +144,12 @@ class VisualBert(SingleStreamModel):
         """Masked LM on the text and sentence-image matching (index 1 = matches); the paper has no
         region objectives."""
         c = self.config
-        heads = PretrainingHeads(
-            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+        return self.tied_heads(
             pair=PairHead((c.pooled_dim or c.dim) if c.pooling == "volta" else c.dim),
             region=RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps)
             if c.num_region_classes
             else None,
         )
-        init_heads(heads, c.init_std)
-        return heads
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
         pairs = super().text_init_map(num_bert_layers)

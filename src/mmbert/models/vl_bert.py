@@ -55,10 +55,10 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, sinusoidal_box_embedding
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, ModelInputs, init_heads
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, ModelInputs
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.single_stream import SingleStreamModel
-from mmbert.nn import MLMHead, PairHead, RegionHeads, TextEmbeddings
+from mmbert.nn import PairHead, RegionHeads, TextEmbeddings
 
 IMAGE_SEGMENT = 2
 
@@ -265,9 +265,8 @@ class VLBertEmbeddings(nn.Module):
         return joint, torch.cat([text_mask, torch.ones_like(text_mask[:, :1])], 1)
 
 
-class VLBert(SingleStreamModel):
-    config_class = VLBertConfig
-    config: VLBertConfig
+class VLBert(SingleStreamModel[VLBertConfig]):
+    embeddings_class = VLBertEmbeddings
     masked_region_input = True
     takes_image_size = True  # the optional (B, 2) pixel size: the authors' whole-image box and clamping
     text_only_input = True  # forward without regions: a text-only example (the general-corpus stream)
@@ -278,12 +277,10 @@ class VLBert(SingleStreamModel):
 
     def __init__(self, config: VLBertConfig) -> None:
         super().__init__(config)
-        self.embeddings = VLBertEmbeddings(config)
         if config.embeddings == "volta":  # [END] rides on the last vision slot; boxes stay normalised
             self.num_trailing_elements = 0
             self.takes_image_size = False
             self.text_only_input = False
-        self.init_weights()
         e = self.embeddings
         with torch.no_grad():
             for p in (e.image_token, e.masked_token, e.end_token, e.text_only_visual):
@@ -342,13 +339,10 @@ class VLBert(SingleStreamModel):
         sentence-image relation prediction unhelpful). VOLTA's pooler (``pooling="volta"``) comes with
         VOLTA's matching head on the fused vector (dropout 0.1 before it)."""
         c = self.config
-        heads = PretrainingHeads(
-            mlm=MLMHead(c.dim, self.word_embeddings, c.layer_norm_eps),
+        return self.tied_heads(
             pair=PairHead(c.pooled_dim or c.dim, dropout=0.1) if c.pooling == "volta" else None,
             region=RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps, norm=False),
         )
-        init_heads(heads, c.init_std)
-        return heads
 
     def text_init_map(self, num_bert_layers: int) -> list[tuple[str, str]]:
         # The segment table has 3 types here and 2 in BERT: ``init_rows_from_bert`` copies its rows.
