@@ -1,10 +1,11 @@
 """UNIMO's cross-modal contrastive learning (CMCL): an InfoNCE loss over pooled [IMG] and [CLS] vectors with
 several positives.
 
-Paper (arXiv:2012.15409, section 2.2): for an image-text pair (V, W), a positive set X+ of image-text pairs
-— the pair itself, (V, W+) for the rewritten positive texts W+, (V, W_T) for texts retrieved from the
-text-only corpus and (V_I, W) for images retrieved from the image-only corpus — and a negative set X-
-(the hard-negative rewrites (V, W-)); the loss is
+Paper (arXiv:2012.15409, section 2.2, as we read it): for an image-text pair (V, W), a positive set X+
+(the paper's X^{+,I,T}) of image-text pairs — the pair itself, (V, W+) for the rewritten positive texts
+W+, and the related texts and images retrieved from the text-only and image-only corpora, each paired
+with the pair's other side: (V, W_T) and (V_I, W) — and a negative set X- (the hard-negative rewrites
+(V, W-)); the loss is
 
     L = E_{(V, W)} [ -log( sum_{(V', W') in X+} exp(d(V', W') / tau)
                           / sum_{(V', W') in X+ and X-} exp(d(V', W') / tau) ) ]
@@ -12,7 +13,7 @@ text-only corpus and (V_I, W) for images retrieved from the image-only corpus �
 with d the similarity of the image's and the text's representations, each encoded *alone* (the [IMG]
 pooler of an image-only forward, the [CLS] pooler of a text-only forward). The paper does not state the
 temperature tau, the number of negatives, or how the sum splits into directions: ``temperature`` is a
-parameter, 0.07 by default (CLIP's initial value, an assumption).
+parameter, 0.07 by default (CLIP's initial value, an assumption); d is the cosine here.
 
 mmbert's form. d = cosine, s(v, t) = cos(v, t) / tau. The images are the B pair images and the M images
 retrieved from the image-only pool (``retrieved``); the texts are the B x K text variants (each pair's
