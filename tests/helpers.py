@@ -28,6 +28,20 @@ def make_inputs(config, batch: int = 2, text_len: int = 7, regions: int = 5, see
     return inputs
 
 
+def assert_input_refused(preset: str, name: str, corrupt, message: str) -> None:
+    """The ``preset`` model on ``make_inputs`` with input ``name`` replaced by ``corrupt(input)`` fails
+    with a clear error matching ``message`` (before any index error deep inside)."""
+    import pytest
+
+    import mmbert
+
+    model = mmbert.build_model(preset).eval()
+    inputs = make_inputs(model.config)
+    inputs[name] = corrupt(inputs[name])
+    with pytest.raises((ValueError, TypeError), match=message):
+        model(**inputs)
+
+
 def encode_with_maps(model, inputs: dict, atol: float = 1e-5, rtol: float = 0.0):
     """``model`` on ``inputs`` with attention maps and without: (with, without). Maps are off by default,
     and asking for them (the slow path) leaves the real tokens' states as they are."""
@@ -40,14 +54,16 @@ def encode_with_maps(model, inputs: dict, atol: float = 1e-5, rtol: float = 0.0)
     return enc, plain
 
 
-def one_masked_region(inputs: dict, example: int, region: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ``region_masked`` input flagging one region, and ``region_feats`` with that region's feature
-    zeroed (what the masked-region models feed in its place, before any learned vector)."""
+def one_masked_region(config, example: int, region: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """``make_inputs(config)``, a ``region_masked`` input flagging one region, and ``region_feats`` with
+    that region's feature zeroed (what the masked-region models feed in its place, before any learned
+    vector)."""
+    inputs = make_inputs(config)
     masked = torch.zeros(inputs["region_feats"].shape[:2], dtype=torch.bool)
     masked[example, region] = True
     zeroed = inputs["region_feats"].clone()
     zeroed[example, region] = 0
-    return masked, zeroed
+    return inputs, masked, zeroed
 
 
 def make_kind_inputs(config, kind: str = "pair", **kwargs) -> dict:

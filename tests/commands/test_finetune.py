@@ -107,3 +107,10 @@ def test_a_feature_width_other_than_region_feat_dim_fails_at_start_naming_both(s
     err = capsys.readouterr().err
     assert "features are 16-d" in err and "region_feat_dim is 24" in err and "feats.h5" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_task_names_in_help_are_the_registry():
+    from mmbert.commands.finetune import TASK_NAMES
+    from mmbert.tasks import TASKS
+
+    assert set(TASK_NAMES) == set(TASKS)

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import transformers
+from convert.hf_helpers import assert_export_round_trip, hf_reference
 from safetensors.torch import load_file, save_file
 
 import mmbert
@@ -20,15 +21,8 @@ SHAPES = [
 
 
 def hf_pretraining(tmp_path, seed=0, **shape):
-    torch.manual_seed(seed)
     cfg = transformers.BertConfig(vocab_size=97, max_position_embeddings=160, **shape)
-    ref = transformers.BertForPreTraining(cfg).eval()
-    # Non-trivial values everywhere (HF initialises biases and LayerNorms to 0/1).
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    ref.save_pretrained(tmp_path)
-    return ref
+    return hf_reference(transformers.BertForPreTraining, cfg, tmp_path, seed)
 
 
 def inputs(vocab, types, batch=3, length=130, seed=1):
@@ -112,14 +106,7 @@ def test_encoder_only_checkpoint_without_prefix_and_pytorch_bin(tmp_path):
 
 def test_export_to_hf_and_back_is_exact(tmp_path):
     ref = hf_pretraining(tmp_path / "src", **SHAPES[1])
-    ours = mmbert.load_pretraining(tmp_path / "src")
-    mmbert.export_hf(ours, tmp_path / "hf")
-    again = transformers.BertForPreTraining.from_pretrained(tmp_path / "hf").eval()
-    for k, v in ref.state_dict().items():
-        torch.testing.assert_close(again.state_dict()[k], v, atol=0, rtol=0, msg=k)
-    back = mmbert.load_pretraining(tmp_path / "hf")
-    for (k, a), (_, b) in zip(ours.state_dict().items(), back.state_dict().items()):
-        assert torch.equal(a, b), k
+    ours, again = assert_export_round_trip(ref, tmp_path / "src", tmp_path)
     ids, mask, seg = inputs(97, 3, length=16)
     with torch.no_grad():
         torch.testing.assert_close(

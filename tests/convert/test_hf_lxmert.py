@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import transformers
+from convert.hf_helpers import hf_reference
 from safetensors.torch import load_file
 
 import mmbert
@@ -65,16 +66,8 @@ def shape_id(s: dict) -> str:
 
 
 def hf_model(cls, path, seed=0, **shape):
-    torch.manual_seed(seed)
-    cfg = transformers.LxmertConfig(vocab_size=VOCAB, max_position_embeddings=40, **shape)
-    ref = cls(cfg).eval()
-    # Non-trivial values everywhere (HF initialises biases and LayerNorms to 0/1).
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    if path is not None:
-        ref.save_pretrained(path)
-    return ref
+    return hf_reference(cls, transformers.LxmertConfig(vocab_size=VOCAB, max_position_embeddings=40, **shape),
+                        path, seed)  # fmt: skip
 
 
 def inputs(shape, batch=3, length=9, regions=6, seed=1):

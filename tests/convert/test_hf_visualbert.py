@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import transformers
+from convert.hf_helpers import assert_export_round_trip, hf_reference
 
 import mmbert
 from mmbert.cli import main
@@ -43,15 +44,8 @@ VOCAB = 97
 
 
 def hf_model(cls, path, seed=0, **shape):
-    torch.manual_seed(seed)
-    cfg = transformers.VisualBertConfig(vocab_size=VOCAB, max_position_embeddings=40, **shape)
-    ref = cls(cfg).eval()
-    # Non-trivial values everywhere (HF initialises biases and LayerNorms to 0/1).
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    ref.save_pretrained(path)
-    return ref
+    return hf_reference(cls, transformers.VisualBertConfig(vocab_size=VOCAB, max_position_embeddings=40, **shape),
+                        path, seed)  # fmt: skip
 
 
 def inputs(visual_dim, types=2, batch=3, length=9, regions=6, seed=1):
@@ -187,14 +181,7 @@ def test_question_answering_head_reads_the_token_before_sep(tmp_path):
 
 def test_export_to_hf_and_back_is_exact(tmp_path, capsys):
     ref = hf_model(transformers.VisualBertForPreTraining, tmp_path / "src", **SHAPES[2])
-    ours = mmbert.load_pretraining(tmp_path / "src")
-    mmbert.export_hf(ours, tmp_path / "hf")
-    again = transformers.VisualBertForPreTraining.from_pretrained(tmp_path / "hf").eval()
-    for k, v in ref.state_dict().items():
-        torch.testing.assert_close(again.state_dict()[k], v, atol=0, rtol=0, msg=k)
-    back = mmbert.load_pretraining(tmp_path / "hf")
-    for (k, a), (_, b) in zip(ours.state_dict().items(), back.state_dict().items()):
-        assert torch.equal(a, b), k
+    ours, again = assert_export_round_trip(ref, tmp_path / "src", tmp_path)
     # the command line does the same, and encoder-only export loads as VisualBertModel
     assert main(["convert", str(tmp_path / "src"), str(tmp_path / "mm")]) == 0
     assert main(["convert", str(tmp_path / "mm"), str(tmp_path / "cli"), "--to", "hf"]) == 0

@@ -22,8 +22,7 @@ def test_region_embedding_formula():
 
 def test_masked_region_features_are_zeroed():
     model = mmbert.build_model("unicoder_vl_tiny").eval()
-    x = make_inputs(model.config)
-    masked, zeroed = one_masked_region(x, 1, 2)
+    x, masked, zeroed = one_masked_region(model.config, 1, 2)
     with torch.no_grad():
         torch.testing.assert_close(
             model(**x, region_masked=masked).text, model(**dict(x, region_feats=zeroed)).text

@@ -26,8 +26,7 @@ def test_region_embedding_formula():
 
 def test_masked_regions_are_zeroed_plus_a_learned_vector():
     model = mmbert.build_model("uniter_tiny").eval()
-    x = make_inputs(model.config)
-    masked, zeroed = one_masked_region(x, 0, 1)
+    x, masked, zeroed = one_masked_region(model.config, 0, 1)
     vector = model.embeddings.region.mask_embedding
     # UNITER's nn.Embedding row 1 under init_weights: N(0, 0.02), not zeros
     assert vector.detach().abs().sum() > 0 and abs(float(vector.detach().std()) - 0.02) < 0.012

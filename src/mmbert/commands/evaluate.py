@@ -18,14 +18,13 @@ import argparse
 import json
 from pathlib import Path
 
-from mmbert.commands.finetune import build_task, move_settings, parse_files, split_settings
+from mmbert.commands.finetune import add_task_argument, build_task, move_settings, parse_files, split_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a fine-tuned (or zero-shot) model on a task split; write predictions",
                        description=__doc__.split("\n\n")[0])  # fmt: skip
-    p.add_argument("--task", required=True, help="vqa, nlvr2, retrieval, refexp, vcr, caption, gqa, snli-ve or "
-                   "flickr30k-entities")
+    add_task_argument(p)
     p.add_argument("--checkpoint", required=True, help="a `mmbert finetune` model directory (its final/)")
     p.add_argument(
         "--split",

@@ -83,6 +83,16 @@ def split_settings(items: list[str], args: argparse.Namespace | None = None) -> 
     return train, task, model
 
 
+# mmbert.tasks.TASKS' names, spelt out so that --help needs no torch import (tests/commands/test_finetune.py
+# checks they stay the registry's)
+TASK_NAMES = ("vqa", "nlvr2", "retrieval", "refexp", "vcr", "caption", "gqa", "snli-ve", "flickr30k-entities")
+
+
+def add_task_argument(p: argparse.ArgumentParser) -> None:
+    """``--task NAME`` for the commands that build a task (finetune, evaluate)."""
+    p.add_argument("--task", required=True, help=f"{', '.join(TASK_NAMES[:-1])} or {TASK_NAMES[-1]}")
+
+
 def build_task(name: str, options: dict[str, Any]):
     from mmbert.tasks import TASKS
 
@@ -97,8 +107,7 @@ def build_task(name: str, options: dict[str, Any]):
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune on a downstream task (VQA, NLVR2, retrieval, RefCOCO, VCR)",
                        description=__doc__.split("\n\n")[0])  # fmt: skip
-    p.add_argument("--task", required=True, help="vqa, nlvr2, retrieval, refexp, vcr, caption, gqa, snli-ve or "
-                   "flickr30k-entities")
+    add_task_argument(p)
     p.add_argument("--init", required=True, help="checkpoint directory, or a preset name for fresh weights")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument(

@@ -39,7 +39,55 @@ class Encoding:
 _UNUSED = re.compile(r"\[unused\d+\]")
 
 
-class Tokenizer:
+class BatchEncoder:
+    """Batch encoding with padding, over a tokenizer's ``encode_batch`` and ``pad_id``: shared by BERT's
+    WordPiece ``Tokenizer`` and UNIMO's BPE tokenizer."""
+
+    pad_id: int
+
+    def encode_batch(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int | None = None
+    ) -> list[Encoding]:
+        """Texts (and their pairs, one each) -> encodings, ``max_length`` truncating each."""
+        if isinstance(texts, str):
+            raise TypeError("encode_batch takes a list of texts; use encode() for one")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
+        return self.encode_many(texts, pairs, max_length)
+
+    def encode_many(self, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int | None) -> list[Encoding]:
+        """``encode_batch`` on checked arguments (each tokenizer implements it)."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        pairs: str | Sequence[str] | None = None,
+        max_length: int | None = None,
+    ) -> dict[str, Tensor]:
+        """Batch-encode and pad to the longest: ``text_ids`` (B, T), ``text_mask`` (bool), ``segment_ids``."""
+        if isinstance(texts, str):
+            texts = [texts]
+            pairs = [pairs] if isinstance(pairs, str) else pairs
+        encs = self.encode_batch(texts, pairs, max_length)
+        return self.pad([e.ids for e in encs], [e.segment_ids for e in encs])
+
+    def pad(
+        self, ids: Sequence[Sequence[int]], segment_ids: Sequence[Sequence[int]] | None = None
+    ) -> dict[str, Tensor]:
+        longest = max((len(x) for x in ids), default=0)
+        text_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
+        segments = torch.zeros((len(ids), longest), dtype=torch.long)
+        mask = torch.zeros((len(ids), longest), dtype=torch.bool)
+        for i, row in enumerate(ids):
+            text_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = True
+            if segment_ids is not None:
+                segments[i, : len(row)] = torch.tensor(segment_ids[i], dtype=torch.long)
+        return {"text_ids": text_ids, "text_mask": mask, "segment_ids": segments}
+
+
+class Tokenizer(BatchEncoder):
     """BERT WordPiece tokenizer. ``tok(texts)`` returns padded ``text_ids``, ``text_mask``, ``segment_ids``."""
 
     def __init__(self, backend: _Backend, model_max_length: int = 512) -> None:
@@ -159,13 +207,7 @@ class Tokenizer:
         """One text (or pair) with [CLS] ... [SEP] (... [SEP]); ``max_length`` truncates longest-first."""
         return self.encode_batch([text], None if pair is None else [pair], max_length)[0]
 
-    def encode_batch(
-        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int | None = None
-    ) -> list[Encoding]:
-        if isinstance(texts, str):
-            raise TypeError("encode_batch takes a list of texts; use encode() for one")
-        if pairs is not None and len(pairs) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
+    def encode_many(self, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int | None) -> list[Encoding]:
         if max_length is not None:
             if max_length < (4 if pairs is not None else 3):
                 raise ValueError(
@@ -179,33 +221,6 @@ class Tokenizer:
         finally:
             self.backend.no_truncation()
         return [Encoding(e.ids, e.type_ids, e.tokens, e.word_ids) for e in encs]
-
-    def __call__(
-        self,
-        texts: str | Sequence[str],
-        pairs: str | Sequence[str] | None = None,
-        max_length: int | None = None,
-    ) -> dict[str, Tensor]:
-        """Batch-encode and pad to the longest: ``text_ids`` (B, T), ``text_mask`` (bool), ``segment_ids``."""
-        if isinstance(texts, str):
-            texts = [texts]
-            pairs = [pairs] if isinstance(pairs, str) else pairs
-        encs = self.encode_batch(texts, pairs, max_length)
-        return self.pad([e.ids for e in encs], [e.segment_ids for e in encs])
-
-    def pad(
-        self, ids: Sequence[Sequence[int]], segment_ids: Sequence[Sequence[int]] | None = None
-    ) -> dict[str, Tensor]:
-        longest = max((len(x) for x in ids), default=0)
-        text_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
-        segments = torch.zeros((len(ids), longest), dtype=torch.long)
-        mask = torch.zeros((len(ids), longest), dtype=torch.bool)
-        for i, row in enumerate(ids):
-            text_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-            if segment_ids is not None:
-                segments[i, : len(row)] = torch.tensor(segment_ids[i], dtype=torch.long)
-        return {"text_ids": text_ids, "text_mask": mask, "segment_ids": segments}
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -19,9 +19,8 @@ import torch
 from tokenizers import Tokenizer as _Backend
 from tokenizers import decoders, pre_tokenizers
 from tokenizers.models import BPE
-from torch import Tensor
 
-from mmbert.data.tokenizer import Encoding
+from mmbert.data.tokenizer import BatchEncoder, Encoding
 
 UNIMO_SPECIAL_TOKENS = {
     "cls": "[CLS]", "pad": "[PAD]", "sep": "[SEP]", "unk": "[UNK]", "mask": "[MASK]",
@@ -38,7 +37,7 @@ def _find(path: Path, suffix: str) -> Path:
     return found[0]
 
 
-class UnimoTokenizer:
+class UnimoTokenizer(BatchEncoder):
     """``tok(texts)`` returns padded ``text_ids``, ``text_mask``, ``segment_ids`` (all 0) in UNIMO ids:
     ``[CLS] text [SEP]``, or ``[CLS] a [SEP] b [SEP]`` for a pair."""
 
@@ -155,34 +154,8 @@ class UnimoTokenizer:
             out_toks += [*t, "[SEP]"]
         return Encoding(out_ids, [0] * len(out_ids), out_toks, out_words)
 
-    def encode_batch(
-        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int | None = None
-    ) -> list[Encoding]:
-        if isinstance(texts, str):
-            raise TypeError("encode_batch takes a list of texts; use encode() for one")
-        if pairs is not None and len(pairs) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
+    def encode_many(self, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int | None) -> list[Encoding]:
         return [self.encode(t, None if pairs is None else pairs[i], max_length) for i, t in enumerate(texts)]
-
-    def __call__(
-        self,
-        texts: str | Sequence[str],
-        pairs: str | Sequence[str] | None = None,
-        max_length: int | None = None,
-    ) -> dict[str, Tensor]:
-        if isinstance(texts, str):
-            texts = [texts]
-            pairs = [pairs] if isinstance(pairs, str) else pairs
-        return self.pad([e.ids for e in self.encode_batch(texts, pairs, max_length)])
-
-    def pad(self, ids: Sequence[Sequence[int]], segment_ids: Sequence[Sequence[int]] | None = None) -> dict:
-        longest = max((len(x) for x in ids), default=0)
-        text_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), longest), dtype=torch.bool)
-        for i, row in enumerate(ids):
-            text_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return {"text_ids": text_ids, "text_mask": mask, "segment_ids": torch.zeros_like(text_ids)}
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """UNIMO ids -> text; special tokens are dropped (or written by name)."""

@@ -47,48 +47,24 @@ from mmbert.data.features.base import (
     shape_field,
 )
 
+# LXMERT's 10 columns; its cls_prob variant adds one, the full bottom-up dump two more.
+_LXMERT = (
+    "image_id",
+    "image_h",
+    "image_w",
+    "obj_id",
+    "obj_conf",
+    "attr_id",
+    "attr_conf",
+    "num_boxes",
+    "boxes",
+    "feats",
+)
 LAYOUTS = {
     6: ("image_id", "image_w", "image_h", "num_boxes", "boxes", "feats"),
-    10: (
-        "image_id",
-        "image_h",
-        "image_w",
-        "obj_id",
-        "obj_conf",
-        "attr_id",
-        "attr_conf",
-        "num_boxes",
-        "boxes",
-        "feats",
-    ),
-    11: (
-        "image_id",
-        "image_h",
-        "image_w",
-        "obj_id",
-        "obj_conf",
-        "attr_id",
-        "attr_conf",
-        "num_boxes",
-        "boxes",
-        "feats",
-        "cls_prob",
-    ),
-    13: (
-        "image_id",
-        "image_h",
-        "image_w",
-        "obj_id",
-        "obj_conf",
-        "attr_id",
-        "attr_conf",
-        "num_boxes",
-        "boxes",
-        "feats",
-        "cls_prob",
-        "attr_scores",
-        "class_scores",
-    ),
+    10: _LXMERT,
+    11: (*_LXMERT, "cls_prob"),
+    13: (*_LXMERT, "cls_prob", "attr_scores", "class_scores"),
 }
 # The field names as the reference code spells them (for messages).
 PUBLISHED_NAMES = {

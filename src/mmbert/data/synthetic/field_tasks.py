@@ -55,6 +55,19 @@ def _ref(scene: Scene, i: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------- GQA --
+def _exists_related(scene: Scene, colour: str, shape: str, rel: str, b: int) -> bool | None:
+    """Whether an object other than ``b`` of ``colour`` and ``shape`` stands in ``rel`` to ``b``; None when
+    the relation is undecided for one of them (the question is then skipped)."""
+    truths = [
+        scene.holds(k, rel, b)
+        for k, o in enumerate(scene.objects)
+        if k != b and o.colour == colour and o.shape == shape
+    ]
+    if any(t is None for t in truths):
+        return None
+    return any(truths)
+
+
 def gqa_question(scene: Scene, structural: str, rng: np.random.Generator) -> dict | None:
     """One question of a structural type with its program; None when the scene offers none."""
     n = len(scene.objects)
@@ -95,30 +108,18 @@ def gqa_question(scene: Scene, structural: str, rng: np.random.Generator) -> dic
             b = _choice(rng, anchors)
             rel = _choice(rng, list(RELATION_WORDS))
             colour, shape = _choice(rng, list(COLOURS)), _choice(rng, list(SHAPES))
-            hits = [
-                k
-                for k in range(n)
-                if k != b and scene.objects[k].colour == colour and scene.objects[k].shape == shape
-            ]
-            truths = [scene.holds(k, rel, b) for k in hits]
-            if any(t is None for t in truths):
+            truth = _exists_related(scene, colour, shape, rel, b)
+            if truth is None:
                 continue
-            truth = any(truths)
             if want and not truth:  # make it true from a real relation when one exists
                 pairs = [(a, r) for a, r, bb in _relation_pairs(scene) if bb == b]
                 if not pairs:
                     continue
                 a, rel = _choice(rng, pairs)
                 colour, shape = scene.objects[a].colour, scene.objects[a].shape
-                hits = [
-                    k
-                    for k in range(n)
-                    if k != b and scene.objects[k].colour == colour and scene.objects[k].shape == shape
-                ]
-                truths = [scene.holds(k, rel, b) for k in hits]
-                if any(t is None for t in truths):
+                truth = _exists_related(scene, colour, shape, rel, b)
+                if truth is None:
                     continue
-                truth = any(truths)
             if truth != want:
                 continue
             words = _choice(rng, list(RELATION_WORDS[rel]))
