@@ -117,6 +117,8 @@ def test_the_adversarial_loss_is_the_official_formula_on_unimo_tiny(ve):
     assert float(model.encoder.region_embeddings.feat_proj.weight.grad.abs().sum()) > 0
     plain = SNLIVETask().model_step(model, batch)  # adversarial off: the plain cross-entropy
     assert float(plain.loss.detach()) == pytest.approx(out.metrics["ve_loss"], rel=1e-5)
+    with torch.no_grad():  # the trainer's evaluation: the clean model's loss, no perturbation
+        assert float(task.model_step(model, batch).loss) == pytest.approx(out.metrics["ve_loss"], rel=1e-5)
 
 
 def test_every_round_perturbs_within_the_bound_even_with_a_large_step(ve):
