@@ -49,11 +49,15 @@ class ModelConfig:
             raise ValueError(
                 f"{type(self).__name__}: dim={self.dim} is not divisible by num_heads={self.num_heads}"
             )
-        for name in ("dim", "num_heads", "ffn_dim", "vocab_size", "max_positions", "type_vocab_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{type(self).__name__}.{name} must be positive, got {getattr(self, name)}")
+        self.check_positive("dim", "num_heads", "ffn_dim", "vocab_size", "max_positions", "type_vocab_size")
         if self.num_layers < 0:
             raise ValueError(f"{type(self).__name__}.num_layers must be >= 0, got {self.num_layers}")
+
+    def check_positive(self, *names: str) -> None:
+        """Each field in ``names`` is > 0, else an error naming the config class, the field and its value."""
+        for name in names:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be positive, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}

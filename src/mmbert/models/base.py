@@ -116,6 +116,20 @@ class EncoderModel(nn.Module, Generic[ConfigT]):
         inputs = ModelInputs(text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask)
         return self.encode_inputs(inputs, output_attentions, **extra)
 
+    def run_blocks(
+        self, layers: Iterable[nn.Module], x: Tensor, mask: Tensor | None, bias: Tensor | None, maps: bool
+    ) -> tuple[Tensor, list[Tensor]]:
+        """``x`` through self-attention ``Block``s under the key ``bias``; with padding (and ``skip_padding``)
+        the projections and FFNs compute only the real positions of ``mask``. Returns the states and, when
+        ``maps``, each layer's attention probabilities (else an empty list)."""
+        rows = mask if bias is not None and self.skip_padding else None
+        probs_per_layer: list[Tensor] = []
+        for layer in layers:
+            x, probs = layer(x, bias, need_weights=maps, rows=rows)
+            if maps:
+                probs_per_layer.append(probs)
+        return x, probs_per_layer
+
     def encode_inputs(self, x: ModelInputs, output_attentions: bool = False, **extra: Any) -> Encoded:
         """The family's forward pass over checked inputs (each family implements it)."""
         raise NotImplementedError(f"{type(self).__name__} implements no encode_inputs")
@@ -186,19 +200,6 @@ def block_stack(
         Block(dim or c.dim, heads or c.num_heads, ffn_dim or c.ffn_dim, c.dropout, c.attn_dropout, c.layer_norm_eps)
         for _ in range(count)
     )
-
-
-def run_blocks(
-    layers: Iterable[nn.Module], x: Tensor, bias: Tensor | None, rows: Tensor | None, output_attentions: bool
-) -> tuple[Tensor, list[Tensor]]:
-    """``x`` through self-attention ``Block``s (key ``bias``; ``rows``: the real positions the sublayers
-    may restrict themselves to), with each layer's attention maps when asked (else an empty list)."""
-    maps: list[Tensor] = []
-    for layer in layers:
-        x, probs = layer(x, bias, need_weights=output_attentions, rows=rows)
-        if output_attentions:
-            maps.append(probs)
-    return x, maps
 
 
 def text_embeddings_plan(c: ModelConfig, name: str = "embeddings") -> str:

@@ -19,7 +19,6 @@ from mmbert.models.base import (
     ModelInputs,
     block_stack,
     check_text_inputs,
-    run_blocks,
     text_embeddings_plan,
 )
 from mmbert.models.heads import PretrainingHeads
@@ -50,10 +49,7 @@ class Bert(EncoderModel[BertConfig]):
         text_ids, text_mask, segment_ids = x.text_ids, x.text_mask, x.segment_ids
         check_text_inputs(self.config, text_ids, text_mask, segment_ids)
         x = self.embeddings(text_ids, segment_ids)
-        bias = key_padding_bias(text_mask, x.dtype)
-        # skip padded tokens in the projections and FFNs
-        rows = text_mask if bias is not None and self.skip_padding else None
-        x, maps = run_blocks(self.layers, x, bias, rows, output_attentions)
+        x, maps = self.run_blocks(self.layers, x, text_mask, key_padding_bias(text_mask, x.dtype), output_attentions)
         return Encoded(
             text=x,
             vision=None,

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
-from mmbert.models.base import ConfigT, EncoderModel, ModelInputs, check_text_inputs, run_blocks
+from mmbert.models.base import ConfigT, EncoderModel, ModelInputs, check_text_inputs
 from mmbert.models.outputs import Encoded
 from mmbert.nn import TextEmbeddings, key_padding_bias
 
@@ -127,8 +127,8 @@ class DualStreamModel(EncoderModel[ConfigT]):
         self, stream: StreamStates, layers: Iterable[nn.Module], direction: str, output_attentions: bool
     ) -> StreamStates:
         """``layers`` (self-attention ``Block``s) over one stream, keeping their maps under ``direction``."""
-        bias, rows = stream.bias_and_rows(self.skip_padding)
-        stream.states, maps = run_blocks(layers, stream.states, bias, rows, output_attentions)
+        bias = key_padding_bias(stream.mask, stream.states.dtype)
+        stream.states, maps = self.run_blocks(layers, stream.states, stream.mask, bias, output_attentions)
         if stream.attentions is not None:
             stream.attentions[direction].extend(maps)
         return stream

@@ -95,8 +95,7 @@ class LxmertConfig(ModelConfig):
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"LxmertConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.region_feat_dim <= 0:
-            raise ValueError(f"LxmertConfig.region_feat_dim must be positive, got {self.region_feat_dim}")
+        self.check_positive("region_feat_dim")
 
     def region_outputs(self) -> dict[str, int]:
         """The masked-object-prediction decoders this config has, in Hugging Face's order."""

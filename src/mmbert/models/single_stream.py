@@ -22,15 +22,7 @@ from mmbert.config import GLOBAL_REGION_CHOICES as GLOBAL_REGION_CHOICES
 from mmbert.config import GlobalRegion as GlobalRegion
 from mmbert.config import ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
-from mmbert.models.base import (
-    ConfigT,
-    Encoded,
-    EncoderModel,
-    ModelInputs,
-    block_stack,
-    check_text_inputs,
-    run_blocks,
-)
+from mmbert.models.base import ConfigT, Encoded, EncoderModel, ModelInputs, block_stack, check_text_inputs
 from mmbert.nn import Pooler, key_padding_bias
 
 
@@ -198,10 +190,7 @@ class SingleStreamModel(EncoderModel[ConfigT]):
         """The Block stack over the joint sequence x (B, T + R', D) with key mask (B, T + R'), split at T;
         ``attention_mask`` (B, T + R', T + R') further restricts who sees whom."""
         visible = mask if attention_mask is None else joint_visibility(attention_mask, mask)
-        bias = key_padding_bias(visible, x.dtype)
-        # skip padded tokens and regions in the projections and FFNs
-        rows = mask if bias is not None and self.skip_padding else None
-        x, maps = run_blocks(self.layers, x, bias, rows, output_attentions)
+        x, maps = self.run_blocks(self.layers, x, mask, key_padding_bias(visible, x.dtype), output_attentions)
         return Encoded(
             text=x[:, :text_len],
             vision=x[:, text_len:],

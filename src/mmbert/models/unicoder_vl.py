@@ -41,9 +41,7 @@ class UnicoderVLConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_global_region(self)
-        for name in ("region_feat_dim", "num_region_classes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"UnicoderVLConfig.{name} must be positive, got {getattr(self, name)}")
+        self.check_positive("region_feat_dim", "num_region_classes")
 
 
 class UnicoderVLRegionEmbeddings(nn.Module):

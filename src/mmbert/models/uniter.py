@@ -58,9 +58,7 @@ class UniterConfig(ModelConfig):
             )
         if self.type_vocab_size < 2:
             raise ValueError("UniterConfig.type_vocab_size must be >= 2 (regions use segment type 1)")
-        for name in ("region_feat_dim", "num_region_classes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"UniterConfig.{name} must be positive, got {getattr(self, name)}")
+        self.check_positive("region_feat_dim", "num_region_classes")
 
 
 class UniterRegionEmbeddings(nn.Module):

@@ -53,8 +53,7 @@ class VisualBertConfig(ModelConfig):
         check_global_region(self)
         if self.type_vocab_size < 2:
             raise ValueError("VisualBertConfig.type_vocab_size must be >= 2 (regions use segment type 1)")
-        if self.region_feat_dim <= 0:
-            raise ValueError(f"VisualBertConfig.region_feat_dim must be positive, got {self.region_feat_dim}")
+        self.check_positive("region_feat_dim")
         if self.pooling not in ("cls", "volta"):
             raise ValueError(f"VisualBertConfig.pooling must be 'cls' or 'volta', got {self.pooling!r}")
         if not 0 <= self.region_segment < self.type_vocab_size:

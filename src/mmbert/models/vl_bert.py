@@ -93,9 +93,7 @@ class VLBertConfig(ModelConfig):
             raise ValueError(f"VLBertConfig.pooling must be 'cls' or 'volta', got {self.pooling!r}")
         if self.type_vocab_size < 3:
             raise ValueError("VLBertConfig.type_vocab_size must be >= 3 (regions use segment type 2)")
-        for name in ("region_feat_dim", "geometry_dim", "visual_dim", "num_region_classes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"VLBertConfig.{name} must be positive, got {getattr(self, name)}")
+        self.check_positive("region_feat_dim", "geometry_dim", "visual_dim", "num_region_classes")
 
 
 def check_image_size(image_size: Tensor, batch: int) -> None:
