@@ -42,6 +42,18 @@ def assert_input_refused(preset: str, name: str, corrupt, message: str) -> None:
         model(**inputs)
 
 
+def layer_run_order(model, stacks: dict) -> list[str]:
+    """The order in which ``model``'s layers run on ``make_inputs``: ``<prefix><index>`` per call, for each
+    ``prefix -> layer list`` in ``stacks``."""
+    calls: list[str] = []
+    for prefix, layers in stacks.items():
+        for i, layer in enumerate(layers):
+            layer.register_forward_hook(lambda *_, name=f"{prefix}{i}": calls.append(name))
+    with torch.no_grad():
+        model(**make_inputs(model.config))
+    return calls
+
+
 def encode_with_maps(model, inputs: dict, atol: float = 1e-5, rtol: float = 0.0):
     """``model`` on ``inputs`` with attention maps and without: (with, without). Maps are off by default,
     and asking for them (the slow path) leaves the real tokens' states as they are."""

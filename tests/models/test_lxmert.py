@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from helpers import assert_input_refused, encode_with_maps, make_inputs
+from helpers import assert_input_refused, encode_with_maps, layer_run_order, make_inputs
 
 import mmbert
 from mmbert.models.lxmert import Lxmert, LxmertConfig
@@ -74,13 +74,8 @@ def test_one_cross_attention_serves_both_directions_from_pre_update_states():
 
 def test_encoders_run_language_then_relations_then_cross():
     model = mmbert.build_model("lxmert_tiny").eval()
-    calls: list[str] = []
-    for name, layers in (("L", model.text_layers), ("R", model.vision_layers), ("X", model.cross_layers)):
-        for i, layer in enumerate(layers):
-            layer.register_forward_hook(lambda *_, n=f"{name}{i}": calls.append(n))
-    with torch.no_grad():
-        model(**make_inputs(model.config))
-    assert calls == ["L0", "L1", "R0", "X0", "X1"]
+    stacks = {"L": model.text_layers, "R": model.vision_layers, "X": model.cross_layers}
+    assert layer_run_order(model, stacks) == ["L0", "L1", "R0", "X0", "X1"]
 
 
 def test_pretraining_outputs_have_the_reference_shapes():

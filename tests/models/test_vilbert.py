@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_input_refused, encode_with_maps, make_inputs
+from helpers import assert_input_refused, encode_with_maps, layer_run_order, make_inputs
 
 import mmbert
 from mmbert.models.vilbert import ViLBert, ViLBertConfig, interleave, vilbert_tiny
@@ -80,13 +80,8 @@ def base_shaped_tiny() -> ViLBertConfig:
 
 def test_layers_run_in_the_reference_order():
     model = ViLBert(base_shaped_tiny()).eval()
-    calls: list[str] = []
-    for prefix, layers in (("T", model.text_layers), ("V", model.vision_layers), ("C", model.co_layers)):
-        for i, layer in enumerate(layers):
-            layer.register_forward_hook(lambda *_, name=f"{prefix}{i}": calls.append(name))
-    with torch.no_grad():
-        model(**make_inputs(model.config))
-    assert " ".join(calls) == BASE_ORDER
+    stacks = {"T": model.text_layers, "V": model.vision_layers, "C": model.co_layers}
+    assert " ".join(layer_run_order(model, stacks)) == BASE_ORDER
     assert [line.split(":")[0] for line in model.layer_plan()[2:-1]] == [
         {"T": "text_layers", "V": "vision_layers", "C": "co_layers"}[s[0]] + "." + s[1:]
         for s in BASE_ORDER.split()

@@ -55,6 +55,18 @@ def _ref(scene: Scene, i: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------- GQA --
+def _record(question: str, answer: str, full: str, program: list[tuple[str, list[int], str]], types) -> dict:
+    """One GQA question in the official layout: texts, its program as (operation, dependencies, argument)
+    steps, and its (structural, semantic, detailed) types."""
+    return {
+        "question": capitalise(question),
+        "answer": answer,
+        "fullAnswer": capitalise(full),
+        "semantic": [{"operation": o, "dependencies": d, "argument": a} for o, d, a in program],
+        "types": dict(zip(("structural", "semantic", "detailed"), types)),
+    }
+
+
 def _exists_related(scene: Scene, colour: str, shape: str, rel: str, b: int) -> bool | None:
     """Whether an object other than ``b`` of ``colour`` and ``shape`` stands in ``rel`` to ``b``; None when
     the relation is undecided for one of them (the question is then skipped)."""
@@ -88,17 +100,9 @@ def gqa_question(scene: Scene, structural: str, rng: np.random.Generator) -> dic
         a, rel, b = _choice(rng, options)
         shape, words = scene.objects[a].shape, _choice(rng, list(RELATION_WORDS[rel]))
         answer = scene.objects[a].colour
-        return {
-            "question": capitalise(f"what colour is the {shape} {words} {descs[b].text()}?"),
-            "answer": answer,
-            "fullAnswer": capitalise(f"the {shape} is {answer}."),
-            "semantic": [
-                {"operation": "select", "dependencies": [], "argument": _ref(scene, b)},
-                {"operation": "relate", "dependencies": [0], "argument": f"{shape},{rel},s ({a})"},
-                {"operation": "query", "dependencies": [1], "argument": "color"},
-            ],
-            "types": {"structural": "query", "semantic": "rel", "detailed": "relS"},
-        }
+        program = [("select", [], _ref(scene, b)), ("relate", [0], f"{shape},{rel},s ({a})"), ("query", [1], "color")]
+        return _record(f"what colour is the {shape} {words} {descs[b].text()}?", answer, f"the {shape} is {answer}.",
+                       program, ("query", "rel", "relS"))  # fmt: skip
     if structural == "verify":  # is there a <colour> <shape> <rel> the <anchor>?  select -> relate -> verify
         anchors = [b for b in range(n) if descs[b] is not None]
         if not anchors:
@@ -124,18 +128,11 @@ def gqa_question(scene: Scene, structural: str, rng: np.random.Generator) -> dic
                 continue
             words = _choice(rng, list(RELATION_WORDS[rel]))
             answer = "yes" if truth else "no"
-            return {
-                "question": capitalise(f"is there a {colour} {shape} {words} {descs[b].text()}?"),
-                "answer": answer,
-                "fullAnswer": capitalise(f"{answer}, there is {'a' if truth else 'no'} {colour} {shape}."),
-                "semantic": [
-                    {"operation": "select", "dependencies": [], "argument": _ref(scene, b)},
-                    {"operation": "relate", "dependencies": [0], "argument": f"{shape},{rel},s (-)"},
-                    {"operation": "filter color", "dependencies": [1], "argument": colour},
-                    {"operation": "exist", "dependencies": [2], "argument": "?"},
-                ],
-                "types": {"structural": "verify", "semantic": "rel", "detailed": "existRelS"},
-            }
+            program = [("select", [], _ref(scene, b)), ("relate", [0], f"{shape},{rel},s (-)"),
+                       ("filter color", [1], colour), ("exist", [2], "?")]  # fmt: skip
+            full = f"{answer}, there is {'a' if truth else 'no'} {colour} {shape}."
+            question = f"is there a {colour} {shape} {words} {descs[b].text()}?"
+            return _record(question, answer, full, program, ("verify", "rel", "existRelS"))
         return None
     if structural == "logical":  # are there both <c1> <s1>s and <c2> <s2>s?  exist & exist -> and
         want = bool(rng.random() < 0.5)
@@ -153,22 +150,12 @@ def gqa_question(scene: Scene, structural: str, rng: np.random.Generator) -> dic
                 continue
             (c1, s1), (c2, s2) = kinds
             answer = "yes" if truth else "no"
-            sem = [
-                {"operation": "select", "dependencies": [], "argument": f"{s1} (-)"},
-                {"operation": "filter color", "dependencies": [0], "argument": c1},
-                {"operation": "exist", "dependencies": [1], "argument": "?"},
-                {"operation": "select", "dependencies": [], "argument": f"{s2} (-)"},
-                {"operation": "filter color", "dependencies": [3], "argument": c2},
-                {"operation": "exist", "dependencies": [4], "argument": "?"},
-                {"operation": "and", "dependencies": [2, 5], "argument": ""},
-            ]
-            return {
-                "question": capitalise(f"are there both {c1} {plural(s1)} and {c2} {plural(s2)}?"),
-                "answer": answer,
-                "fullAnswer": capitalise(f"{answer}, there are {'both' if truth else 'not both'}."),
-                "semantic": sem,
-                "types": {"structural": "logical", "semantic": "obj", "detailed": "existAnd"},
-            }
+            program = [("select", [], f"{s1} (-)"), ("filter color", [0], c1), ("exist", [1], "?"),
+                       ("select", [], f"{s2} (-)"), ("filter color", [3], c2), ("exist", [4], "?"),
+                       ("and", [2, 5], "")]  # fmt: skip
+            question = f"are there both {c1} {plural(s1)} and {c2} {plural(s2)}?"
+            full = f"{answer}, there are {'both' if truth else 'not both'}."
+            return _record(question, answer, full, program, ("logical", "obj", "existAnd"))
         return None
     if structural == "choose":  # is the <a> <rel> or <opposite> the <b>?  select, select -> choose rel
         pairs = [
@@ -182,17 +169,11 @@ def gqa_question(scene: Scene, structural: str, rng: np.random.Generator) -> dic
         options = [rel, OPPOSITE[rel]]
         rng.shuffle(options)
         answer = CHOICE_WORDS[rel]
-        return {
-            "question": capitalise(f"is {descs[a].text()} {options[0]} or {options[1]} {descs[b].text()}?"),
-            "answer": answer,
-            "fullAnswer": capitalise(f"{descs[a].text()} is {rel} {descs[b].text()}."),
-            "semantic": [
-                {"operation": "select", "dependencies": [], "argument": _ref(scene, a)},
-                {"operation": "select", "dependencies": [], "argument": _ref(scene, b)},
-                {"operation": "choose rel", "dependencies": [0, 1], "argument": "|".join(options)},
-            ],
-            "types": {"structural": "choose", "semantic": "rel", "detailed": "positionChoose"},
-        }
+        program = [("select", [], _ref(scene, a)), ("select", [], _ref(scene, b)),
+                   ("choose rel", [0, 1], "|".join(options))]  # fmt: skip
+        question = f"is {descs[a].text()} {options[0]} or {options[1]} {descs[b].text()}?"
+        full = f"{descs[a].text()} is {rel} {descs[b].text()}."
+        return _record(question, answer, full, program, ("choose", "rel", "positionChoose"))
     if structural == "compare":  # do the <a> and the <b> have the same colour?  select, select -> same color
         unique = [i for i in range(n) if describe(scene, i, ("shape", "size")) is not None]
         if len(unique) < 2:
@@ -210,19 +191,10 @@ def gqa_question(scene: Scene, structural: str, rng: np.random.Generator) -> dic
         da, db = describe(scene, a, ("shape", "size")), describe(scene, b, ("shape", "size"))
         same = scene.objects[a].colour == scene.objects[b].colour
         answer = "yes" if same else "no"
-        return {
-            "question": capitalise(f"do {da.text()} and {db.text()} have the same colour?"),
-            "answer": answer,
-            "fullAnswer": capitalise(
-                f"{answer}, they are {'both ' + scene.objects[a].colour if same else 'not'}."
-            ),
-            "semantic": [
-                {"operation": "select", "dependencies": [], "argument": _ref(scene, a)},
-                {"operation": "select", "dependencies": [], "argument": _ref(scene, b)},
-                {"operation": "same color", "dependencies": [0, 1], "argument": ""},
-            ],
-            "types": {"structural": "compare", "semantic": "attr", "detailed": "sameColor"},
-        }
+        program = [("select", [], _ref(scene, a)), ("select", [], _ref(scene, b)), ("same color", [0, 1], "")]
+        question = f"do {da.text()} and {db.text()} have the same colour?"
+        full = f"{answer}, they are {'both ' + scene.objects[a].colour if same else 'not'}."
+        return _record(question, answer, full, program, ("compare", "attr", "sameColor"))
     raise ValueError(f"unknown structural type {structural!r}; choose from {STRUCTURAL}")
 
 
