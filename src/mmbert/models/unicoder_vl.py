@@ -19,13 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
-from mmbert.data.boxes import location_features
 from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, text_embeddings_plan
 from mmbert.models.heads import PretrainingHeads
+from mmbert.models.region_embeddings import LocatedRegionEmbeddings
 from mmbert.models.single_stream import SingleStreamModel
 from mmbert.nn import PairHead, RegionHeads, TextEmbeddings
 
@@ -44,29 +43,21 @@ class UnicoderVLConfig(ModelConfig):
         self.check_positive("region_feat_dim", "num_region_classes")
 
 
-class UnicoderVLRegionEmbeddings(nn.Module):
+class UnicoderVLRegionEmbeddings(LocatedRegionEmbeddings):
     """``LN(W_f f + W_l [x1, y1, x2, y2, area])``; masked regions have their feature zeroed."""
-
-    def __init__(self, c: UnicoderVLConfig) -> None:
-        super().__init__()
-        self.feat_proj = nn.Linear(c.region_feat_dim, c.dim)
-        self.loc_proj = nn.Linear(5, c.dim)
-        self.norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
-        self.dropout = c.dropout
 
     def forward(self, feats: Tensor, boxes: Tensor, masked: Tensor | None = None) -> Tensor:
         """feats (B, R, F), boxes (B, R, 4), masked (B, R) -> (B, R, D)."""
         if masked is not None:
             feats = feats.masked_fill(masked[..., None], 0.0)
-        h = self.feat_proj(feats) + self.loc_proj(location_features(boxes, "5d"))
-        return F.dropout(self.norm(h), self.dropout, self.training)
+        return super().forward(feats, boxes)
 
 
 class UnicoderVLEmbeddings(nn.Module):
     def __init__(self, c: UnicoderVLConfig) -> None:
         super().__init__()
         self.text = TextEmbeddings.from_config(c)
-        self.region = UnicoderVLRegionEmbeddings(c)
+        self.region = UnicoderVLRegionEmbeddings.from_config(c)
 
     def forward(self, text_ids, segment_ids, feats, boxes, masked=None) -> Tensor:
         return torch.cat([self.text(text_ids, segment_ids), self.region(feats, boxes, masked)], dim=1)

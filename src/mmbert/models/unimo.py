@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
-from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions, location_features
+from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
 from mmbert.models.base import (
     TINY_REGION_FEAT_DIM,
     TINY_SIZES,
@@ -46,6 +46,7 @@ from mmbert.models.base import (
     init_heads,
 )
 from mmbert.models.heads import PretrainingHeads
+from mmbert.models.region_embeddings import LocatedRegionEmbeddings
 from mmbert.models.single_stream import check_region_flags, joint_visibility
 from mmbert.nn import MLMHead, Pooler, RegionHeads, key_padding_bias
 
@@ -167,22 +168,6 @@ class UnimoTextEmbeddings(nn.Module):
         return F.dropout(self.norm(h), self.dropout, self.training)
 
 
-class UnimoRegionEmbeddings(nn.Module):
-    """``LN(Linear(feature) + Linear(5-d location))`` (``image_emb``, ``image_loc``, ``v_pre_encoder``)."""
-
-    def __init__(self, c: UnimoConfig) -> None:
-        super().__init__()
-        self.feat_proj = nn.Linear(c.region_feat_dim, c.dim)
-        self.loc_proj = nn.Linear(5, c.dim)
-        self.norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
-        self.dropout = c.dropout
-
-    def forward(self, feats: Tensor, boxes: Tensor) -> Tensor:
-        """feats (B, R, F), boxes (B, R, 4) normalised -> (B, R, D)."""
-        h = self.feat_proj(feats) + self.loc_proj(location_features(boxes, "5d"))
-        return F.dropout(self.norm(h), self.dropout, self.training)
-
-
 class Unimo(EncoderModel):
     config_class = UnimoConfig
     config: UnimoConfig
@@ -195,7 +180,7 @@ class Unimo(EncoderModel):
         super().__init__(config)
         c = config
         self.text_embeddings = UnimoTextEmbeddings(c)
-        self.region_embeddings = UnimoRegionEmbeddings(c)
+        self.region_embeddings = LocatedRegionEmbeddings.from_config(c)  # image_emb, image_loc, v_pre_encoder
         self.layers = block_stack(c, c.num_layers)
         self.text_pooler = Pooler(c.dim, activation="relu")
         self.vision_pooler = Pooler(c.dim, activation="relu")
