@@ -36,9 +36,11 @@ def check_ids(name: str, ids: Tensor, size: int, what: str) -> None:
 
 
 def check_text_inputs(
-    config: ModelConfig, text_ids: Tensor, text_mask: Tensor | None, segment_ids: Tensor | None
+    config: ModelConfig, text_ids: Tensor | None, text_mask: Tensor | None, segment_ids: Tensor | None
 ) -> None:
     """Clear errors for the classic input mistakes, before they turn into an index error deep inside."""
+    if text_ids is None:
+        raise ValueError(f"text_ids (batch, tokens) is required: {config.model_type} takes no image-only input")
     if text_ids.dim() != 2:
         raise ValueError(f"text_ids must be (batch, tokens), got shape {tuple(text_ids.shape)}")
     if text_ids.dtype not in (torch.int64, torch.int32):
@@ -61,7 +63,7 @@ class ModelInputs:
     """The inputs every model takes (DESIGN.md section 5), as one value: ``EncoderModel.forward`` takes
     them once, with the one public signature, and hands them to the family's ``encode_inputs``."""
 
-    text_ids: Tensor
+    text_ids: Tensor | None  # None: image-only input, which only UNIMO takes
     text_mask: Tensor | None
     segment_ids: Tensor | None
     region_feats: Tensor | None
@@ -101,7 +103,7 @@ class EncoderModel(nn.Module, Generic[ConfigT]):
 
     def forward(
         self,
-        text_ids: Tensor,
+        text_ids: Tensor | None = None,
         text_mask: Tensor | None = None,
         segment_ids: Tensor | None = None,
         region_feats: Tensor | None = None,

@@ -41,6 +41,7 @@ from mmbert.models.base import (
     TINY_SIZES,
     Encoded,
     EncoderModel,
+    ModelInputs,
     block_stack,
     check_text_inputs,
     init_heads,
@@ -190,14 +191,9 @@ class Unimo(EncoderModel):
     def word_embeddings(self) -> nn.Embedding:
         return self.text_embeddings.word
 
-    def forward(
+    def encode_inputs(
         self,
-        text_ids: Tensor | None = None,
-        text_mask: Tensor | None = None,
-        segment_ids: Tensor | None = None,
-        region_feats: Tensor | None = None,
-        region_boxes: Tensor | None = None,
-        region_mask: Tensor | None = None,
+        x: ModelInputs,
         output_attentions: bool = False,
         attention_mask: Tensor | None = None,
         region_masked: Tensor | None = None,
@@ -214,21 +210,16 @@ class Unimo(EncoderModel):
         position embeddings and to the region features ([IMG]'s mean first), as ``unimo_finetune.py``'s
         ``text_adv_delta`` / ``image_adv_delta`` (``mmbert.tasks.unimo_adversarial``)."""
         parts, masks = self._embed_inputs(
-            text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask, region_masked,
+            x.text_ids, x.text_mask, x.segment_ids, x.region_feats, x.region_boxes, x.region_mask, region_masked,
             tag_ids, tag_mask, text_positions, text_delta, region_delta,
         )  # fmt: skip
-        x = torch.cat([p for p in parts.values()], 1)
+        joint = torch.cat([p for p in parts.values()], 1)
         mask = torch.cat(list(masks.values()), 1)
         visible = mask if attention_mask is None else joint_visibility(attention_mask, mask)
-        bias = key_padding_bias(visible, x.dtype)
-        rows = None if bias is None else mask  # skip padded positions in the projections and FFNs
-        maps: list[Tensor] = []
-        for layer in self.layers:
-            x, probs = layer(x, bias, need_weights=output_attentions, rows=rows)
-            if output_attentions:
-                maps.append(probs)
+        bias = key_padding_bias(visible, joint.dtype)
+        joint, maps = self.run_blocks(self.layers, joint, mask, bias, output_attentions)
         lengths = {name: p.shape[1] for name, p in parts.items()}
-        out = dict(zip(lengths, x.split(list(lengths.values()), 1)))
+        out = dict(zip(lengths, joint.split(list(lengths.values()), 1)))
         text, vision = out.get("text"), out.get("vision")
         pooled_vision = self.vision_pooler(vision) if vision is not None else None
         return Encoded(
