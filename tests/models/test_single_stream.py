@@ -9,6 +9,7 @@ from helpers import encode_with_maps, make_inputs
 
 import mmbert
 from mmbert.cli import main
+from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES
 
 NAMES = ["visualbert_tiny", "unicoder_vl_tiny", "vl_bert_tiny", "uniter_tiny"]
 MASKABLE = ["unicoder_vl_tiny", "vl_bert_tiny", "uniter_tiny"]
@@ -228,3 +229,31 @@ def test_captioning_mask_makes_text_causal_over_the_regions(model_and_inputs):
         assert not torch.allclose(model(**x).text[:, 0], model(**changed).text[:, 0])
         with pytest.raises(ValueError, match="attention_mask has shape"):
             model(**x, attention_mask=mask[:, 1:])
+
+
+@pytest.mark.parametrize("name", ["ctrl_visualbert", "ctrl_uniter", "ctrl_vl_bert"])
+def test_voltas_matching_head_reads_the_fused_vector_through_dropout(name):
+    """VOLTA's ``BertPreTrainingHeads``: ``bi_seq_relationship(Dropout(0.1)(pooled_t * pooled_v))``: in
+    training the matching logits vary with the dropout draw, in eval they do not; the plan names the
+    fused pooler."""
+    torch.manual_seed(0)
+    model = mmbert.build_model(name, **TINY_SIZES, pooled_dim=24, region_feat_dim=TINY_REGION_FEAT_DIM)
+    pair = mmbert.PretrainingModel(model).heads.pair
+    assert pair.dropout == pytest.approx(0.1)
+    pooled = torch.ones(64, 24)
+    pair.train()
+    dropped = pair(pooled)
+    assert not torch.allclose(dropped, pair(pooled))
+    pair.eval()
+    assert torch.equal(pair(pooled), pair.proj(pooled))
+    assert "ReLU(Linear(32, 24)) on [CLS] * ReLU(Linear(32, 24)) on the whole-image region" in "\n".join(
+        model.layer_plan()
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_plain_matching_head_has_no_dropout(name):
+    model = mmbert.build_model(name)
+    pair = mmbert.PretrainingModel(model).heads.pair
+    if pair is not None:  # VL-BERT pre-trains without one
+        assert pair.dropout == 0.0 and pair.proj.in_features == model.config.dim

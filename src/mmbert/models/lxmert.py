@@ -47,6 +47,7 @@ from mmbert.models.base import (
 from mmbert.models.dual_stream import DualStreamModel, StreamStates, joined_maps, new_maps
 from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import (
+    FUSION_DROPOUT,
     Block,
     CrossBlock,
     MLPClassifier,
@@ -54,8 +55,6 @@ from mmbert.nn import (
     Pooler,
     RegionHeads,
 )
-
-VOLTA_FUSION_DROPOUT = 0.1  # VOLTA's matching head reads the fused pooled vector through nn.Dropout(0.1)
 
 
 @dataclass
@@ -210,7 +209,7 @@ class Lxmert(DualStreamModel[LxmertConfig]):
         outputs = c.region_outputs()
         volta = c.pooling == "volta"
         return self.tied_heads(
-            pair=PairHead(c.pooled_dim or c.dim, dropout=VOLTA_FUSION_DROPOUT) if volta else PairHead(c.dim),
+            pair=PairHead(c.pooled_dim or c.dim, dropout=FUSION_DROPOUT) if volta else PairHead(c.dim),
             region=RegionHeads(c.dim, outputs, c.layer_norm_eps) if outputs else None,
             answer=self.build_answer_head(c.num_qa_labels) if c.num_qa_labels else None,
         )

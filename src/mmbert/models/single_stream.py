@@ -23,7 +23,7 @@ from mmbert.config import GlobalRegion as GlobalRegion
 from mmbert.config import ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
 from mmbert.models.base import ConfigT, Encoded, EncoderModel, ModelInputs, block_stack, check_text_inputs
-from mmbert.nn import Pooler, key_padding_bias
+from mmbert.nn import FUSION_DROPOUT, PairHead, Pooler, key_padding_bias
 
 
 def split_attention(maps: list[Tensor], text_len: int) -> dict[str, list[Tensor]]:
@@ -204,6 +204,14 @@ class SingleStreamModel(EncoderModel[ConfigT]):
             return self.text_pooler(x[:, :text_len]) * self.vision_pooler(x[:, text_len:])
         return self.pooler(x) if self.pooler is not None else x[:, 0]
 
+    def match_head(self) -> PairHead:
+        """The image-text matching head over ``pool``'s output: VOLTA's reads the fused vector through
+        dropout 0.1 (volta/encoders.py ``BertPreTrainingHeads``), the others the tanh-pooled [CLS]."""
+        c = self.config
+        if getattr(c, "pooling", "cls") == "volta":
+            return PairHead(c.pooled_dim or c.dim, dropout=FUSION_DROPOUT)
+        return PairHead(c.dim)
+
     def vision_mask(self, inputs: dict[str, Tensor]) -> Tensor:
         """Which elements of ``Encoded.vision`` are input regions (True) for these inputs: (B, R').
 
@@ -231,8 +239,20 @@ class SingleStreamModel(EncoderModel[ConfigT]):
                 f"layers.{i}: Block(dim {c.dim}, heads {c.num_heads}, ffn {c.ffn_dim}) over [text ; vision]"
                 for i in range(c.num_layers)
             ),
-            f"pooler: tanh(Linear({c.dim}, {c.dim})) on [CLS]",
+            self.pooler_plan(),
         ]
+
+    def pooler_plan(self) -> str:
+        c = self.config
+        if hasattr(self, "text_pooler"):
+            width = c.pooled_dim or c.dim
+            return (
+                f"pooled: ReLU(Linear({c.dim}, {width})) on [CLS] * ReLU(Linear({c.dim}, {width})) on the "
+                "whole-image region"
+            )
+        if self.pooler is None:
+            return "pooled: [CLS]'s state (no pooler)"
+        return f"pooler: tanh(Linear({c.dim}, {c.dim})) on [CLS]"
 
     @property
     def word_embeddings(self) -> nn.Embedding:

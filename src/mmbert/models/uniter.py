@@ -27,7 +27,7 @@ from mmbert.data.boxes import location_features
 from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, text_embeddings_plan
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.single_stream import SingleStreamModel
-from mmbert.nn import PairHead, PredictionTransform, RegionHeads, TextEmbeddings
+from mmbert.nn import PredictionTransform, RegionHeads, TextEmbeddings
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Uniter(SingleStreamModel[UniterConfig]):
                 c.dim, c.num_region_classes, self.embeddings.region.feat_proj, c.layer_norm_eps
             )
         return self.tied_heads(
-            pair=PairHead((c.pooled_dim or c.dim) if c.pooling == "volta" else c.dim),
+            pair=self.match_head(),
             region=region,
         )
 

@@ -36,13 +36,12 @@ from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, block_
 from mmbert.models.dual_stream import DualStreamModel, StreamStates, joined_maps, new_maps
 from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import (
+    FUSION_DROPOUT,
     CrossBlock,
     PairHead,
     Pooler,
     RegionHeads,
 )
-
-FUSION_DROPOUT = 0.1  # before the alignment head, fixed in the reference (not hidden_dropout_prob)
 
 Step = tuple[str, int]  # ("text", i) | ("vision", j) | ("co", k)
 

@@ -29,7 +29,7 @@ from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, ModelInputs
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.single_stream import SingleStreamModel
-from mmbert.nn import PairHead, RegionHeads, TextEmbeddings
+from mmbert.nn import RegionHeads, TextEmbeddings
 
 
 @dataclass
@@ -144,7 +144,7 @@ class VisualBert(SingleStreamModel[VisualBertConfig]):
         region objectives."""
         c = self.config
         return self.tied_heads(
-            pair=PairHead((c.pooled_dim or c.dim) if c.pooling == "volta" else c.dim),
+            pair=self.match_head(),
             region=RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps)
             if c.num_region_classes
             else None,

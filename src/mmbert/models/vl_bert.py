@@ -58,7 +58,7 @@ from mmbert.data.boxes import add_global_region, sinusoidal_box_embedding
 from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, ModelInputs
 from mmbert.models.heads import PretrainingHeads
 from mmbert.models.single_stream import SingleStreamModel
-from mmbert.nn import PairHead, RegionHeads, TextEmbeddings
+from mmbert.nn import RegionHeads, TextEmbeddings
 
 IMAGE_SEGMENT = 2
 
@@ -338,7 +338,7 @@ class VLBert(SingleStreamModel[VLBertConfig]):
         VOLTA's matching head on the fused vector (dropout 0.1 before it)."""
         c = self.config
         return self.tied_heads(
-            pair=PairHead(c.pooled_dim or c.dim, dropout=0.1) if c.pooling == "volta" else None,
+            pair=self.match_head() if c.pooling == "volta" else None,
             region=RegionHeads(c.dim, {"class": c.num_region_classes}, c.layer_norm_eps, norm=False),
         )
 

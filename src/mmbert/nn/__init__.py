@@ -4,10 +4,19 @@ from mmbert.nn.attention import Attention, key_padding_bias
 from mmbert.nn.block import Block, CrossBlock, compile_layers, set_gradient_checkpointing
 from mmbert.nn.embeddings import TextEmbeddings
 from mmbert.nn.feedforward import FeedForward
-from mmbert.nn.heads import MLMHead, MLPClassifier, PairHead, Pooler, PredictionTransform, RegionHeads
+from mmbert.nn.heads import (
+    FUSION_DROPOUT,
+    MLMHead,
+    MLPClassifier,
+    PairHead,
+    Pooler,
+    PredictionTransform,
+    RegionHeads,
+)
 from mmbert.nn.masks import attention_mask, bidirectional_mask, captioning_mask, seq2seq_mask
 
 __all__ = [
+    "FUSION_DROPOUT",
     "Attention",
     "Block",
     "CrossBlock",

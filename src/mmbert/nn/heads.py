@@ -63,6 +63,12 @@ class MLMHead(nn.Module):
         return F.linear(self.transform(hidden), self.decoder_weight, self.bias)
 
 
+# ViLBERT and VOLTA read the fused (text x vision) pooled vector through nn.Dropout(0.1) before the matching
+# head, a constant of their code rather than hidden_dropout_prob (vilbert/vilbert.py and volta/encoders.py,
+# ``BertPreTrainingHeads``).
+FUSION_DROPOUT = 0.1
+
+
 class PairHead(nn.Module):
     """Two-way classifier over the pooled output: next sentence / image-text match. Index 1 = matches.
     ``dropout``: applied to the pooled vector first (ViLBERT's fusion dropout; no parameters)."""
