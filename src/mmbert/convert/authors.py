@@ -264,13 +264,7 @@ def load_authors(
     name = str(file)
     used: set[str] = set()
 
-    enc_rules = (
-        mod.encoder_rules(cfg)
-        if layout is None
-        else mod.encoder_rules(cfg, layout)
-        if layout is None
-        else mod.encoder_rules(cfg, layout)
-    )
+    enc_rules = mod.encoder_rules(cfg) if layout is None else mod.encoder_rules(cfg, layout)
     load_state_strict(encoder, _apply(enc_rules, state, name), name)
     used |= {t for r in enc_rules for t in r.theirs}
 
