@@ -196,12 +196,25 @@ def config_from(
     return config, steps
 
 
+# volta/config.py BertConfig's defaults for the settings checked below: what VOLTA runs with when a config
+# file leaves the key out (config/lxmert.json has no add_global_imgfeat: no whole-image region)
+VOLTA_DEFAULTS: dict[str, Any] = {
+    "add_global_imgfeat": None,
+    "fusion_method": "mul",
+    "num_locs": 5,
+    "image_embeddings": "vilbert",
+}
+
+
 def _require_settings(raw: Mapping[str, Any], source: str, model: str, **want: Any) -> None:
     """The VOLTA settings mmbert's ``model`` reproduces: ``want`` plus, for every layout, the whole-image
-    region first and the "mul" fusion of the two poolers (a key the file leaves out takes VOLTA's default)."""
+    region first and the "mul" fusion of the two poolers. A key the file leaves out takes VOLTA's default
+    (``VOLTA_DEFAULTS``), so a missing ``add_global_imgfeat`` means no whole-image region and is refused."""
     for key, value in {"add_global_imgfeat": "first", "fusion_method": "mul", **want}.items():
-        if raw.get(key, value) != value:
-            raise CheckpointError(f"{source}: {key} = {raw[key]!r}; mmbert's {model} reproduces {value!r} only")
+        got = raw.get(key, VOLTA_DEFAULTS.get(key, value))
+        if got != value:
+            shown = f"= {got!r}" if key in raw else f"absent (VOLTA's default {got!r})"
+            raise CheckpointError(f"{source}: {key} {shown}; mmbert's {model} reproduces {value!r} only")
 
 
 def _check_shared(raw: Mapping[str, Any], state: Mapping[str, Tensor], source: str) -> None:
