@@ -15,7 +15,8 @@ small protocol:
   the retrieval ``PairHead``, the referring-expression region ``Linear``; ``mmbert.tasks.
   heads_from_checkpoint`` wraps them into the tasks' heads);
 * ``ignored(key) -> str | None``: why a key is deliberately not loaded (tied copy, dead weight, image
-  backbone), so that it is reported by name, never dropped silently.
+  backbone), so that it is reported by name, never dropped silently. A source whose ``config_from``
+  returns a layout too (VOLTA) gets it as ``encoder_rules(config, layout)`` and ``ignored(key, layout)``.
 
 Exact or nothing: every weight of the model is placed or the load fails naming the keys; every key of
 the file is used or reported as ignored with its reason, else the load fails listing them.
@@ -295,7 +296,8 @@ def load_authors(
         task_heads[tname] = module.eval()
         used |= set(tkeys)
 
-    ignored = {k: why for k in sorted(state) if k not in used and (why := mod.ignored(k)) is not None}
+    why_ignored = mod.ignored if layout is None else (lambda k: mod.ignored(k, layout))
+    ignored = {k: why for k in sorted(state) if k not in used and (why := why_ignored(k)) is not None}
     unexpected = sorted(set(state) - used - set(ignored))
     if unexpected:
         raise CheckpointError(

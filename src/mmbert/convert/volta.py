@@ -74,6 +74,16 @@ def detect(keys: set[str]) -> bool:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """What ``config_from`` read beyond the config: the blocks in run order (``encoder_rules`` needs the
+    sublayer ids) and the shared sublayers' ``v_*`` keys checked equal to their text twins (the only
+    ``v_*`` keys ``ignored`` excuses)."""
+
+    steps: list[Step]
+    twins: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Step:
     """One mmbert block made of VOLTA sublayers: ``kind`` text | vision | co | joint | cross, ``attn`` and
     ``ff`` ids (``ff`` None for LXMERT's cross-attention, which has none), ``index`` its number among the
@@ -148,14 +158,23 @@ def plan(raw: Mapping[str, Any], source: str) -> list[Step]:
 
 def config_from(
     raw: Mapping[str, Any] | None, state: Mapping[str, Tensor], source: str, options: Mapping[str, Any]
-) -> tuple[ModelConfig, list[Step]]:
-    """The mmbert config and the block layout (``encoder_rules`` needs the sublayer ids)."""
+) -> tuple[ModelConfig, Layout]:
+    """The mmbert config and the ``Layout`` (block sublayer ids, verified shared-sublayer twins)."""
     raw = require(raw, ("hidden_size", "tt_attn_sublayers", "image_embeddings"), source, "VOLTA")
     steps = plan(raw, source)
     if steps and steps[0].kind == "joint":
-        return _single_stream_config(raw, state, steps, source), steps
-    if any(s.kind == "cross" for s in steps):
-        return _lxmert_config(raw, state, steps, source), steps
+        config = _single_stream_config(raw, state, steps, source)
+    elif any(s.kind == "cross" for s in steps):
+        config = _lxmert_config(raw, state, steps, source)
+    else:
+        config = _vilbert_config(raw, state, steps, source)
+    return config, Layout(steps, _check_shared(raw, state, source))
+
+
+def _vilbert_config(
+    raw: Mapping[str, Any], state: Mapping[str, Tensor], steps: list[Step], source: str
+) -> ViLBertConfig:
+    """VOLTA's ViLBERT layouts (text, vision and co-attention blocks, nothing shared): mmbert's ViLBERT."""
     _require_settings(raw, source, "ViLBERT", image_embeddings="vilbert", num_locs=5)
     for key in ("sublayer2intermediate_size", "sublayer2v_intermediate_size"):
         if raw.get(key):
@@ -193,7 +212,7 @@ def config_from(
         pooled_dim=raw["pooler_size"],
         num_region_classes=classes.shape[0] if classes is not None else 1601,
     )
-    return config, steps
+    return config
 
 
 # volta/config.py BertConfig's defaults for the settings checked below: what VOLTA runs with when a config
@@ -217,15 +236,18 @@ def _require_settings(raw: Mapping[str, Any], source: str, model: str, **want: A
             raise CheckpointError(f"{source}: {key} {shown}; mmbert's {model} reproduces {value!r} only")
 
 
-def _check_shared(raw: Mapping[str, Any], state: Mapping[str, Tensor], source: str) -> None:
+def _check_shared(raw: Mapping[str, Any], state: Mapping[str, Tensor], source: str) -> frozenset[str]:
     """A shared sublayer's ``v_*`` modules are its text ones, so the file lists each tensor twice: the
-    twins must be equal (one is loaded, the other reported as ignored)."""
+    twins must be equal (one is loaded, the other reported as ignored). Returns the verified ``v_*`` keys."""
     shared = {f"bert.encoder.layer.{n}." for n in raw.get("shared_sublayers", [])}
+    twins = set()
     for k, v in state.items():
         if ".v_" in k and any(k.startswith(p) for p in shared):
             text = k.replace(".v_", ".")
             if text not in state or not torch.equal(state[text], v):
                 raise CheckpointError(f"{source}: shared sublayer key {k} differs from {text}")
+            twins.add(k)
+    return frozenset(twins)
 
 
 def _lxmert_config(
@@ -256,7 +278,6 @@ def _lxmert_config(
                 f"{source}: after cross-attention sublayer {group[0].attn}, mmbert's LXMERT needs one text and "
                 f"one vision layer from the same sublayers; found {[(s.kind, s.attn) for s in group[1:]]}"
             )
-    _check_shared(raw, state, source)
     classes = state.get("cls.imagePredictions.decoder_dict.0.weight")
     return LxmertConfig(
         **{**bert_fields(raw), "num_layers": sum(s.kind == "text" for s in before)},
@@ -281,7 +302,6 @@ def _single_stream_config(
     VOLTA's fused ReLU pooler and its region head (UNITER and VL-BERT with their VOLTA embedding options).
     Shared sublayers list each tensor under both names: checked equal, loaded once."""
     _require_settings(raw, source, f"{raw['image_embeddings']} model")
-    _check_shared(raw, state, source)
     if raw.get("pooler_size") != raw.get("v_pooler_size"):
         raise CheckpointError(
             f"{source}: pooler_size and v_pooler_size differ; the 'mul' fusion needs them equal"
@@ -365,8 +385,9 @@ def _co_layer(ours: str, attn: int, ff: int) -> list[Rule]:
     return rules
 
 
-def encoder_rules(c: ModelConfig, steps: list[Step]) -> list[Rule]:
-    """``steps``: the layout ``config_from`` read (the config keeps no sublayer ids)."""
+def encoder_rules(c: ModelConfig, layout: Layout) -> list[Rule]:
+    """``layout``: what ``config_from`` read (the config keeps no sublayer ids)."""
+    steps = layout.steps
     e = "bert.embeddings"
     if isinstance(c, VLBertConfig):  # VOLTA's VLBertEmbeddings
         rules = [
@@ -486,9 +507,10 @@ def notes(c: ModelConfig) -> list[str]:
     return []
 
 
-def ignored(key: str) -> str | None:
+def ignored(key: str, layout: Layout) -> str | None:
+    """The tied decoder copy and, of the ``v_*`` keys, only the shared-sublayer twins checked equal."""
     if key == "cls.predictions.decoder.weight":
         return "tied copy of the word embeddings"
-    if key.startswith("bert.encoder.layer.") and ".v_" in key:
+    if key in layout.twins:
         return "shared sublayer: the same tensor as its text name (checked equal)"
     return None
