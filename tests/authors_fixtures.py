@@ -75,6 +75,9 @@ def load_options(fx: Fixture) -> dict:
     """Source settings the authors pass on their command line, as recorded in meta.json."""
     hp = fx.meta.get("hyper_parameters", {})
     opts = {k: hp[k] for k in ("llayers", "xlayers", "rlayers") if k in hp}
+    if fx.meta["source"].startswith("volta/") and "vl-bert" in fx.meta["source"]:
+        # VOLTA's loaders pad every image to max_region_num + 1 slots; the authors' batch shows how many
+        opts["volta_region_slots"] = int(fx.inputs["ref_image_feat"].shape[1])
     return opts
 
 

@@ -26,7 +26,7 @@ def test_to_hf_writes_what_transformers_loads_or_says_why_not(folder, tmp_path, 
     dst = tmp_path / "hf"
     argv = ["convert", str(fx.checkpoint), str(dst), "--config", str(fx.config), "--to", "hf"]
     for k, v in load_options(fx).items():
-        argv += [f"--{k}", str(v)]
+        argv += [f"--{k.replace('_', '-')}", str(v)]
     rc = main(argv)
     out = capsys.readouterr()
     arch = HF_EXPORTS.get(fx.meta["source"])

@@ -70,3 +70,17 @@ def test_an_unmapped_v_key_of_an_unshared_sublayer_fails_the_load(name, tmp_path
     torch.save(state, f)
     with pytest.raises(CheckpointError, match=re.escape(stray)):
         mmbert.load_pretraining(f, config=fx.config)
+
+
+def test_vl_bert_region_slots_default_option_and_report():
+    """The files do not record VOLTA's max_region_num: the load takes the pre-training 36 + 1 unless told,
+    and says so in the report; the option is refused for a layout it does not apply to."""
+    fx = _fixture("ctrl_vl-bert_base")
+    model = mmbert.load_pretraining(fx.checkpoint, config=fx.config)
+    assert model.encoder.config.volta_region_slots == 37
+    assert any("volta_region_slots=37" in n for n in model.source_report.notes)
+    six = mmbert.load_pretraining(fx.checkpoint, config=fx.config, volta_region_slots=6)
+    assert six.encoder.config.volta_region_slots == 6
+    other = _fixture("ctrl_vilbert_base")
+    with pytest.raises(CheckpointError, match="volta_region_slots applies to VOLTA's VL-BERT only"):
+        mmbert.load_pretraining(other.checkpoint, config=other.config, volta_region_slots=6)

@@ -103,13 +103,15 @@ def test_a_text_only_example_runs_with_its_own_visual_embedding():
     torch.testing.assert_close(padded.text[:, :5][mask], model(ids, text_mask=mask).text[mask], atol=1e-6, rtol=1e-6)
 
 
-def volta_tiny(shift: bool = False) -> VLBertConfig:
-    """``ctrl_vl_bert``'s options (VOLTA's controlled VL-BERT) at the tiny sizes."""
+def volta_tiny(shift: bool = False, slots: int = 6) -> VLBertConfig:
+    """``ctrl_vl_bert``'s options (VOLTA's controlled VL-BERT) at the tiny sizes; ``slots``: make_inputs'
+    5 regions + the whole image (the preset's are VOLTA's 36 + 1)."""
     base = mmbert.MODELS["ctrl_vl_bert"]()
     return mmbert.MODELS["vl_bert_tiny"]().replace(
         global_region=base.global_region,
         embeddings=base.embeddings,
         volta_position_shift=shift,
+        volta_region_slots=slots,
         pooling=base.pooling,
         pooled_dim=24,
     )
@@ -211,3 +213,36 @@ def test_volta_options_are_explicit_and_checked():
     assert out.region_class_logits.shape == (2, 6, model.config.num_region_classes)
     assert mmbert.MODELS["vl_bert_base"]().embeddings == "vl_bert"  # mmbert's own positions by default
     assert not mmbert.MODELS["vl_bert_base"]().volta_position_shift
+
+
+def test_volta_outputs_do_not_depend_on_the_batchs_region_padding():
+    """VOLTA's loaders pad every image to a fixed slot count (volta_region_slots): the last slot ([END],
+    the text's visual feature) and the shift n are those of that count, not of the batch's longest image.
+    The same row alone and batched with a row of more regions gives the same outputs (shift off)."""
+    torch.manual_seed(0)
+    model = mmbert.models.vl_bert.VLBert(volta_tiny()).eval()
+    x = make_inputs(model.config)  # row 0: 5 regions, row 1: 3
+    alone = {k: v[1:, :3] if k.startswith("region") else v[1:] for k, v in x.items()}
+    with torch.no_grad():
+        batched, solo = model(**x), model(**alone)
+    m = x["text_mask"][1]
+    torch.testing.assert_close(batched.text[1][m], solo.text[0][m], atol=1e-5, rtol=1e-5)
+    real = model.vision_mask(alone)[0]  # the whole image and its 3 regions: the same slots in both
+    real[0] = True
+    torch.testing.assert_close(batched.vision[1, : real.numel()][real], solo.vision[0][real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched.pooled[1], solo.pooled[0], atol=1e-5, rtol=1e-5)
+
+
+def test_volta_region_slots_pad_the_vision_and_refuse_more():
+    """The vision output has volta_region_slots slots (vision_mask says which are input regions); an image
+    with more slots than that is refused naming both counts; the preset has VOLTA's pre-training 36 + 1."""
+    model = mmbert.models.vl_bert.VLBert(volta_tiny(slots=8)).eval()
+    x = make_inputs(model.config)
+    with torch.no_grad():
+        out = model(**x)
+    assert out.vision.shape[1] == 8 and model.vision_mask(x).shape == (2, 8)
+    assert torch.equal(model.vision_mask(x)[:, 6:], torch.zeros(2, 2, dtype=torch.bool))
+    small = mmbert.models.vl_bert.VLBert(volta_tiny(slots=5)).eval()
+    with pytest.raises(ValueError, match=r"6 vision slots .* exceed volta_region_slots = 5"):
+        small(**x)
+    assert mmbert.MODELS["ctrl_vl_bert"]().volta_region_slots == 37

@@ -38,11 +38,18 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     )
     for name in ("llayers", "xlayers", "rlayers"):
         p.add_argument(f"--{name}", type=int, help=f"LXMERT's --{name}, checked against the weights")
+    p.add_argument(
+        "--volta-region-slots",
+        type=int,
+        help="VOLTA VL-BERT: the vision slots its loader padded to (max_region_num + 1; default 37, pre-training)",
+    )
 
 
 def source_options(args: argparse.Namespace) -> dict:
     opts = {
-        k: getattr(args, k) for k in ("llayers", "xlayers", "rlayers") if getattr(args, k, None) is not None
+        k: getattr(args, k)
+        for k in ("llayers", "xlayers", "rlayers", "volta_region_slots")
+        if getattr(args, k, None) is not None
     }
     return {"config": args.config, "source": args.source, **opts}
 

@@ -48,7 +48,7 @@ from mmbert.models.lxmert import LxmertConfig
 from mmbert.models.uniter import UniterConfig
 from mmbert.models.vilbert import ViLBertConfig
 from mmbert.models.visualbert import VisualBertConfig
-from mmbert.models.vl_bert import VLBertConfig
+from mmbert.models.vl_bert import VOLTA_PRETRAINING_SLOTS, VLBertConfig
 
 NAME = "volta"
 TITLE = "VOLTA (e-bug/volta: ctrl_* and original configs)"
@@ -161,9 +161,14 @@ def config_from(
 ) -> tuple[ModelConfig, Layout]:
     """The mmbert config and the ``Layout`` (block sublayer ids, verified shared-sublayer twins)."""
     raw = require(raw, ("hidden_size", "tt_attn_sublayers", "image_embeddings"), source, "VOLTA")
+    if options.get("volta_region_slots") is not None and raw.get("image_embeddings") != "vl-bert":
+        raise CheckpointError(
+            f"{source}: volta_region_slots applies to VOLTA's VL-BERT only (image_embeddings 'vl-bert'), "
+            f"this config has {raw.get('image_embeddings')!r}"
+        )
     steps = plan(raw, source)
     if steps and steps[0].kind == "joint":
-        config = _single_stream_config(raw, state, steps, source)
+        config = _single_stream_config(raw, state, steps, source, options)
     elif any(s.kind == "cross" for s in steps):
         config = _lxmert_config(raw, state, steps, source)
     else:
@@ -296,11 +301,17 @@ def _lxmert_config(
 
 
 def _single_stream_config(
-    raw: Mapping[str, Any], state: Mapping[str, Tensor], steps: list[Step], source: str
+    raw: Mapping[str, Any],
+    state: Mapping[str, Tensor],
+    steps: list[Step],
+    source: str,
+    options: Mapping[str, Any],
 ) -> ModelConfig:
     """VOLTA's controlled VisualBERT, UNITER and VL-BERT: mmbert's model with the whole-image region first,
     VOLTA's fused ReLU pooler and its region head (UNITER and VL-BERT with their VOLTA embedding options).
-    Shared sublayers list each tensor under both names: checked equal, loaded once."""
+    Shared sublayers list each tensor under both names: checked equal, loaded once. VL-BERT's vision slot
+    count is not in the files (it is the loader's max_region_num + 1): the ``volta_region_slots`` option,
+    else VOLTA's pre-training 37."""
     _require_settings(raw, source, f"{raw['image_embeddings']} model")
     if raw.get("pooler_size") != raw.get("v_pooler_size"):
         raise CheckpointError(
@@ -324,6 +335,9 @@ def _single_stream_config(
             global_region="first",
             embeddings="volta",
             volta_position_shift=True,  # VOLTA's own outputs; mmbert's positions with False
+            volta_region_slots=(
+                VOLTA_PRETRAINING_SLOTS if options.get("volta_region_slots") is None else options["volta_region_slots"]
+            ),
             pooling="volta",
             pooled_dim=raw["pooler_size"],
         )
@@ -497,14 +511,26 @@ def task_heads(c: ViLBertConfig, state: Mapping[str, Tensor]) -> dict[str, tuple
 
 
 def notes(c: ModelConfig) -> list[str]:
-    """What the load set that a user should know: VOLTA's batch-dependent text positions (VL-BERT)."""
-    if getattr(c, "volta_position_shift", False):
-        return [
-            "volta_position_shift=True: text positions reproduce VOLTA's (in a batch of mixed text lengths, "
-            "positions from the shortest text on are shifted by the number of vision slots in every row); "
-            "config.replace(volta_position_shift=False) gives mmbert's positions"
-        ]
-    return []
+    """What the load set that a user should know (VL-BERT): the fixed vision slot count, which makes the
+    [END] slot, the text's visual feature and the shift the same in every batch, and VOLTA's text
+    positions, which still depend on the batch's shortest text."""
+    if not isinstance(c, VLBertConfig) or c.embeddings != "volta":
+        return []
+    notes = [
+        f"volta_region_slots={c.volta_region_slots}: every image is padded to {c.volta_region_slots} vision "
+        "slots (VOLTA's loaders: max_region_num + the whole image), so the last slot ([END], the text's visual "
+        "feature) and the position shift do not depend on the batch; the checkpoint does not record it "
+        f"({VOLTA_PRETRAINING_SLOTS} = pre-training's 36 boxes + 1; a model fine-tuned with another "
+        "max_region_num needs volta_region_slots = that + 1)"
+    ]
+    if c.volta_position_shift:
+        notes.append(
+            "volta_position_shift=True: text positions reproduce VOLTA's, which depend on the batch: in a batch "
+            f"of mixed text lengths, every row's positions from the shortest text on are shifted by "
+            f"{c.volta_region_slots}, real tokens of longer texts included; config.replace("
+            "volta_position_shift=False) gives mmbert's positions, which depend on no other row"
+        )
+    return notes
 
 
 def ignored(key: str, layout: Layout) -> str | None:

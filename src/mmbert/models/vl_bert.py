@@ -28,21 +28,25 @@ The original concatenates without padding; we keep text padding in place and mas
 Initialising from BERT copies words, positions, the LayerNorm and BERT's two segment rows into the first
 two of the 3-type table (the image type stays new), as the original's ``load_language_pretrained_model``.
 
-VOLTA's controlled VL-BERT (e-bug/volta volta/embeddings.py ``VLBertEmbeddings``, config/ctrl_vl-bert_base.json;
-preset ``ctrl_vl_bert``) is ``embeddings="volta"``: the vision slots are [whole image (first) ; regions], with
-no [END] element of its own: the LAST vision slot carries [END]'s token embedding (the others [IMG]) at
-position n + 1 (the others at n), and ITS visual feature embedding is the one every text token gets (a
-region, or a padding slot, where the original uses the whole image); a masked region keeps [IMG] (VOLTA
+VOLTA's controlled VL-BERT (e-bug/volta volta/embeddings.py ``VLBertEmbeddings``, config/ctrl_vl-
+bert_base.json; preset ``ctrl_vl_bert``) is ``embeddings="volta"``: the vision slots are [whole image (first)
+; regions], with no [END] element of its own: the LAST vision slot carries [END]'s token embedding (the others
+[IMG]) at position n + 1 (the others at n), and ITS visual feature embedding is the one every text token gets
+(a region, or a padding slot, where the original uses the whole image); a masked region keeps [IMG] (VOLTA
 builds no masked-region token for its KL target) and any all-zero feature row (a padding slot, a region the
-loader zeroed) takes the masked-region feature, as VOLTA detects masking by zero features; the box
-geometry is on normalised boxes (no pixel box, no ``image_size``); there is no text-only stream. With it come
-VOLTA's fused ReLU pooler (``pooling="volta"``) and a matching head on it (dropout 0.1, as VOLTA's
-``BertPreTrainingHeads``). ``volta_position_shift=True`` (off by default; the VOLTA loader sets it and
-reports it) reproduces VOLTA's text positions: it shifts the positions at or past the text end by the
-number of vision slots in place on an expanded ``arange``, whose rows share memory, so in a batch of mixed
-text lengths every row's positions from the SHORTEST text length on are shifted, real tokens of the longer
-texts included. mmbert's own positions (0..T-1 for every row) are right; the option exists only to
-reproduce VOLTA's checkpoints exactly on the batches they were trained and evaluated with.
+loader zeroed) takes the masked-region feature, as VOLTA detects masking by zero features. VOLTA's loaders pad
+every image to a fixed count (max_region_num + the whole image), so which slot is last and the shift below
+come from that count, not from the batch: ``forward_volta`` pads the slots to ``volta_region_slots`` (default
+37: pre-training's 36 boxes + 1; zero features, key mask False; more slots are refused) and ``Encoded.vision``
+has that many; the box geometry is on normalised boxes (no pixel box, no ``image_size``); there is no text-
+only stream. With it come VOLTA's fused ReLU pooler (``pooling="volta"``) and a matching head on it (dropout
+0.1, as VOLTA's ``BertPreTrainingHeads``). ``volta_position_shift=True`` (off by default; the VOLTA loader
+sets it and reports it) reproduces VOLTA's text positions: it shifts the positions at or past the text end by
+the number of vision slots (``volta_region_slots``) in place on an expanded ``arange``, whose rows share
+memory, so in a batch of mixed text lengths every row's positions from the SHORTEST text length on are
+shifted, real tokens of the longer texts included. mmbert's own positions (0..T-1 for every row) are right;
+the option exists only to reproduce VOLTA's checkpoints exactly on the batches they were trained and evaluated
+with.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ from mmbert.models.single_stream import SingleStreamModel
 from mmbert.nn import RegionHeads, TextEmbeddings
 
 IMAGE_SEGMENT = 2
+# VOLTA's pre-training loader (volta/datasets/concept_cap_dataset.py) pads every image to 36 boxes
+# (region_len) and puts the whole-image region in front: 37 vision slots
+VOLTA_PRETRAINING_SLOTS = 37
 
 
 @dataclass
@@ -79,6 +86,9 @@ class VLBertConfig(ModelConfig):
     # VOLTA's controlled VL-BERT (see the module docstring), all off by default:
     embeddings: str = "vl_bert"  # "volta": VOLTA's VLBertEmbeddings (last vision slot = [END], ...)
     volta_position_shift: bool = False  # VOLTA's text positions from the batch's shortest text on (+ slots)
+    # the vision slots VOLTA's loader pads every image to (max_region_num + the whole image): embeddings="volta"
+    # pads to it, so the last slot and the shift do not depend on the batch's longest image
+    volta_region_slots: int = VOLTA_PRETRAINING_SLOTS
     pooling: str = "cls"  # "volta": ReLU(Linear([CLS])) * ReLU(Linear(whole image)), pooled_dim wide
     pooled_dim: int = 0
 
@@ -93,7 +103,7 @@ class VLBertConfig(ModelConfig):
             raise ValueError(f"VLBertConfig.pooling must be 'cls' or 'volta', got {self.pooling!r}")
         if self.type_vocab_size < 3:
             raise ValueError("VLBertConfig.type_vocab_size must be >= 3 (regions use segment type 2)")
-        self.check_positive("region_feat_dim", "geometry_dim", "visual_dim", "num_region_classes")
+        self.check_positive("region_feat_dim", "geometry_dim", "visual_dim", "num_region_classes", "volta_region_slots")
 
 
 def check_image_size(image_size: Tensor, batch: int) -> None:
@@ -115,6 +125,21 @@ def pixel_convention_boxes(boxes: Tensor, image_size: Tensor) -> Tensor:
     boxes = torch.minimum(boxes, far)
     whole = torch.cat([torch.zeros_like(far[..., :2]), far[..., 2:]], -1)
     return torch.cat([boxes[:, :-1], whole], 1)
+
+
+def pad_slots(slots: tuple[Tensor, ...], n: int) -> tuple[Tensor, ...]:
+    """VOLTA's vision slots (feats, boxes, mask, masked or None; whole image placed) padded to ``n`` slots
+    with zero features and boxes, mask False, as its loaders pad to max_region_num; more is refused."""
+    feats = slots[0]
+    have = feats.shape[1]
+    if have > n:
+        raise ValueError(
+            f"VOLTA's VL-BERT: {have} vision slots (regions + the whole image) exceed volta_region_slots = {n} "
+            "(VOLTA's max_region_num + 1); pass fewer regions or a model with more slots"
+        )
+    if have == n:
+        return slots
+    return tuple(None if s is None else F.pad(s, (0, 0) * (s.dim() - 2) + (0, n - have)) for s in slots)
 
 
 class VLBertEmbeddings(nn.Module):
@@ -139,6 +164,7 @@ class VLBertEmbeddings(nn.Module):
         # the visual feature embedding of text-only examples (the authors' ``aux_text_visual_embedding``)
         self.text_only_visual = None if volta else nn.Parameter(torch.zeros(c.visual_dim))
         self.position_shift = c.volta_position_shift
+        self.region_slots = c.volta_region_slots
         self.dropout = c.dropout
 
     def visual(self, feats: Tensor, boxes: Tensor) -> Tensor:
@@ -218,10 +244,12 @@ class VLBertEmbeddings(nn.Module):
         self, text_ids: Tensor, text_mask: Tensor, segment_ids: Tensor | None, slots: tuple[Tensor, ...]
     ) -> tuple[Tensor, Tensor]:
         """VOLTA's VLBertEmbeddings (the module docstring): the joint embeddings (B, T + N, D) over [text ;
-        N vision slots] and their key mask. ``slots``: feats (B, N, F), boxes (B, N, 4), mask (B, N) with the
-        whole-image region placed, and the masked ones (B, N) or None."""
+        N = ``volta_region_slots`` vision slots] and their key mask. ``slots``: feats (B, S, F), boxes
+        (B, S, 4), mask (B, S) with the whole-image region placed, and the masked ones (B, S) or None; padded
+        to N slots (zero features, mask False) as VOLTA's loaders pad, so the last slot and the shift are
+        the same in every batch."""
         b, t = text_ids.shape
-        feats, boxes, mask, masked = slots
+        feats, boxes, mask, masked = pad_slots(slots, self.region_slots)
         blank = (feats == 0).all(-1)  # VOLTA's masked-region signal: an all-zero feature row
         if masked is not None:
             blank = blank | masked
@@ -326,6 +354,14 @@ class VLBert(SingleStreamModel[VLBertConfig]):
             self.config.global_region,
             image_size,
         )
+
+    def vision_mask(self, inputs: dict[str, Tensor]) -> Tensor:
+        """As the base class; with VOLTA's embeddings padded (False) to the ``volta_region_slots`` slots that
+        ``Encoded.vision`` then has."""
+        mask = super().vision_mask(inputs)
+        if self.config.embeddings != "volta":
+            return mask
+        return F.pad(mask, (0, max(self.config.volta_region_slots - mask.shape[1], 0)))
 
     def check_extra_inputs(self, region_feats: Tensor, image_size: Tensor | None = None, **extra) -> None:
         super().check_extra_inputs(region_feats, **extra)
