@@ -183,15 +183,21 @@ def test_volta_position_shift_is_voltas_batch_dependent_positions():
         a, b = embed(right, x)[0], embed(volta, x)[0]
         solo = embed(right, first)[0]
     torch.testing.assert_close(a[0], solo[0])  # mmbert: row 0 does not depend on row 1
-    n, t, slots = 4, 7, x["region_feats"].shape[1] + 1
+    n, t, slots = 4, 7, volta.config.volta_region_slots
     assert torch.equal(a[0, :n], b[0, :n]) and not torch.allclose(a[0, n:t], b[0, n:t])
+    # the model's text embeddings against ones built here from the positions VOLTA gives: 0..T-1, plus
+    # `slots` from the batch's shortest text (4) on, in both rows; the text's visual feature is the last
+    # slot's: the 5th input region of each row (6 slots; embed gets the rows as they are, nothing cleared)
     e = volta.embeddings
+    arange = torch.arange(t).expand(2, t)
     with torch.no_grad():
-        delta = e.text.position.weight[n + slots] - e.text.position.weight[n]
-        raw_right = e.text.summed(x["text_ids"][:1], x["segment_ids"][:1])
-        positions = torch.arange(t)[None] + slots * (torch.arange(t)[None] >= n)
-        raw_volta = e.text.summed(x["text_ids"][:1], x["segment_ids"][:1], positions)
-    torch.testing.assert_close(raw_volta[0, n] - raw_right[0, n], delta)
+        last = e.visual(x["region_feats"][:, -1:], x["region_boxes"][:, -1:])
+        visual = e.visual_norms(last, last)[0]
+        for positions, got in ((arange + slots * (arange >= n), b), (arange, a)):
+            want = e.text.norm(
+                e.text.word(x["text_ids"]) + e.text.position(positions) + e.text.segment(x["segment_ids"]) + visual
+            )
+            torch.testing.assert_close(got[:, :t], want)
 
 
 def test_volta_options_are_explicit_and_checked():
