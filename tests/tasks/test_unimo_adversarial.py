@@ -64,7 +64,9 @@ def ve(tmp_path, tokenizer):
     task = SNLIVETask(adversarial=True, adv_steps=2, adv_lr=0.3, adv_max_norm=0.5, adv_init_mag=0.4)
     data = task.load({"jsonl": path}, tokenizer, make_store(["1", "2", "3"]))
     encoder = tiny_encoder("unimo_tiny")
-    model = TaskModel(encoder, task.build_head(encoder)).eval()  # no dropout: every forward repeats exactly
+    # training mode (the perturbation runs only then) with no dropout: every forward repeats exactly
+    model = TaskModel(encoder, task.build_head(encoder)).train()
+    model.head.dropout = 0.0  # the head's fc dropout (0.1 in the official config)
     return task, model, collate([data[i] for i in range(3)])
 
 
@@ -118,7 +120,19 @@ def test_the_adversarial_loss_is_the_official_formula_on_unimo_tiny(ve):
     plain = SNLIVETask().model_step(model, batch)  # adversarial off: the plain cross-entropy
     assert float(plain.loss.detach()) == pytest.approx(out.metrics["ve_loss"], rel=1e-5)
     with torch.no_grad():  # the trainer's evaluation: the clean model's loss, no perturbation
-        assert float(task.model_step(model, batch).loss) == pytest.approx(out.metrics["ve_loss"], rel=1e-5)
+        assert float(task.model_step(model.eval(), batch).loss) == pytest.approx(out.metrics["ve_loss"], rel=1e-5)
+
+
+def test_eval_mode_scores_the_clean_model_even_with_grad_enabled(ve):
+    """Evaluation is the model's mode (the official is_train flag), not the grad mode: in eval mode with
+    grad enabled (e.g. a caller that scores under autograd) the loss is the clean cross-entropy only."""
+    task, model, batch = ve
+    model.eval()
+    assert torch.is_grad_enabled()
+    out = task.model_step(model, batch)
+    plain = SNLIVETask().model_step(model, batch)
+    assert float(out.loss.detach()) == pytest.approx(float(plain.loss.detach()), rel=1e-6)
+    assert "adv_text_kl" not in out.metrics
 
 
 def test_every_round_perturbs_within_the_bound_even_with_a_large_step(ve):

@@ -136,7 +136,8 @@ class SNLIVETask(Task):
             raise TaskDataError(f"task 'snli-ve': {e}") from None
 
     def model_step(self, model: TaskModel, batch: Batch) -> LossOutput:
-        if not self.options.adversarial or not torch.is_grad_enabled():  # evaluation: the clean model only
+        # evaluation (eval mode, the official is_train flag's counterpart): the clean model only
+        if not self.options.adversarial or not model.training:
             return super().model_step(model, batch)
         if model.config.model_type != "unimo":
             raise ValueError(f"adversarial=true is UNIMO's visual-entailment training; this model is "
