@@ -106,7 +106,8 @@ def fingerprint(plan: ComparePlan, world: Path, match_params: bool) -> dict:
     shared grid must agree on it, or its cells would not be comparable."""
     import json
 
-    found = {"plan": dataclasses.asdict(plan), "data": str(world.resolve()), "match_params": match_params}
+    found = {"plan": dataclasses.asdict(plan), "data": str(world.resolve()), "match_params": match_params,
+             "paper_pretraining": "mmbert pretrain's recipes (train.recipe_setup)"}  # refuses older grids
     return json.loads(json.dumps(found))  # as it reads back from grid.json (tuples become lists)
 
 
@@ -194,8 +195,12 @@ def run(args: argparse.Namespace) -> int:
         f"Pre-training: {d.pretrain_steps} steps x {d.pretrain_batch} captions per (model, setting, seed) on the "
         f"training captions; fine-tuning: {plan.finetune_steps} steps x {plan.finetune_batch} on the first "
         f"{plan.train_items} training examples of each task, from the pre-trained encoder or (the ablation) from "
-        "a random one. Text-only BERT pre-trains with its own recipe (MLM + next-sentence prediction on the same "
-        "captions) in both settings, and sees the questions and statements without the images.",
+        "a random one. The paper setting pre-trains each model as `mmbert pretrain --model <model>_tiny` does "
+        "(its recipe's objectives, masking, negatives and task schedule; the text-only corpus of VL-BERT and "
+        "UNIMO is the training captions, one document per image; LXMERT without its image-QA objective, which "
+        "would see the VQA answers). Text-only BERT pre-trains with its own recipe (MLM + next-sentence "
+        "prediction on the same captions) in both settings, and sees the questions and statements without the "
+        "images.",
         "",
         size,
     ]  # fmt: skip

@@ -1,10 +1,14 @@
 """One cell of the comparison: the model's pre-trained encoder (computed once per (model, setting, seed)
 and cached on disk for every task's cells), fine-tuned on the task, scored on the held-out test split.
 
-The V&L pre-training is the demo's (``commands.demo.experiment.pretrain``: the training captions and region
-features, the paper's or the controlled recipe); text-only BERT pre-trains with its own recipe (MLM and
-next-sentence prediction, ``data.text_corpus.NextSentenceDataset``) on the same captions, each image's
-captions one document. Fine-tuning is the demo's ``finetune_task``.
+The paper setting (and text-only BERT) pre-trains exactly as ``mmbert pretrain --model <model>_tiny`` would
+on the world's training captions and region features: the same ``train.recipe_setup`` builds the paper's
+objectives, masking rule, ITM negatives, UNITER's one task per step, UNIMO's multi-forward objectives on its
+scene-graph rewrites, and the text-only corpus stream of VL-BERT and UNIMO (and BERT's whole corpus). That
+text corpus is built from the world's training captions, one document per image (``text_corpus``), the
+same captions the pairs come from. The controlled setting is the demo's pre-training
+(``commands.demo.experiment.pretrain``) with VOLTA's shared recipe. Fine-tuning is the demo's
+``finetune_task``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,18 @@ from mmbert.commands.compare.grid import Busy, Cell, try_lock
 from mmbert.commands.compare.plan import CONTROLLED, CONTROLLED_RECIPE, TEXT_MODEL, ComparePlan, preset_name
 from mmbert.commands.compare.tasks import SPECS, build_task, load_split, main_score
 from mmbert.commands.demo.plan import DemoPlan, build_encoder, demo_config, train_config
+
+
+@dataclass
+class PaperSetup:
+    """A paper-setting pre-training, built and not yet run: the model, its loss, its training stream, the
+    objectives and the recipe's resolved choices (``train.recipe_setup.resolve_corruption``)."""
+
+    model: Any
+    task: nn.Module
+    data: Any
+    objectives: list[str]
+    corruption: dict[str, Any]
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -79,45 +96,80 @@ class Runner:
         return saved["encoder"], saved["info"]
 
     def _pretrain(self, key: tuple[str, str, int]) -> tuple[dict, dict]:
+        from mmbert.train.loop import train
+
         model, setting, seed = key
         plan = self.model_plans[model]
+        steps = (self.plan.text_pretrain_steps or plan.pretrain_steps) if model == TEXT_MODEL else plan.pretrain_steps
         run_dir = fresh_run_dir(self.out / "runs" / f"pretrain--{model}--{setting}--s{seed}")
-        self.log(f"pre-training {model} ({setting}, seed {seed}, {plan.pretrain_steps} steps)")
+        self.log(f"pre-training {model} ({setting}, seed {seed}, {steps} steps)")
         start = time.perf_counter()
-        if model == TEXT_MODEL:
-            pre, objectives, metrics = self._pretrain_text(plan, seed, run_dir)
-        else:
+        recipe = None
+        if setting == CONTROLLED:
             from mmbert.commands.demo.experiment import pretrain
 
-            recipe = CONTROLLED_RECIPE if setting == CONTROLLED else None
             pre, objectives, metrics, _ = pretrain(self.world, self.tok, plan, preset_name(model), self.num_answers,
-                                                   run_dir, seed, True, recipe=recipe)  # fmt: skip
-        info = {"objectives": list(objectives), "steps": plan.pretrain_steps, "batch": plan.pretrain_batch,
-                "wall_s": round(time.perf_counter() - start, 2),
+                                                   run_dir, seed, True, recipe=CONTROLLED_RECIPE)  # fmt: skip
+        else:  # the paper's recipe (text-only BERT's included), as `mmbert pretrain` runs it
+            setup = self.paper_setup(model, seed, run_dir)
+            cfg = train_config(steps, plan.pretrain_batch, plan.pretrain_lr, seed, True, plan.workers)
+            metrics = train(setup.task, setup.data, setup.data.collate, cfg, run_dir,
+                            run_info={"compare": "pretrain", "model": model, "setting": setting}).metrics  # fmt: skip
+            pre, objectives, recipe = setup.model, setup.objectives, setup.corruption
+        info = {"objectives": list(objectives), "steps": steps, "batch": plan.pretrain_batch,
+                "wall_s": round(time.perf_counter() - start, 2), "recipe": recipe,
                 "final": {k: round(float(v), 4) for k, v in metrics.items()
                           if isinstance(v, (int, float))}}  # fmt: skip
         return pre.encoder.state_dict(), info
 
-    def _pretrain_text(self, plan: DemoPlan, seed: int, run_dir: Path):
-        """BERT's recipe on the training captions: MLM + next-sentence prediction, one document per image."""
+    def text_corpus(self) -> Path:
+        """The text-only corpus of the paper setting (VL-BERT's and UNIMO's text stream, BERT's whole corpus):
+        the world's training captions, one document per image, written once beside the pre-trainings."""
+        from mmbert.atomic import atomic_write_text
         from mmbert.data.captions import read_coco_captions
-        from mmbert.data.text_corpus import NextSentenceDataset
-        from mmbert.models.pretraining import PretrainingModel
-        from mmbert.objectives.pretraining import Pretraining
-        from mmbert.train.loop import train
 
-        documents: dict[Any, list[str]] = {}
-        for c in read_coco_captions(self.world / "captions_train.json"):
-            documents.setdefault(c.image_id, []).append(c.caption)
-        data = NextSentenceDataset(list(documents.values()), self.tok, plan.max_text_len, seed)
+        path = self.out / "pretrained" / "text_corpus.txt"
+        if not path.exists():
+            documents: dict[Any, list[str]] = {}
+            for c in read_coco_captions(self.world / "captions_train.json"):
+                documents.setdefault(c.image_id, []).append(" ".join(c.caption.split()))
+            atomic_write_text(path, "\n\n".join("\n".join(d) for d in documents.values()) + "\n")
+        return path
+
+    def paper_setup(self, model: str, seed: int, run_dir: Path) -> PaperSetup:
+        """``model``'s pre-training by its paper's recipe, built by ``train.recipe_setup`` as ``mmbert
+        pretrain --model <model>_tiny --captions --features`` builds it on the world, with ``--text-corpus``
+        for the recipes that read a text-only corpus (BERT, VL-BERT, UNIMO) and ``--scenes`` for UNIMO."""
+        from mmbert.models.pretraining import PretrainingModel
+        from mmbert.objectives import recipe_for
+        from mmbert.train.recipe_setup import (
+            DataConfig,
+            PretrainSources,
+            pretraining_data,
+            pretraining_task,
+            resolve_corruption,
+        )
+
+        config = self.config(model)
+        text_only = model == TEXT_MODEL
+        recipe = recipe_for(config)
+        # `--text-corpus` only where the paper has a text-only stream: it would mix one into any recipe
+        unimo = config.model_type == "unimo"
+        corpus = str(self.text_corpus()) if text_only or unimo or recipe.text_ratio > 0 else None
+        sources = PretrainSources(
+            model=preset_name(model), text_corpus=corpus, out=str(run_dir),
+            captions=None if text_only else str(self.world / "captions_train.json"),
+            features=None if text_only else str(self.world / "features.tsv"),
+            scenes=str(self.world / "scenes.json") if unimo else None,
+        )  # fmt: skip
+        data_config = DataConfig(max_text_length=self.model_plans[model].max_text_len)
+        corruption = resolve_corruption(recipe, data_config)
+        data, _, objectives, _ = pretraining_data(sources, config, self.tok, data_config, seed, recipe, corruption,
+                                                  log=lambda _: None)  # fmt: skip
         torch.manual_seed(seed)
-        model = PretrainingModel(build_encoder(self.config(TEXT_MODEL)))
-        objectives = ["mlm", "nsp"]
-        steps = self.plan.text_pretrain_steps or plan.pretrain_steps
-        cfg = train_config(steps, plan.pretrain_batch, plan.pretrain_lr, seed, True)
-        result = train(Pretraining(model, objectives), data, data.collate, cfg, run_dir,
-                       run_info={"compare": "pretrain", "model": TEXT_MODEL})  # fmt: skip
-        return model, objectives, result.metrics
+        pre = PretrainingModel(build_encoder(config))
+        task = pretraining_task(pre, objectives, data_config, corruption)
+        return PaperSetup(pre, task, data, objectives, corruption)
 
     # ---- fine-tuning ---------------------------------------------------------------------------------
     def data(self, task_name: str, text_only: bool):
