@@ -155,3 +155,13 @@ def test_adversarial_training_is_unimo_only(ve, tokenizer):
     model = TaskModel(encoder, SNLIVETask().build_head(encoder))
     with pytest.raises(ValueError, match="adversarial=true is UNIMO's .* 'visualbert'"):
         task.model_step(model, batch)
+
+
+def test_fp16_autocast_is_refused_before_its_pgd_gradients_can_underflow(ve):
+    """The inner PGD gradients (torch.autograd.grad, no GradScaler) of an fp16 forward may underflow to 0
+    and stall the perturbation silently: under fp16 autocast the step is refused, naming the way out."""
+    task, model, batch = ve
+    with torch.autocast("cpu", dtype=torch.float16), pytest.raises(ValueError, match="fp16 .*precision bf16 or fp32"):
+        task.model_step(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 has fp32's range: allowed
+        assert torch.isfinite(task.model_step(model, batch).loss)

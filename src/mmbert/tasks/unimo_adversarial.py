@@ -33,6 +33,7 @@ means no bound in either.
 Defaults = the official arguments: K = 4 (``adv_step``), lr 0.05 (``adv_lr``), L2 (``norm_type``),
 ``adv_max_norm`` 0.4, ``adv_init_mag`` 0.4. The released ``script/visual_entailment/SNLI-VE*/`` run scripts
 (which may override them) were not in the sources we could read. Evaluation runs the clean model only.
+fp16 autocast is refused (the PGD gradients are unscaled and could underflow); bf16 and fp32 run.
 """
 
 from __future__ import annotations
@@ -99,6 +100,17 @@ def symmetric_kl(q_logits: Tensor, p_logits: Tensor) -> Tensor:
     return ((log_q.exp() - log_p.exp()) * (log_q - log_p)).sum(-1).mean()
 
 
+def check_no_fp16_autocast(device: torch.device) -> None:
+    """The PGD steps take ``torch.autograd.grad`` of an unscaled loss: under fp16 autocast those gradients
+    may underflow to 0 (the trainer's GradScaler scales only the final backward), which would stall the
+    perturbation without a sign, so fp16 is refused; bf16 has fp32's exponent range."""
+    if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.float16:
+        raise ValueError(
+            "adversarial=true under fp16 autocast: the inner PGD gradients are not loss-scaled and may underflow "
+            "to 0; train with precision bf16 or fp32"
+        )
+
+
 @dataclass
 class AdversarialOutput:
     out: LossOutput
@@ -115,6 +127,7 @@ def adversarial_step(
     text_ids, feats = inputs.get("text_ids"), inputs.get("region_feats")
     if text_ids is None or feats is None:
         raise ValueError("UNIMO's adversarial fine-tuning perturbs both modalities: the batch needs text and regions")
+    check_no_fp16_autocast(feats.device)
     text_mask = inputs.get("text_mask")
     if text_mask is None:
         text_mask = torch.ones(text_ids.shape, dtype=torch.bool, device=text_ids.device)
