@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,3 +110,46 @@ def test_the_cache_is_reused_rebuilt_when_its_fingerprint_changes_and_foreign_fi
     with pytest.raises(ValueError, match="notes.json: not a related-images cache"):
         cached_related_images(other, of, ["q"], POOL, 3)
     assert json.loads(other.read_text()) == {"mine": 1}
+
+
+def test_an_in_place_write_inside_a_directory_store_invalidates_the_cache(tmp_path):
+    """A directory store's own stat does not change when a file inside is rewritten in place: the
+    fingerprint covers every file of an npz store and LMDB's data.mdb (not its lock.mdb, which reads touch)."""
+    calls: list[str] = []
+
+    def of(i: str) -> Regions:
+        calls.append(i)
+        return regions(LABELS[i])
+
+    store = tmp_path / "feats"
+    store.mkdir()
+    for i in POOL:
+        np.savez(store / f"{i}.npz", features=np.ones((len(LABELS[i]), 4), dtype=np.float32))
+    path = tmp_path / "related.json"
+    cached_related_images(path, of, ["q"], POOL, 3, store_path=store)
+    calls.clear()
+    cached_related_images(path, of, ["q"], POOL, 3, store_path=store)
+    assert calls == []
+    before = store.stat().st_mtime_ns
+    with open(store / "a.npz", "r+b") as f:  # the record rewritten in place: same name, new contents
+        f.truncate(0)
+        np.savez(f, features=np.zeros((5, 4), dtype=np.float32))
+    assert store.stat().st_mtime_ns == before  # the directory itself looks unchanged
+    cached_related_images(path, of, ["q"], POOL, 3, store_path=store)
+    assert calls  # recomputed
+
+    lmdb = tmp_path / "feats.lmdb"
+    lmdb.mkdir()
+    (lmdb / "data.mdb").write_bytes(b"x" * 10)
+    (lmdb / "lock.mdb").write_bytes(b"l")
+    calls.clear()
+    cached_related_images(path, of, ["q"], POOL, 3, store_path=lmdb)
+    calls.clear()
+    (lmdb / "lock.mdb").write_bytes(b"ll")  # a reader's lock: not the data
+    cached_related_images(path, of, ["q"], POOL, 3, store_path=lmdb)
+    assert calls == []
+    with open(lmdb / "data.mdb", "r+b") as f:
+        f.seek(0, 2)
+        f.write(b"y")
+    cached_related_images(path, of, ["q"], POOL, 3, store_path=lmdb)
+    assert calls

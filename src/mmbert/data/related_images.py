@@ -21,8 +21,9 @@ The search is exact and brute force (queries x pool x width multiply-adds, in ch
 to about 10^5 images on a CPU; a larger pool would want an approximate index, which is not built here.
 
 The result is cached as JSON (written atomically) with a fingerprint: the method, k, max_regions, digests
-of the query and pool ids, and the feature store's path, size and modification time. A cache whose
-fingerprint differs is rebuilt; a file that is not such a cache is refused.
+of the query and pool ids, and the feature store's path and the size and modification time of each file
+holding its records (a directory store's files, or LMDB's data.mdb: a directory's own stat misses in-place
+writes). A cache whose fingerprint differs is rebuilt; a file that is not such a cache is refused.
 """
 
 from __future__ import annotations
@@ -119,6 +120,23 @@ def _digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
 
 
+def _store_files(root: Path) -> list[str]:
+    """"name size mtime_ns" of each file holding the store's records: the file itself; of a directory
+    (whose own stat does not change when a file inside is rewritten in place) LMDB's data.mdb, else every
+    file under it (an npz store's records), leaving out LMDB's lock.mdb and unfinished ``.tmp`` writes."""
+    if root.is_file():
+        files = [root]
+    elif (root / "data.mdb").is_file():
+        files = [root / "data.mdb"]
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "lock.mdb" and p.suffix != ".tmp")
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append(f"{f.relative_to(root) if f != root else f.name} {st.st_size} {st.st_mtime_ns}")
+    return out
+
+
 def fingerprint(
     query_ids: Sequence[str], pool_ids: Sequence[str], k: int, method: str, max_regions: int | None,
     store_path: str | os.PathLike | None,
@@ -126,8 +144,8 @@ def fingerprint(
     """What the cached neighbours depend on (module docstring)."""
     store: dict[str, Any] = {"path": None}
     if store_path is not None and Path(store_path).exists():
-        st = Path(store_path).stat()
-        store = {"path": str(Path(store_path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        root = Path(store_path)
+        store = {"path": str(root.resolve()), "files": _digest(_store_files(root))}
     return {"method": method, "k": k, "max_regions": max_regions, "queries": _digest(list(query_ids)),
             "pool": _digest(list(pool_ids)), "store": store}  # fmt: skip
 
