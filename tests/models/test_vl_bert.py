@@ -10,10 +10,14 @@ import mmbert
 from mmbert.models.base import ModelInputs
 from mmbert.models.vl_bert import VLBertConfig
 
+# The paper's visual LayerNorm gains start at 0, which hides the visual feature embeddings at init; the
+# structural tests open them (gain 1) to see where those embeddings go.
+OPEN_VISUAL = {"visual_scale_init": 1.0}
+
 
 @pytest.fixture
 def tiny():
-    model = mmbert.build_model("vl_bert_tiny").eval()
+    model = mmbert.build_model("vl_bert_tiny", **OPEN_VISUAL).eval()
     return model, make_inputs(model.config)
 
 
@@ -90,7 +94,7 @@ def test_init_text_from_bert_fills_the_first_two_segment_rows(tmp_path):
 
 def test_a_text_only_example_runs_with_its_own_visual_embedding():
     torch.manual_seed(0)
-    model = mmbert.build_model("vl_bert_tiny").eval()
+    model = mmbert.build_model("vl_bert_tiny", **OPEN_VISUAL).eval()
     ids = torch.tensor([[2, 10, 11, 3, 0], [2, 12, 3, 0, 0]])
     mask = ids > 0
     enc = model(ids, text_mask=mask)
@@ -108,6 +112,7 @@ def volta_tiny(shift: bool = False, slots: int = 6) -> VLBertConfig:
     5 regions + the whole image (the preset's are VOLTA's 36 + 1)."""
     base = mmbert.MODELS["ctrl_vl_bert"]()
     return mmbert.MODELS["vl_bert_tiny"]().replace(
+        **OPEN_VISUAL,
         global_region=base.global_region,
         embeddings=base.embeddings,
         volta_position_shift=shift,
@@ -252,3 +257,33 @@ def test_volta_region_slots_pad_the_vision_and_refuse_more():
     with pytest.raises(ValueError, match=r"6 vision slots .* exceed volta_region_slots = 5"):
         small(**x)
     assert mmbert.MODELS["ctrl_vl_bert"]().volta_region_slots == 37
+
+
+def test_tiny_text_tokens_stay_apart_at_init():
+    """At the paper's gain 0 the whole-image embedding starts at nothing. At gain 1 (the tiny preset's old
+    start) it has norm sqrt(dim) on every text token against ~0.3 for word + position + segment, and the
+    shared LayerNorm left the tokens of a question 0.999 alike: the question was unreadable."""
+    model = mmbert.build_model("vl_bert_tiny").eval()
+    x = make_inputs(model.config)
+    joint, _ = embed(model, x)
+    tokens = torch.nn.functional.normalize(joint[0, :7], dim=-1)
+    alike = (tokens @ tokens.T)[~torch.eye(7, dtype=torch.bool)]
+    assert float(alike.mean()) < 0.9
+
+
+def test_tiny_learns_an_answer_read_from_the_question():
+    """Overfit 16 examples whose answer is one question word (of 4 classes) from the pooled output: the
+    tiny VL-BERT must read its text, as VQA needs (0.035 after 30 steps; 0.26 with the gains at 1)."""
+    torch.manual_seed(0)
+    model = mmbert.build_model("vl_bert_tiny").train()
+    x = make_inputs(model.config, batch=16, text_len=6)
+    del x["text_mask"]  # every token real
+    labels = x["text_ids"][:, 2] % 4
+    head = torch.nn.Linear(model.config.dim, 4)
+    opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(head(model(**x).pooled), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.1

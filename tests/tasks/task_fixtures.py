@@ -52,9 +52,9 @@ def make_store(image_ids, regions: int = 5, seed: int = 0, size=(100, 200)) -> d
     return store
 
 
-def tiny_encoder(name: str, seed: int = 0):
+def tiny_encoder(name: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    return build_model(name, vocab_size=64, dropout=0.0, attn_dropout=0.0, init_std=0.1)
+    return build_model(name, **{"vocab_size": 64, "dropout": 0.0, "attn_dropout": 0.0, "init_std": 0.1, **overrides})
 
 
 def tiny_task_model(task, preset: str | None = None):

@@ -14,12 +14,15 @@ from mmbert.tasks import TASKS, TaskModel
 from mmbert.tasks.base import collate
 from mmbert.tasks.retrieval import match_score, select_pairs
 
+# VL-BERT's visual LayerNorm gains start at 0 (the paper's), which hides the boxes at init: open them here
+OPEN_VISUAL = {"visual_scale_init": 1.0}
+
 
 def _vl_bert_task(tmp_path, tokenizer):
     (tmp_path / "ve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SNLI_VE))
     task = TASKS["snli-ve"]()
     ds = task.load({"jsonl": tmp_path / "ve.jsonl"}, tokenizer, make_store(["1", "2", "3"], size=(90, 160)))
-    encoder = tiny_encoder("vl_bert_tiny")
+    encoder = tiny_encoder("vl_bert_tiny", **OPEN_VISUAL)
     return ds, TaskModel(encoder, task.build_head(encoder)).eval()
 
 
@@ -49,7 +52,7 @@ def test_retrieval_pool_scores_use_the_pixel_box(tmp_path, tokenizer):
     task = TASKS["retrieval"](negatives=1)
     store = make_store([str(1000 + i) for i in range(8)], size=(90, 160))
     ds = task.load({"karpathy": write_karpathy(tmp_path / "k.json")}, tokenizer, store)
-    encoder = tiny_encoder("vl_bert_tiny")
+    encoder = tiny_encoder("vl_bert_tiny", **OPEN_VISUAL)
     model = TaskModel(encoder, task.build_head(encoder)).eval()
     scores = task.score_matrix(model, ds, batch_size=64)
     images = list(ds.info["images"])
