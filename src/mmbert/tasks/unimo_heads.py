@@ -10,8 +10,10 @@
   ``mmbert.tasks.unimo_adversarial`` (``snli-ve`` option ``adversarial``).
 - VQA: UNIMO released no VQA fine-tuning. Its README lists VQA with no script ("TODOs: Add VQA tasks"),
   and the UNIMO-2 folder's VQA section is "todo"; no VQA finetune, reader or script exists in either. The
-  VQA head is therefore mmbert's choice, not the authors': the entailment head above over the answer
-  vocabulary, trained with the VQA task's soft-score BCE.
+  VQA head is therefore mmbert's choice, not the authors'. It is the shared VQA head (``tasks.vqa.VQAHead``,
+  VOLTA's nonlinear classifier on the pooled [CLS]), as for GQA. The entailment head above was used for
+  VQA before. It has no nonlinearity (``fc_2(fc_1(.))`` is one linear map) and it lagged: on the synthetic
+  world, VQA from a random encoder scored 38.5 +- 3.2, against 46.0 +- 1.1 for the shared head.
 
 ``h_text`` / ``h_image`` are ``Encoded.pooled`` / ``Encoded.pooled_vision`` of the joint (image, text)
 forward: the ReLU poolers on [CLS] and [IMG].
@@ -50,8 +52,7 @@ class UnimoMatchHead(nn.Module):
 
 
 class UnimoClassifierHead(nn.Module):
-    """``fc_2(dropout(fc_1(h_text + h_image)))``: SNLI-VE's 3 classes (official), or VQA's answers (mmbert's
-    choice: there is no official UNIMO VQA head)."""
+    """``fc_2(dropout(fc_1(h_text + h_image)))``: SNLI-VE's 3 classes (official)."""
 
     def __init__(self, dim: int, num_labels: int, hidden: int = 2048, dropout: float = 0.1) -> None:
         super().__init__()

@@ -276,13 +276,6 @@ class VQATask(AnswerTask):
         return records, (anns or None)
 
     # model ------------------------------------------------------------------------------------------
-    def build_head(self, encoder: EncoderModel) -> nn.Module:
-        if encoder.config.model_type == "unimo":  # mmbert's choice (no official UNIMO VQA): unimo_heads
-            from mmbert.tasks.unimo_heads import UnimoClassifierHead
-
-            return UnimoClassifierHead(encoder.config.dim, len(self.answers))
-        return super().build_head(encoder)
-
     def predict(self, logits: Tensor, batch: Batch) -> list[dict]:
         best = logits.argmax(1).tolist()
         return [
