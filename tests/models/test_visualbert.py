@@ -65,6 +65,14 @@ def test_alignment_with_a_whole_image_region():
     assert enc.vision.shape == (2, 6, 32)
 
 
+def test_global_feats_without_a_whole_image_region_is_refused_by_name(tiny):
+    """global_region 'none' (the default) leaves global_feats nowhere to go: refused, not dropped."""
+    model, x = tiny
+    feats = x["region_feats"]
+    with pytest.raises(TypeError, match=r"global_region 'none'\): global_feats has nowhere to go"):
+        model(**x, global_feats=feats.new_zeros(feats.shape[0], feats.shape[-1]))
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="type_vocab_size must be >= 2"):
         VisualBertConfig(type_vocab_size=1)
