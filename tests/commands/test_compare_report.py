@@ -24,7 +24,10 @@ def result(model: str, setting: str, task: str, seed: int, value: float) -> dict
 def test_summary_mean_sample_std_and_the_overlap_rule():
     s = Summary((50.0, 52.0, 54.0))
     assert s.mean == 52.0 and math.isclose(s.std, 2.0)
-    assert Summary((60.0,)).std == 0.0
+    one = Summary((60.0,))
+    assert one.std is None and one.text() == "60.0 (1 seed)"  # one value: spread undefined, not 0
+    with pytest.raises(ValueError, match="single-seed"):
+        one.overlaps(s)
     assert s.overlaps(Summary((53.0, 55.0, 57.0)))  # 52 +/- 2 meets 55 +/- 2 (|3| <= 2 + 2) ...
     assert not s.overlaps(Summary((55.0, 57.0, 59.0)))  # ... but not 57 +/- 2 (|5| > 2 + 2)
     assert s.text() == "52.0 ± 2.0"
@@ -43,6 +46,30 @@ def test_spread_text_names_the_best_and_who_is_within_its_spread():
                         "uniter.")  # fmt: skip
 
 
+def test_spread_text_with_one_seed_says_the_spread_is_unknown():
+    rows = [result("uniter", "paper", "vqa", 0, 70.0), result("lxmert", "paper", "vqa", 0, 60.0),
+            result("uniter", "none", "vqa", 0, 40.0)]  # fmt: skip
+    lines = spread_text(summarise(rows), ["uniter", "lxmert"], ["vqa"], ["paper"])
+    assert lines == ["- vqa, paper: best uniter (70.0 (1 seed)); the seed spread is unknown with one seed, so the "
+                     "differences are not classified.",
+                     "- vqa, paper: pre-training vs no pre-training not classified (one seed, spread unknown) for "
+                     "uniter."]  # fmt: skip
+
+
+def test_ties_at_the_shown_rounding_are_all_bold_and_all_named_best():
+    rows = [result("uniter", "paper", "vqa", k, v) for k, v in enumerate((60.0, 62.0, 64.04))]  # 62.01 -> 62.0
+    rows += [result("lxmert", "paper", "vqa", k, v) for k, v in enumerate((61.0, 62.0, 63.0))]  # 62.0
+    rows += [result("vilbert", "paper", "vqa", k, v) for k, v in enumerate((40.0, 41.0, 42.0))]
+    summary = summarise(rows)
+    lines = setting_table(summary, ["uniter", "lxmert", "vilbert"], ["vqa"], "paper", {})
+    assert lines[2].startswith("| uniter | 0 | **62.0 ± 2.0** |")
+    assert lines[3].startswith("| lxmert | 0 | **62.0 ± 1.0** |")
+    assert lines[4].startswith("| vilbert | 0 | 41.0 ± 1.0 |")
+    text = spread_text(summary, ["uniter", "lxmert", "vilbert"], ["vqa"], ["paper"])
+    assert text[0] == ("- vqa, paper: best uniter (62.0 ± 2.0), lxmert (62.0 ± 1.0); within its seed spread: none; "
+                       "below it beyond the spread: vilbert.")  # fmt: skip
+
+
 def test_setting_table_marks_the_best_per_column_and_puts_the_ablation_beside(tmp_path):
     rows = [result("uniter", "paper", "vqa", 0, 70.0), result("uniter", "none", "vqa", 0, 40.0),
             result("lxmert", "paper", "vqa", 0, 60.0), result("lxmert", "none", "vqa", 0, 45.0),
@@ -50,9 +77,9 @@ def test_setting_table_marks_the_best_per_column_and_puts_the_ablation_beside(tm
     lines = setting_table(summarise(rows), ["uniter", "lxmert", "bert"], ["vqa", "refexp"], "paper",
                           {"uniter": 1234, "lxmert": 5678, "bert": 99})  # fmt: skip
     assert lines[0] == "| model | parameters | vqa | vqa, no pre-training | refexp | refexp, no pre-training |"
-    assert lines[2] == "| uniter | 1,234 | **70.0 ± 0.0** | 40.0 ± 0.0 | n/a | n/a |"
-    assert lines[3] == "| lxmert | 5,678 | 60.0 ± 0.0 | **45.0 ± 0.0** | n/a | n/a |"
-    assert lines[4] == "| text-only BERT | 99 | 35.0 ± 0.0 | 30.0 ± 0.0 | n/a | n/a |"  # its one recipe
+    assert lines[2] == "| uniter | 1,234 | **70.0 (1 seed)** | 40.0 (1 seed) | n/a | n/a |"
+    assert lines[3] == "| lxmert | 5,678 | 60.0 (1 seed) | **45.0 (1 seed)** | n/a | n/a |"
+    assert lines[4] == "| text-only BERT | 99 | 35.0 (1 seed) | 30.0 (1 seed) | n/a | n/a |"  # its one recipe
     write_csv(tmp_path, rows)
     with open(tmp_path / "results.csv") as f:
         back = list(csv.DictReader(f))

@@ -4,7 +4,10 @@ beside each task) and the text saying which differences lie within the seed spre
 
 The rule for "within the seed spread": two results (a model's mean +/- standard deviation over seeds)
 are told apart only when their intervals mean +/- std do not overlap; otherwise the difference is within
-what changing the seed does, and the text says so.
+what changing the seed does, and the text says so. With one seed the spread is unknown (the sample
+standard deviation of one value is undefined): such an entry reads "x (1 seed)" and is not classified.
+Ties go by the displayed rounding (one decimal): every model at the column's best shown value is bold
+and named best.
 """
 
 from __future__ import annotations
@@ -36,18 +39,34 @@ class Summary:
         return sum(self.values) / len(self.values)
 
     @property
-    def std(self) -> float:
+    def std(self) -> float | None:
+        """The sample standard deviation; None for one value, whose spread is undefined (not 0)."""
         n = len(self.values)
         if n < 2:
-            return 0.0
+            return None
         return math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (n - 1))
 
+    @property
+    def shown(self) -> float:
+        """The mean as the table shows it (one decimal), which ties are judged by."""
+        return round(self.mean, 1)
+
     def overlaps(self, other: Summary) -> bool:
-        """Within the seed spread: the intervals mean +/- std meet."""
+        """Within the seed spread: the intervals mean +/- std meet (both need a known spread)."""
+        if self.std is None or other.std is None:
+            raise ValueError("the seed spread of a single-seed result is unknown; nothing to overlap")
         return abs(self.mean - other.mean) <= self.std + other.std
 
     def text(self) -> str:
+        if self.std is None:
+            return f"{self.mean:.1f} ({len(self.values)} seed)"
         return f"{self.mean:.1f} ± {self.std:.1f}"
+
+
+def best_of(rows: list[tuple[str, Summary]]) -> list[str]:
+    """Every model whose mean equals the best at the displayed rounding (ties all count)."""
+    top = max(s.shown for _, s in rows)
+    return [m for m, s in rows if s.shown == top]
 
 
 def summarise(results: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], Summary]:
@@ -82,8 +101,8 @@ def setting_table(summary: dict, models: list[str], tasks: list[str], setting: s
             cells[(m, (task, kind))] = summary.get(key)
     best = {}
     for col in columns:
-        present = [(cells[(m, col)].mean, m) for m in models if cells[(m, col)] is not None]
-        best[col] = max(present)[1] if present else None
+        present = [(m, s) for m in models if (s := cells[(m, col)]) is not None]
+        best[col] = best_of(present) if present else []
     head = ["model", "parameters"] + [f"{t}" if k == "pre" else f"{t}, no pre-training" for t, k in columns]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(columns)]
     for m in models:
@@ -91,7 +110,7 @@ def setting_table(summary: dict, models: list[str], tasks: list[str], setting: s
         for col in columns:
             s = cells[(m, col)]
             text = "n/a" if s is None else s.text()
-            row.append(f"**{text}**" if s is not None and best[col] == m else text)
+            row.append(f"**{text}**" if s is not None and m in best[col] else text)
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -110,17 +129,27 @@ def spread_text(summary: dict, models: list[str], tasks: list[str], settings: li
                     if (m, pretrained_setting(m, setting), task) in summary]  # fmt: skip
             if len(rows) < 2:
                 continue
-            best_m, best = max(rows, key=lambda r: r[1].mean)
-            within = [label(m) for m, s in rows if m != best_m and s.overlaps(best)]
-            below = [label(m) for m, s in rows if m != best_m and not s.overlaps(best)]
-            lines.append(f"- {task}, {setting}: best {label(best_m)} ({best.text()}); within its seed spread: "
+            tops = best_of(rows)
+            best = [s for m, s in rows if m in tops]
+            named = ", ".join(f"{label(m)} ({s.text()})" for m, s in rows if m in tops)
+            if any(s.std is None for _, s in rows):
+                lines.append(f"- {task}, {setting}: best {named}; the seed spread is unknown with one seed, so "
+                             "the differences are not classified.")  # fmt: skip
+                continue
+            others = [(m, s) for m, s in rows if m not in tops]
+            within = [label(m) for m, s in others if any(s.overlaps(b) for b in best)]
+            below = [label(m) for m, s in others if not any(s.overlaps(b) for b in best)]
+            lines.append(f"- {task}, {setting}: best {named}; within its seed spread: "
                          f"{', '.join(within) or 'none'}; below it beyond the spread: "
                          f"{', '.join(below) or 'none'}.")  # fmt: skip
         for task in tasks:
-            helped, pairs = [], 0
+            helped, unknown, pairs = [], [], 0
             for m in models:
                 pre, none = (summary.get((m, pretrained_setting(m, setting), task)), summary.get((m, NONE, task)))
                 if pre is None or none is None:
+                    continue
+                if pre.std is None or none.std is None:
+                    unknown.append(label(m))
                     continue
                 pairs += 1
                 if pre.mean > none.mean and not pre.overlaps(none):
@@ -129,6 +158,9 @@ def spread_text(summary: dict, models: list[str], tasks: list[str], settings: li
                 names = f": {', '.join(helped)}" if helped else ""
                 lines.append(f"- {task}, {setting}: pre-training beats no pre-training beyond the seed spread for "
                              f"{len(helped)} of {pairs} models{names}.")  # fmt: skip
+            if unknown:
+                lines.append(f"- {task}, {setting}: pre-training vs no pre-training not classified (one seed, "
+                             f"spread unknown) for {', '.join(unknown)}.")  # fmt: skip
     return lines
 
 
@@ -137,12 +169,13 @@ def write_table(out: Path, results: list[dict[str, Any]], models: list[str], tas
     summary = summarise(results)
     seeds = sorted({r["seed"] for r in results})
     metrics = {r["task"]: r["metric"] for r in results}
+    one_seed = " x (1 seed): one seed, its spread unknown." if any(s.std is None for s in summary.values()) else ""
     lines = ["# mmbert compare", "", *header, "",
              "Each entry: mean ± standard deviation over seeds " + ", ".join(map(str, seeds)) +
              " on the task's held-out test split; **bold**: the best of its column. Metrics: " +
              "; ".join(f"{t}: {metrics[t]}" for t in tasks if t in metrics) +
              ". Parameters: the encoder's (the task head comes on top). n/a: a task a text-only model cannot "
-             "take (it ranks images or points at regions).", ""]  # fmt: skip
+             "take (it ranks images or points at regions)." + one_seed, ""]  # fmt: skip
     for setting in settings:
         lines += [f"## {SETTING_TITLES[setting]}", "", *setting_table(summary, models, tasks, setting, params), ""]
     spread = spread_text(summary, models, tasks, settings)
