@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mmbert.commands.compare.experiment import Runner
+from mmbert.commands.compare.grid import try_lock
 from mmbert.commands.compare.plan import ALL_MODELS, QUICK, preset_name
 from mmbert.commands.demo.world import ensure_world
 from mmbert.data.text_corpus import NextSentenceDataset, TextMLMDataset, TextStreamMixer, read_text_corpus
@@ -88,3 +89,15 @@ def test_the_text_corpus_is_the_training_captions_one_document_per_image(runner)
     assert sum(len(d) for d in documents) == len(captions)
     assert len(documents) == len({c["image_id"] for c in captions})
     assert Path(runner.text_corpus()).parent == runner.out / "pretrained"
+
+
+def test_the_pretrained_directory_exists_before_any_lock(runner, tmp_path):
+    """The runner makes ``pretrained/`` itself, so a pre-training lock never creates (and on release never
+    removes, with its lock file) that directory while another process may be opening the lock."""
+    fresh = Runner(tmp_path / "out", runner.world, QUICK, runner.model_plans, log=lambda *_: None)
+    cache = tmp_path / "out" / "pretrained"
+    assert cache.is_dir() and not any(cache.iterdir())
+    lock = try_lock(fresh.pretrained_path(("uniter", "paper", 0)), "pre-training")
+    assert lock is not None
+    lock.release()  # nothing pre-trained: a lock that had made the directory would take it away here
+    assert cache.is_dir()

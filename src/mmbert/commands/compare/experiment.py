@@ -62,6 +62,9 @@ class Runner:
         from mmbert.data.tokenizer import Tokenizer
 
         self.out, self.world, self.plan, self.model_plans, self.log = out, world, plan, model_plans, log
+        # made here, before any lock: a lock that creates its own directory removes it (and its lock file)
+        # on release when nothing else is there, which could pull a lock file from under another process
+        (out / "pretrained").mkdir(parents=True, exist_ok=True)
         self.tok = Tokenizer.from_pretrained(world)
         self.num_answers = len(json.loads((world / "vqa" / "answers.json").read_text()))
         self._data: dict[tuple[str, bool], tuple[Any, Any, Any]] = {}
