@@ -156,3 +156,19 @@ def test_own_data_directory_with_matched_parameter_counts(tmp_path, cache, full_
         sizes = {row["model"]: int(row["parameters"]) for row in csv.DictReader(f)}
     assert max(sizes.values()) < 1.3 * min(sizes.values())  # unmatched, vilbert is about 3x visualbert
     assert "Parameter counts matched (`--match-params`)" in (out / "table.md").read_text()
+
+
+def test_two_starts_with_other_options_cannot_both_claim_one_grid(tmp_path, monkeypatch):
+    """Both processes look before either writes (simulated: grid.json reads as absent to any existence
+    check): the first claims the grid, the second, with other options, is refused, not let through."""
+    from mmbert.commands.compare import check_fingerprint
+
+    real = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda p, *a, **k: False if p.name == "grid.json" else real(p, *a, **k))
+    first, second = {"plan": {"dim": 32}, "match_params": False}, {"plan": {"dim": 48}, "match_params": False}
+    check_fingerprint(tmp_path, first)
+    with pytest.raises(ValueError, match=r"other settings \(plan differ"):
+        check_fingerprint(tmp_path, second)
+    check_fingerprint(tmp_path, first)  # the same options join the grid
+    assert json.loads((tmp_path / "grid.json").read_text()) == first
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.json"]  # no temporary file left behind

@@ -112,19 +112,28 @@ def fingerprint(plan: ComparePlan, world: Path, match_params: bool) -> dict:
 
 
 def check_fingerprint(out: Path, expected: dict) -> None:
+    """Claim ``out`` for ``expected`` or refuse it. ``grid.json`` comes into being only whole and only
+    once (a hard link of a finished temporary file, which fails where the name exists), so of two
+    processes started together with different options the second is refused, not let through."""
     import json
+    import uuid
 
     from mmbert.atomic import atomic_write_json
 
     path = out / "grid.json"
-    if path.exists():
-        found = json.loads(path.read_text())
-        if found != expected:
-            differ = sorted(k for k in expected if found.get(k) != expected[k])
-            raise ValueError(f"{out} holds a comparison run with other settings ({', '.join(differ)} differ: "
-                             f"see {path}); resume it with the same options, or choose another --out")  # fmt: skip
-    else:
-        atomic_write_json(path, expected)
+    mine = atomic_write_json(out / f".grid.json.{os.getpid()}-{uuid.uuid4().hex}", expected)
+    try:
+        os.link(mine, path)
+        return
+    except FileExistsError:
+        pass
+    finally:
+        mine.unlink()
+    found = json.loads(path.read_text())
+    if found != expected:
+        differ = sorted(k for k in expected if found.get(k) != expected[k])
+        raise ValueError(f"{out} holds a comparison run with other settings ({', '.join(differ)} differ: "
+                         f"see {path}); resume it with the same options, or choose another --out")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
