@@ -144,7 +144,7 @@ def test_a_grid_with_other_settings_is_refused(full_run, cache, capsys):
     assert json.loads((full_run / "grid.json").read_text()) == plan
 
 
-def test_own_data_directory_with_matched_parameter_counts(tmp_path, cache, full_run):
+def test_own_data_directory_with_matched_parameter_counts(tmp_path, cache, full_run, capsys):
     """``--data DIR``: any directory in the synthetic world's layout (here the world the grid above used);
     ``--match-params`` brings the encoders to about one parameter count, said in the table."""
     world = next(cache.glob("world-*"))
@@ -155,7 +155,18 @@ def test_own_data_directory_with_matched_parameter_counts(tmp_path, cache, full_
     with open(out / "results.csv") as f:
         sizes = {row["model"]: int(row["parameters"]) for row in csv.DictReader(f)}
     assert max(sizes.values()) < 1.3 * min(sizes.values())  # unmatched, vilbert is about 3x visualbert
-    assert "Parameter counts matched (`--match-params`)" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "Parameter counts matched (`--match-params`)" in table
+    for model, n in sizes.items():  # the table's parameter column: what the cells ran
+        assert f"| {model} | {n:,} |" in table
+    # the common count is the median over the models named, so another list gives other widths: resuming
+    # the grid with it is refused by name, never mixed into its cells
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["match_params"]["visualbert"]["dim"] != grid["plan"]["demo"]["dim"]
+    other = [a if a != "visualbert,vilbert" else "visualbert,vilbert,uniter" for a in args]
+    assert main(other) == 1
+    assert "other settings (match_params differ" in capsys.readouterr().err
+    assert json.loads((out / "grid.json").read_text()) == grid
 
 
 def test_two_starts_with_other_options_cannot_both_claim_one_grid(tmp_path, monkeypatch):

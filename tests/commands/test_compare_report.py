@@ -11,7 +11,14 @@ import pytest
 
 from mmbert.commands.compare.params import encoder_parameters, matched_plans
 from mmbert.commands.compare.plan import CONTROLLED_RECIPE, QUICK, parse_models, parse_settings, with_budget
-from mmbert.commands.compare.report import Summary, setting_table, spread_text, summarise, write_csv
+from mmbert.commands.compare.report import (
+    Summary,
+    cell_parameters,
+    setting_table,
+    spread_text,
+    summarise,
+    write_csv,
+)
 from mmbert.commands.compare.tasks import parse_tasks
 
 
@@ -62,9 +69,9 @@ def test_ties_at_the_shown_rounding_are_all_bold_and_all_named_best():
     rows += [result("vilbert", "paper", "vqa", k, v) for k, v in enumerate((40.0, 41.0, 42.0))]
     summary = summarise(rows)
     lines = setting_table(summary, ["uniter", "lxmert", "vilbert"], ["vqa"], "paper", {})
-    assert lines[2].startswith("| uniter | 0 | **62.0 ± 2.0** |")
-    assert lines[3].startswith("| lxmert | 0 | **62.0 ± 1.0** |")
-    assert lines[4].startswith("| vilbert | 0 | 41.0 ± 1.0 |")
+    assert lines[2].startswith("| uniter | n/a | **62.0 ± 2.0** |")
+    assert lines[3].startswith("| lxmert | n/a | **62.0 ± 1.0** |")
+    assert lines[4].startswith("| vilbert | n/a | 41.0 ± 1.0 |")
     text = spread_text(summary, ["uniter", "lxmert", "vilbert"], ["vqa"], ["paper"])
     assert text[0] == ("- vqa, paper: best uniter (62.0 ± 2.0), lxmert (62.0 ± 1.0); within its seed spread: none; "
                        "below it beyond the spread: vilbert.")  # fmt: skip
@@ -87,6 +94,18 @@ def test_setting_table_marks_the_best_per_column_and_puts_the_ablation_beside(tm
     pre = {(r["model"], r["setting"]): r["pretrain_wall_s"] for r in back}
     assert pre[("uniter", "paper")] == "2.0" and pre[("bert", "text")] == "2.0"  # pre-trained: its wall time
     assert pre[("uniter", "none")] == "" and pre[("bert", "none")] == ""  # no pre-training: empty
+
+
+def test_the_parameter_column_comes_from_the_cells():
+    rows = [result("uniter", "paper", "vqa", 0, 70.0), {**result("uniter", "none", "vqa", 0, 40.0)},
+            {**result("lxmert", "paper", "vqa", 0, 60.0), "parameters": 77}]  # fmt: skip
+    assert cell_parameters(rows) == {"uniter": 10, "lxmert": 77}
+    lines = setting_table(summarise(rows), ["uniter", "lxmert", "bert"], ["vqa"], "paper", cell_parameters(rows))
+    assert lines[2].startswith("| uniter | 10 |") and lines[3].startswith("| lxmert | 77 |")
+    assert lines[4].startswith("| text-only BERT | n/a |")  # no cell: no count to show
+    rows[1]["parameters"] = 12  # a cell of another width
+    with pytest.raises(ValueError, match="cells vqa--uniter--paper--s0 and vqa--uniter--none--s0 record 10 and 12"):
+        cell_parameters(rows)
 
 
 def test_matched_parameter_counts_come_close_to_the_median():

@@ -34,6 +34,7 @@ from mmbert.commands.compare.plan import (
     with_budget,
 )
 from mmbert.commands.compare.tasks import SPECS, check_files, parse_tasks
+from mmbert.commands.demo.plan import DemoPlan
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -101,12 +102,15 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def fingerprint(plan: ComparePlan, world: Path, match_params: bool) -> dict:
+def fingerprint(plan: ComparePlan, world: Path, matched: dict[str, DemoPlan] | None) -> dict:
     """What every cell's result depends on beyond its own (model, setting, task, seed): a resumed or
-    shared grid must agree on it, or its cells would not be comparable."""
+    shared grid must agree on it, or its cells would not be comparable. With ``--match-params`` that
+    is each model's resolved plan (``matched``): the common parameter count is the median over the
+    models named in the run, so another model list can give other widths."""
     import json
 
-    found = {"plan": dataclasses.asdict(plan), "data": str(world.resolve()), "match_params": match_params,
+    match = {m: dataclasses.asdict(p) for m, p in sorted(matched.items())} if matched is not None else False
+    found = {"plan": dataclasses.asdict(plan), "data": str(world.resolve()), "match_params": match,
              "paper_pretraining": "mmbert pretrain's recipes (train.recipe_setup)"}  # refuses older grids
     return json.loads(json.dumps(found))  # as it reads back from grid.json (tuples become lists)
 
@@ -139,10 +143,9 @@ def check_fingerprint(out: Path, expected: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mmbert.commands.compare.experiment import Runner, count_parameters
+    from mmbert.commands.compare.experiment import Runner
     from mmbert.commands.compare.plots import bar_chart
-    from mmbert.commands.compare.report import summarise, write_csv, write_table
-    from mmbert.commands.demo.plan import build_encoder
+    from mmbert.commands.compare.report import cell_parameters, summarise, write_csv, write_table
     from mmbert.commands.demo.world import ensure_world
 
     models, tasks, settings = parse_models(args.models), parse_tasks(args.tasks), parse_settings(args.setting)
@@ -165,7 +168,6 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--data {world}: no vocab.txt or tokenizer.json (expected a directory laid out "
                                     "like the synthetic world)")  # fmt: skip
     check_files(world, tasks)
-    check_fingerprint(out, fingerprint(plan, world, args.match_params))
 
     log = print if worker == 0 else (lambda text: print(f"[worker {worker}] {text}", flush=True))
     runner = Runner(out, world, plan, {}, log)
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         runner.model_plans, target = matched_plans(models, plan.demo, runner.tok.vocab_size, runner.num_answers)
     else:
         runner.model_plans = {m: plan.demo for m in models}
-    params = {m: count_parameters(build_encoder(runner.config(m))) for m in models}
+    check_fingerprint(out, fingerprint(plan, world, runner.model_plans if args.match_params else None))
     text_tasks = [t for t in tasks if SPECS[t].text_only]
     cells = build_grid(models, settings, tasks, range(args.seeds), text_tasks)
     store = CellStore(out)
@@ -214,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         size,
     ]  # fmt: skip
     write_csv(out, results)
-    _, spread = write_table(out, results, models, tasks, settings, header, params)
+    _, spread = write_table(out, results, models, tasks, settings, header, cell_parameters(results))
     summary = summarise(results)
     for task in tasks:
         bar_chart(out, task, SPECS[task].metric, summary, models, settings)

@@ -85,6 +85,18 @@ def write_csv(out: Path, results: list[dict[str, Any]]) -> Path:
     return atomic_write_csv(out / "results.csv", rows)
 
 
+def cell_parameters(results: list[dict[str, Any]]) -> dict[str, int]:
+    """Per model, the encoder parameter count its cells record (what they ran, not what this run would
+    build); cells of one model that disagree are named."""
+    found: dict[str, tuple[int, str]] = {}
+    for r in results:
+        n, first = found.setdefault(r["model"], (r["parameters"], r["cell"]))
+        if n != r["parameters"]:
+            raise ValueError(f"cells {first} and {r['cell']} record {n:,} and {r['parameters']:,} encoder "
+                             f"parameters for {r['model']}: they come from different widths")  # fmt: skip
+    return {m: n for m, (n, _) in found.items()}
+
+
 def pretrained_setting(model: str, setting: str) -> str:
     """The setting a model's pre-trained cells carry in ``setting``'s table (BERT: its one recipe)."""
     return TEXT if model == TEXT_MODEL else setting
@@ -106,7 +118,7 @@ def setting_table(summary: dict, models: list[str], tasks: list[str], setting: s
     head = ["model", "parameters"] + [f"{t}" if k == "pre" else f"{t}, no pre-training" for t, k in columns]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(columns)]
     for m in models:
-        row = [label(m), f"{params.get(m, 0):,}"]
+        row = [label(m), f"{params[m]:,}" if m in params else "n/a"]
         for col in columns:
             s = cells[(m, col)]
             text = "n/a" if s is None else s.text()
