@@ -5,7 +5,8 @@ the batch's longest — VQA questions (about 7 words, 3 to 16) and COCO captions
 tokenised at about 1.15 word pieces per word plus [CLS] and [SEP], and adaptive detector output (10 to
 100 regions per image). One timed call encodes one batch of questions and one batch of captions, each
 with its images, in eval mode under ``torch.no_grad``. mmbert skips the padded tokens and regions in
-every projection and FFN; transformers computes every padded position. ViLBERT has no transformers
+every projection and FFN; transformers computes every padded position (the JSON's ``flops`` counts
+both sides' arithmetic). ViLBERT has no transformers
 implementation: its reference is mmbert's own plain path (``skip_padding = False``: every padded
 position computed, as the authors' code does). The encoders' outputs are asserted equal at the real
 positions before anything is timed. Harness: ``benchmarks/common.py``.
@@ -169,6 +170,9 @@ def main() -> None:
             for a, b, x in zip(run_ours(dtype="fp32"), run_ref(dtype="fp32"), batches)
         ]
         parity = common.assert_parity({"text_hidden_max_abs_diff_real_tokens": (max(diffs), 1e-4)})
+        flops = common.flops_record(
+            common.count_flops(lambda: run_ours(dtype="fp32")), common.count_flops(lambda: run_ref(dtype="fp32"))
+        )
         times = common.alternate({common.MMBERT: run_ours, common.HF: run_ref}, args.repeats)
         result["models"][name] = {
             "preset": f"{name}_{args.size}",
@@ -176,6 +180,7 @@ def main() -> None:
             "mmbert": "encoder forward, padded tokens and regions skipped in every projection and FFN, SDPA",
             "padding": padding,
             "parity": parity,
+            "flops": flops,
             "inference_s": times,
             "inference_s_median": common.medians(times),
         }
@@ -183,6 +188,8 @@ def main() -> None:
             result["models"][name]["compiled"] = time_compiled(ours, run_ours, batches, args)
         m = common.medians(times)
         rows.append((f"{name} inference (s)", m[common.MMBERT], m[common.HF], f"{common.speedup(times):.2f}x"))
+        g = flops["gflop"]
+        rows.append((f"{name} forward (GFLOP)", g[common.MMBERT], g[common.HF], f"{flops['ratio']:.2f}x"))
         del ours, ref_fn
     result["inference_speedup"] = {
         name: r["inference_s_median"][common.HF] / r["inference_s_median"][common.MMBERT]

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 
 import common
 import torch
-import transformers
 
 import mmbert
 from mmbert.data.batch import Batch
@@ -134,7 +133,7 @@ def add_args(p) -> None:
 SPEC = common.PretrainingSpec(
     preset="lxmert_base",
     sizes={"batch": 8, "seq": 20, "regions": 36},
-    hf_class=transformers.LxmertForPreTraining,
+    hf_class_name="LxmertForPreTraining",
     make_batch=make_batch,
     hf_loss=hf_loss,
     hf_text=hf_text,

@@ -19,7 +19,6 @@ from collections.abc import Mapping
 
 import common
 import torch
-import transformers
 
 from mmbert.data.batch import Batch
 
@@ -69,7 +68,7 @@ def hf_loss(ref, b: Batch) -> torch.Tensor:
 SPEC = common.PretrainingSpec(
     preset="bert_base",
     sizes={"batch": 16, "seq": 128},
-    hf_class=transformers.BertForPreTraining,
+    hf_class_name="BertForPreTraining",
     make_batch=make_batch,
     hf_loss=hf_loss,
     hf_text=hf_text,

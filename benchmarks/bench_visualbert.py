@@ -19,7 +19,6 @@ from collections.abc import Mapping
 
 import common
 import torch
-import transformers
 
 from mmbert.data.batch import Batch
 
@@ -75,7 +74,7 @@ def hf_loss(ref, b: Batch) -> torch.Tensor:
 SPEC = common.PretrainingSpec(
     preset="visualbert_base",
     sizes={"batch": 32, "seq": 20, "regions": 36},
-    hf_class=transformers.VisualBertForPreTraining,
+    hf_class_name="VisualBertForPreTraining",
     make_batch=make_batch,
     hf_loss=hf_loss,
     hf_text=hf_text,

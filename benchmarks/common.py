@@ -5,8 +5,11 @@ What it guarantees, whichever script runs it:
     than the stated tolerance stops the benchmark with an error (a broken model never prints a speed-up);
   * the sides alternate every round and swap who goes first each round (the machine is shared; a
     slow-down hits both), after one untimed warm-up call each; medians are reported;
-  * peak memory is measured in a fresh process per side, which builds only that side's model;
-  * the JSON says what each side computes (``computes``), next to the figures.
+  * peak memory is measured in a fresh process per side, which builds only that side's model (the mmbert
+    worker never imports transformers: its ~145 MiB would otherwise count against mmbert);
+  * the JSON says what each side computes (``computes``) and how many floating-point operations each
+    side's step takes (``flops``, counted by ``torch.utils.flop_counter``): both sides run their matmuls
+    at about the machine's peak, so the FLOP ratio is the speed-up that doing less arithmetic explains.
 """
 
 from __future__ import annotations
@@ -121,6 +124,28 @@ def environment(threads: int, device: str, dtype: str) -> dict:
     }
 
 
+def hf_model_class(name: str) -> type:
+    """transformers' class ``name``, imported only when a side needs it (never in mmbert's worker)."""
+    import transformers
+
+    return getattr(transformers, name)
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    """Floating-point operations (matmuls, attention kernels) of one ``fn()`` call, in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def flops_record(ours: float, ref: float) -> dict:
+    """The JSON's ``flops``: each side's GFLOP and transformers' / mmbert's (the arithmetic's share of
+    the speed-up: above it, mmbert's other passes are cheaper too; below it, they cost more)."""
+    return {"gflop": {MMBERT: ours, HF: ref}, "ratio": ref / ours, "counted_by": "torch.utils.flop_counter"}
+
+
 def autocast(device: str, dtype: str):
     """bf16 autocast when asked (the GPU script's second pass), else a no-op context."""
     if dtype == "bf16":
@@ -213,6 +238,8 @@ def memory_worker(args, build_side: Callable[[str], tuple[torch.nn.Module, Calla
     from mmbert.train.optim import build_optimizer
 
     model, loss_fn = build_side(args.worker)
+    if args.worker == MMBERT and "transformers" in sys.modules:
+        raise RuntimeError("the mmbert memory worker imported transformers; its memory would count against mmbert")
     opt = build_optimizer(model, lr=1e-5)
     train_step(loss_fn, opt, args.device, args.dtype)
     before = current_memory_mib(args.device)
@@ -267,9 +294,25 @@ def measure_memory(script: str, args, shape_names: Sequence[str], checkpointing:
     return result
 
 
+def step_flops(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], args) -> float:
+    """GFLOP of one forward + backward (the optimizer's elementwise update is not counted); the
+    gradients are dropped afterwards."""
+    def forward_backward() -> None:
+        with autocast(args.device, args.dtype):
+            loss = loss_fn()
+        loss.backward()
+
+    gflop = count_flops(forward_backward)
+    model.zero_grad(set_to_none=True)
+    return gflop
+
+
 def pretraining_rows(result: dict) -> list[tuple[str, float, float, str]]:
-    step = result["step_s_median"]
-    rows = [("pre-training step (s)", step[MMBERT], step[HF], f"{result['step_speedup']:.2f}x")]
+    step, flops = result["step_s_median"], result["flops"]
+    rows = [
+        ("pre-training step (s)", step[MMBERT], step[HF], f"{result['step_speedup']:.2f}x"),
+        ("forward + backward (GFLOP)", flops["gflop"][MMBERT], flops["gflop"][HF], f"{flops['ratio']:.2f}x"),
+    ]
     if "step_peak_mib" in result:
         peak = result["step_peak_mib"]
         rows.append(("step peak memory (MiB)", peak[MMBERT], peak[HF], f"{result['step_memory_ratio']:.2f}"))
@@ -297,7 +340,7 @@ class PretrainingSpec:
 
     preset: str  # the default preset; --preset offers every preset of its family ("<family>_<size>")
     sizes: dict[str, int]  # --batch / --seq (/ --regions) and their defaults
-    hf_class: type  # transformers' *ForPreTraining (mmbert's converter for it: by its model_type)
+    hf_class_name: str  # transformers' *ForPreTraining (mmbert's converter for it: by its model_type)
     make_batch: Callable[[Any, argparse.Namespace, torch.Generator], Batch]  # (mmbert config, args, g) -> batch
     hf_loss: Callable[[Any, Batch], torch.Tensor]  # the reference's public training call
     hf_text: Callable[[Any, Mapping[str, Any]], torch.Tensor]  # reference text states (B, T, D), mmbert inputs
@@ -309,6 +352,10 @@ class PretrainingSpec:
     hf_settings: dict = field(default_factory=dict)  # set on transformers' config after conversion
     add_args: Callable[[argparse.ArgumentParser], None] | None = None  # script-only flags
     extra: Callable[[argparse.Namespace], dict] | None = None  # more JSON fields after the comparison
+
+    @property
+    def hf_class(self) -> type:
+        return hf_model_class(self.hf_class_name)
 
     @property
     def benchmark(self) -> str:
@@ -407,7 +454,7 @@ def shape_fields(args, b: Batch) -> dict:
 
 def compare_pretraining(spec: PretrainingSpec, args, memory: dict | None) -> dict:
     """Same weights on both sides (transformers saves, ``mmbert.load_pretraining`` loads), parity
-    asserted in eval mode, saved activations, then the alternating timed steps."""
+    asserted in eval mode, saved activations and FLOPs in training mode, then the alternating timed steps."""
     from mmbert.train.optim import build_optimizer
 
     with tempfile.TemporaryDirectory() as d:
@@ -429,7 +476,7 @@ def compare_pretraining(spec: PretrainingSpec, args, memory: dict | None) -> dic
                 "loss_abs_diff": (abs(float(ours_loss()) - float(ref_loss())), 1e-4),
             }
         )
-    saved = {}
+    saved, gflop = {}, {}
     for side, model, loss_fn, layers in (
         (MMBERT, ours, ours_loss, spec.layers(ours)),
         (HF, ref, ref_loss, spec.hf_layers(ref)),
@@ -438,6 +485,7 @@ def compare_pretraining(spec: PretrainingSpec, args, memory: dict | None) -> dic
         meter = SavedActivations(layers, model)
         meter.run(loss_fn)
         saved[side] = meter.summary()
+        gflop[side] = step_flops(model, loss_fn, args)
 
     opt_o, opt_r = build_optimizer(ours, lr=1e-5), build_optimizer(ref, lr=1e-5)
     times = alternate(
@@ -459,6 +507,7 @@ def compare_pretraining(spec: PretrainingSpec, args, memory: dict | None) -> dic
         "step_s_median": medians(times),
         "step_speedup": speedup(times),
         "saved_for_backward": saved,
+        "flops": flops_record(gflop[MMBERT], gflop[HF]),
         **(memory or {}),
         **(spec.extra(args) if spec.extra else {}),
     }
