@@ -59,6 +59,53 @@ def check_text_inputs(
 
 
 @dataclass
+class ScoredRows:
+    """The rows of the final states that the losses read (``Objective.reads``): the last layer computes
+    its queries, output projection, residuals, norms and FFN only there (keys and values still at every
+    real row), an exact saving in pre-training, where the losses read a few rows. Unread rows come out
+    as zeros. A model given it (``scored_rows=``) adds the positions its pooler reads when ``pooled``."""
+
+    text: Tensor | None = None  # bool (B, T): text positions read; None: none
+    regions: Tensor | None = None  # bool (B, R) over the input regions (not a whole-image region); None: none
+    pooled: bool = False  # the pooled output is read
+
+    def union(self, other: ScoredRows) -> ScoredRows:
+        """The rows either reads."""
+
+        def either(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+            return a if b is None else b if a is None else a | b
+
+        pooled = self.pooled or other.pooled
+        return ScoredRows(either(self.text, other.text), either(self.regions, other.regions), pooled)
+
+    def text_rows(self, shape: torch.Size, device: torch.device) -> Tensor:
+        """The text positions to keep (B, T): those read, and [CLS] (position 0, every pooler's) if pooled."""
+        keep = torch.zeros(shape, dtype=torch.bool, device=device)
+        if self.text is not None:
+            if self.text.shape != keep.shape:
+                raise ValueError(f"scored_rows.text has shape {tuple(self.text.shape)}, the text {tuple(shape)}")
+            keep |= self.text
+        if self.pooled and keep.shape[1]:
+            keep[:, 0] = True
+        return keep
+
+    def vision_rows(self, shape: torch.Size, device: torch.device, global_region: str, pools_vision: bool) -> Tensor:
+        """The vision elements to keep (B, R'): the regions read, placed after a whole-image region that
+        comes first (``global_region``), and the first element if ``pools_vision`` and pooled."""
+        keep = torch.zeros(shape, dtype=torch.bool, device=device)
+        if self.regions is not None:
+            start = 1 if global_region == "first" else 0
+            b, r = self.regions.shape
+            if b != shape[0] or start + r > shape[1]:
+                raise ValueError(f"scored_rows.regions has shape {(b, r)}, more than the {tuple(shape)} "
+                                 f"vision elements hold (global region {global_region!r})")  # fmt: skip
+            keep[:, start : start + r] = self.regions
+        if self.pooled and pools_vision and keep.shape[1]:
+            keep[:, 0] = True
+        return keep
+
+
+@dataclass
 class ModelInputs:
     """The inputs every model takes (DESIGN.md section 5), as one value: ``EncoderModel.forward`` takes
     them once, with the one public signature, and hands them to the family's ``encode_inputs``."""
@@ -69,6 +116,7 @@ class ModelInputs:
     region_feats: Tensor | None
     region_boxes: Tensor | None
     region_mask: Tensor | None
+    scored_rows: ScoredRows | None = None  # None: every row of the last layer is computed
 
     def has_regions(self) -> bool:
         return self.region_feats is not None or self.region_boxes is not None or self.region_mask is not None
@@ -96,6 +144,8 @@ class EncoderModel(nn.Module, Generic[ConfigT]):
     # Skip padded tokens / regions in every projection and FFN (the same real outputs, zeros at padding).
     # Off: the plain path that computes every position, as the reference implementations do.
     skip_padding: bool = True
+    # Whether forward takes ``scored_rows`` (the families whose last layers can compute only the read rows).
+    takes_scored_rows: bool = False
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -110,24 +160,41 @@ class EncoderModel(nn.Module, Generic[ConfigT]):
         region_boxes: Tensor | None = None,
         region_mask: Tensor | None = None,
         output_attentions: bool = False,
+        scored_rows: ScoredRows | None = None,
         **extra: Any,
     ) -> Encoded:
         """``model(text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask)`` -> ``Encoded``
         for every model (masks boolean, True = real); ``output_attentions`` adds the attention maps;
-        ``extra``: a model's own inputs (e.g. ``region_masked``), refused by name where it has none."""
-        inputs = ModelInputs(text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask)
+        ``scored_rows`` (where ``takes_scored_rows``): the last layer computes only these rows (and the
+        pooler's), the others come out as zeros; ``extra``: a model's own inputs (e.g. ``region_masked``),
+        refused by name where it has none."""
+        if scored_rows is not None:
+            if not self.takes_scored_rows:
+                raise TypeError(f"{type(self).__name__} takes no scored_rows: it computes every row")
+            if output_attentions:
+                raise ValueError("output_attentions reads every row: it cannot go with scored_rows")
+        inputs = ModelInputs(text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask, scored_rows)
         return self.encode_inputs(inputs, output_attentions, **extra)
 
     def run_blocks(
-        self, layers: Iterable[nn.Module], x: Tensor, mask: Tensor | None, bias: Tensor | None, maps: bool
+        self,
+        layers: Iterable[nn.Module],
+        x: Tensor,
+        mask: Tensor | None,
+        bias: Tensor | None,
+        maps: bool,
+        keep: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """``x`` through self-attention ``Block``s under the key ``bias``; with padding (and ``skip_padding``)
-        the projections and FFNs compute only the real positions of ``mask``. Returns the states and, when
+        the projections and FFNs compute only the real positions of ``mask``; ``keep`` (bool (B, T)): the
+        last layer computes only these rows (``ScoredRows``), zeros elsewhere. Returns the states and, when
         ``maps``, each layer's attention probabilities (else an empty list)."""
         rows = mask if bias is not None and self.skip_padding else None
+        layers = list(layers)
         probs_per_layer: list[Tensor] = []
-        for layer in layers:
-            x, probs = layer(x, bias, need_weights=maps, rows=rows)
+        for i, layer in enumerate(layers):
+            last = keep if i == len(layers) - 1 else None
+            x, probs = layer(x, bias, need_weights=maps, rows=rows, keep=last)
             if maps:
                 probs_per_layer.append(probs)
         return x, probs_per_layer

@@ -31,6 +31,8 @@ class BertConfig(ModelConfig):
 
 
 class Bert(EncoderModel[BertConfig]):
+    takes_scored_rows = True
+
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
         c = config
@@ -48,8 +50,11 @@ class Bert(EncoderModel[BertConfig]):
             raise TypeError(f"BERT got unexpected inputs {sorted(extra)}")
         text_ids, text_mask, segment_ids = x.text_ids, x.text_mask, x.segment_ids
         check_text_inputs(self.config, text_ids, text_mask, segment_ids)
+        scored = x.scored_rows
         x = self.embeddings(text_ids, segment_ids)
-        x, maps = self.run_blocks(self.layers, x, text_mask, key_padding_bias(text_mask, x.dtype), output_attentions)
+        keep = scored.text_rows(text_ids.shape, x.device) if scored is not None else None
+        bias = key_padding_bias(text_mask, x.dtype)
+        x, maps = self.run_blocks(self.layers, x, text_mask, bias, output_attentions, keep)
         return Encoded(
             text=x,
             vision=None,

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
-from mmbert.models.base import ConfigT, EncoderModel, ModelInputs, check_text_inputs
+from mmbert.models.base import ConfigT, EncoderModel, ModelInputs, ScoredRows, check_text_inputs
 from mmbert.models.outputs import Encoded
 from mmbert.nn import TextEmbeddings, key_padding_bias
 
@@ -68,6 +68,7 @@ class DualStreamModel(EncoderModel[ConfigT]):
     stream alone (``stream_layers``) and implement ``fuse``; ``forward`` chains the three stages."""
 
     display_name: str = ""  # for error messages ("ViLBERT needs region_feats ...")
+    takes_scored_rows = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -165,9 +166,31 @@ class DualStreamModel(EncoderModel[ConfigT]):
         )
         return self.run_layers(vision, self.stream_layers("vision"), "vision_vision", output_attentions)
 
-    def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
-        """The cross-modal layers over a (text, image) pair and the pooled output."""
+    def fuse(
+        self,
+        text: StreamStates,
+        vision: StreamStates,
+        output_attentions: bool = False,
+        scored_rows: ScoredRows | None = None,
+    ) -> Encoded:
+        """The cross-modal layers over a (text, image) pair and the pooled output; ``scored_rows``: the
+        rows each stream's last layer computes (``kept_rows``)."""
         raise NotImplementedError
+
+    def kept_rows(
+        self, scored: ScoredRows | None, text: StreamStates, vision: StreamStates
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The text (B, T) and vision (B, R') rows that the last layer of each stream computes: those
+        ``scored`` reads, with [CLS] and (a fused pooler) the first vision element when pooled;
+        (None, None) without ``scored``."""
+        if scored is None:
+            return None, None
+        t, v = text.states, vision.states
+        where = self.config.global_region  # type: ignore[attr-defined]
+        return (
+            scored.text_rows(t.shape[:2], t.device),
+            scored.vision_rows(v.shape[:2], v.device, where, hasattr(self, "vision_pooler")),
+        )
 
     def encode_inputs(self, x: ModelInputs, output_attentions: bool = False, **vision_inputs: Any) -> Encoded:
         """``fuse(encode_text(...), encode_vision(...))``. ``vision_inputs``: model-specific inputs of
@@ -183,4 +206,4 @@ class DualStreamModel(EncoderModel[ConfigT]):
             text_batch=x.text_ids.shape[0],
             **vision_inputs,
         )
-        return self.fuse(text, vision, output_attentions)
+        return self.fuse(text, vision, output_attentions, x.scored_rows)

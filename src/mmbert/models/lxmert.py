@@ -40,6 +40,7 @@ from mmbert.models.base import (
     TINY_REGION_FEAT_DIM,
     TINY_SIZES,
     Encoded,
+    ScoredRows,
     block_stack,
     init_heads,
     text_embeddings_plan,
@@ -144,15 +145,19 @@ class CrossModalityLayer(nn.Module):
         need_weights: bool,
         text_rows: Tensor | None = None,
         vision_rows: Tensor | None = None,
+        text_keep: Tensor | None = None,
+        vision_keep: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor | None]]:
         """text (B, T, D), vision (B, R, D) -> new text, new vision, and (if asked) the four maps.
-        ``*_rows``: the real positions, whose padding the sublayers may skip (see ``Block``)."""
+        ``*_rows``: the real positions, whose padding the sublayers may skip (see ``Block``); ``*_keep``:
+        the only rows read after this layer (the last one). The cross-attention runs at every row even
+        then: each stream's self-attention takes its keys from all of them."""
         new_text, text_vision = self.cross(text, vision, vision_bias, need_weights, text_rows)
         new_vision, vision_text = self.cross(
             vision, text, text_bias, need_weights, vision_rows
         )  # same weights
-        text, text_text = self.text(new_text, text_bias, need_weights, text_rows)
-        vision, vision_vision = self.vision(new_vision, vision_bias, need_weights, vision_rows)
+        text, text_text = self.text(new_text, text_bias, need_weights, text_rows, text_keep)
+        vision, vision_vision = self.vision(new_vision, vision_bias, need_weights, vision_rows, vision_keep)
         maps = {
             "text_vision": text_vision,
             "vision_text": vision_text,
@@ -186,17 +191,28 @@ class Lxmert(DualStreamModel[LxmertConfig]):
         feature encoder; with the whole-image region first where the config has one): all of each."""
         return list(self.text_layers if stream == "text" else self.vision_layers)
 
-    def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
+    def fuse(
+        self,
+        text: StreamStates,
+        vision: StreamStates,
+        output_attentions: bool = False,
+        scored_rows: ScoredRows | None = None,
+    ) -> Encoded:
         """The cross-modality encoder and the pooler: text (B, T, D), vision (B, R, D), pooled (B, D). With
         ``output_attentions``: ``text_text`` holds the language layers' maps then the cross-modality layers'
         text self-attention; ``vision_vision`` the object-relationship layers' then the cross-modality
         layers'; ``text_vision`` (B, H, T, R) and ``vision_text`` (B, H, R, T) one per cross-modality layer."""
         text_bias, text_rows = text.bias_and_rows(self.skip_padding)
         vision_bias, vision_rows = vision.bias_and_rows(self.skip_padding)
+        keeps = self.kept_rows(scored_rows, text, vision)
         t, v = text.states, vision.states
         maps = new_maps(output_attentions)
-        for layer in self.cross_layers:
-            t, v, layer_maps = layer(t, v, text_bias, vision_bias, output_attentions, text_rows, vision_rows)
+        last = len(self.cross_layers) - 1
+        for i, layer in enumerate(self.cross_layers):
+            text_keep, vision_keep = keeps if i == last else (None, None)
+            t, v, layer_maps = layer(
+                t, v, text_bias, vision_bias, output_attentions, text_rows, vision_rows, text_keep, vision_keep
+            )
             if maps is not None:
                 for key, probs in layer_maps.items():
                     maps[key].append(probs)

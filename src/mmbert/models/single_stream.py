@@ -22,7 +22,15 @@ from mmbert.config import GLOBAL_REGION_CHOICES as GLOBAL_REGION_CHOICES
 from mmbert.config import GlobalRegion as GlobalRegion
 from mmbert.config import ModelConfig, check_global_region
 from mmbert.data.boxes import add_global_region, check_region_inputs, clear_padded_regions
-from mmbert.models.base import ConfigT, Encoded, EncoderModel, ModelInputs, block_stack, check_text_inputs
+from mmbert.models.base import (
+    ConfigT,
+    Encoded,
+    EncoderModel,
+    ModelInputs,
+    ScoredRows,
+    block_stack,
+    check_text_inputs,
+)
 from mmbert.nn import FUSION_DROPOUT, PairHead, Pooler, key_padding_bias
 
 
@@ -55,6 +63,7 @@ class SingleStreamModel(EncoderModel[ConfigT]):
     masked_region_input: bool = False
     # Whether forward takes text alone (no visual input at all): ``embed_text_only`` embeds it.
     text_only_input: bool = False
+    takes_scored_rows = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -145,7 +154,7 @@ class SingleStreamModel(EncoderModel[ConfigT]):
             if text_mask is None:
                 text_mask = torch.ones_like(text_ids, dtype=torch.bool)
             joint, mask = self.embed_text_only(text_ids, text_mask, segment_ids)
-            return self.encode(joint, mask, text_ids.shape[1], output_attentions, attention_mask)
+            return self.encode(joint, mask, text_ids.shape[1], output_attentions, attention_mask, x.scored_rows)
         name = type(self).__name__
         if region_feats is None:
             raise ValueError(
@@ -177,7 +186,7 @@ class SingleStreamModel(EncoderModel[ConfigT]):
 
         inputs = ModelInputs(text_ids, text_mask, segment_ids, region_feats, region_boxes, region_mask)
         joint, mask = self.embed(inputs, **extra)
-        return self.encode(joint, mask, t, output_attentions, attention_mask)
+        return self.encode(joint, mask, t, output_attentions, attention_mask, x.scored_rows)
 
     def encode(
         self,
@@ -186,11 +195,21 @@ class SingleStreamModel(EncoderModel[ConfigT]):
         text_len: int,
         output_attentions: bool = False,
         attention_mask: Tensor | None = None,
+        scored_rows: ScoredRows | None = None,
     ) -> Encoded:
         """The Block stack over the joint sequence x (B, T + R', D) with key mask (B, T + R'), split at T;
-        ``attention_mask`` (B, T + R', T + R') further restricts who sees whom."""
+        ``attention_mask`` (B, T + R', T + R') further restricts who sees whom; ``scored_rows``: the rows
+        the last layer computes (``ScoredRows``)."""
         visible = mask if attention_mask is None else joint_visibility(attention_mask, mask)
-        x, maps = self.run_blocks(self.layers, x, mask, key_padding_bias(visible, x.dtype), output_attentions)
+        keep = None
+        if scored_rows is not None:
+            b, length = mask.shape
+            text = scored_rows.text_rows(torch.Size((b, text_len)), x.device)
+            where, pools_vision = self.config.global_region, hasattr(self, "vision_pooler")
+            vision = scored_rows.vision_rows(torch.Size((b, length - text_len)), x.device, where, pools_vision)
+            keep = torch.cat([text, vision], 1)
+        bias = key_padding_bias(visible, x.dtype)
+        x, maps = self.run_blocks(self.layers, x, mask, bias, output_attentions, keep)
         return Encoded(
             text=x[:, :text_len],
             vision=x[:, text_len:],

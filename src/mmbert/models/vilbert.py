@@ -32,7 +32,14 @@ from torch import Tensor, nn
 
 from mmbert.config import GlobalRegion, ModelConfig, check_global_region
 from mmbert.data.boxes import location_features
-from mmbert.models.base import TINY_REGION_FEAT_DIM, TINY_SIZES, Encoded, block_stack, text_embeddings_plan
+from mmbert.models.base import (
+    TINY_REGION_FEAT_DIM,
+    TINY_SIZES,
+    Encoded,
+    ScoredRows,
+    block_stack,
+    text_embeddings_plan,
+)
 from mmbert.models.dual_stream import DualStreamModel, StreamStates, joined_maps, new_maps
 from mmbert.models.heads import PretrainingHeads
 from mmbert.nn import (
@@ -147,12 +154,15 @@ class CoAttentionLayer(nn.Module):
         need_weights: bool,
         text_rows: Tensor | None = None,
         vision_rows: Tensor | None = None,
+        text_keep: Tensor | None = None,
+        vision_keep: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Returns new text (B, T, D), new vision (B, R, Dv) and, if asked, the text->vision (B, H, T, R)
         and vision->text (B, H, R, T) attention probabilities. ``*_rows``: the real positions, whose
-        padding the sublayers may skip (see ``Block``)."""
-        new_text, text_vision = self.text(text, vision, vision_bias, need_weights, text_rows)
-        new_vision, vision_text = self.vision(vision, text, text_bias, need_weights, vision_rows)
+        padding the sublayers may skip (see ``Block``); ``*_keep``: the only rows of that stream read
+        after this layer (its queries come from the states before the layer, so each side prunes alone)."""
+        new_text, text_vision = self.text(text, vision, vision_bias, need_weights, text_rows, text_keep)
+        new_vision, vision_text = self.vision(vision, text, text_bias, need_weights, vision_rows, vision_keep)
         return new_text, new_vision, text_vision, vision_text
 
 
@@ -183,27 +193,40 @@ class ViLBert(DualStreamModel[ViLBertConfig]):
         layers = self.text_layers if stream == "text" else self.vision_layers
         return [layers[i] for kind, i in self.single_modality_steps if kind == stream]
 
-    def fuse(self, text: StreamStates, vision: StreamStates, output_attentions: bool = False) -> Encoded:
+    def fuse(
+        self,
+        text: StreamStates,
+        vision: StreamStates,
+        output_attentions: bool = False,
+        scored_rows: ScoredRows | None = None,
+    ) -> Encoded:
         """The run plan from the first co-attention on, then the fused poolers: text (B, T, D), vision
         (B, R+1, Dv) with the global region first, pooled (B, pooled_dim). With ``output_attentions``: one
         map per text layer (``text_text``), per vision layer (``vision_vision``) and per co-attention layer
         (``text_vision`` (B, H, T, R+1), ``vision_text`` (B, H, R+1, T)), each list in run order."""
         text_bias, text_rows = text.bias_and_rows(self.skip_padding)
         vision_bias, vision_rows = vision.bias_and_rows(self.skip_padding)
+        text_keep, vision_keep = self.kept_rows(scored_rows, text, vision)
+        # each stream's last step (its own layer or a co-attention) computes only the kept rows
+        steps = self.cross_modal_steps
+        last_text = max((k for k, (kind, _) in enumerate(steps) if kind != "vision"), default=-1)
+        last_vision = max((k for k, (kind, _) in enumerate(steps) if kind != "text"), default=-1)
         t, v = text.states, vision.states
         maps = new_maps(output_attentions)
-        for kind, i in self.cross_modal_steps:
+        for k, (kind, i) in enumerate(steps):
+            t_keep = text_keep if k == last_text else None
+            v_keep = vision_keep if k == last_vision else None
             if kind == "text":
-                t, probs = self.text_layers[i](t, text_bias, output_attentions, text_rows)
+                t, probs = self.text_layers[i](t, text_bias, output_attentions, text_rows, t_keep)
                 if maps is not None:
                     maps["text_text"].append(probs)
             elif kind == "vision":
-                v, probs = self.vision_layers[i](v, vision_bias, output_attentions, vision_rows)
+                v, probs = self.vision_layers[i](v, vision_bias, output_attentions, vision_rows, v_keep)
                 if maps is not None:
                     maps["vision_vision"].append(probs)
             else:
                 t, v, tv, vt = self.co_layers[i](
-                    t, v, text_bias, vision_bias, output_attentions, text_rows, vision_rows
+                    t, v, text_bias, vision_bias, output_attentions, text_rows, vision_rows, t_keep, v_keep
                 )
                 if maps is not None:
                     maps["text_vision"].append(tv)

@@ -87,6 +87,7 @@ class Attention(nn.Module):
         bias: Tensor | None = None,
         need_weights: bool = False,
         rows: Tensor | None = None,
+        keep: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D), context (B, S, Dc) for cross-attention, bias (B, 1, 1, S) or (B, 1, T, S) from
         ``key_padding_bias``.
@@ -94,6 +95,9 @@ class Attention(nn.Module):
         Returns the output (B, T, D) and, only when ``need_weights``, the probabilities (B, H, T, S).
         With ``rows`` (bool (B, T), the real positions), x and the output are packed (N, D): the
         projections skip the padding, unpacked (as zeros, which ``bias`` must mask) only for the attention.
+        With ``keep`` (bool (B, T) within ``rows``: the only positions whose output is needed, as in a last
+        layer read at a few rows) keys and values still come from every row of x, but queries and the
+        output projection only from ``keep``: the output is packed over ``keep`` (K, D).
         """
         # SDPA's fused CPU kernel has no dropout: it would fall back to its unfused path, which keeps
         # scaled copies of q and k, the probabilities, float noise and the dropped probabilities; so
@@ -108,14 +112,22 @@ class Attention(nn.Module):
         if self.is_cross:
             if context is None:
                 raise ValueError("cross-attention needs a context tensor")
-            (q,) = self._split(unpack_rows(self.q(x), rows), 1, manual)
+            queries = self.q(x if keep is None else at_rows(x, rows, keep))
+            (q,) = self._split(unpack_rows(queries, rows if keep is None else keep), 1, manual)
             k, v = self._split(self.kv(context), 2, manual)
         else:
             if context is not None:
                 raise ValueError(
                     "this Attention was built for self-attention (no context_dim) but got a context"
                 )
-            q, k, v = self._split(unpack_rows(self.qkv(x), rows), 3, manual)
+            if keep is None:
+                q, k, v = self._split(unpack_rows(self.qkv(x), rows), 3, manual)
+            else:  # the fused matrix split: queries at the kept rows, keys and values at every row
+                inner = self.num_heads * self.head_dim
+                w, b = self.qkv.weight, self.qkv.bias
+                queries = F.linear(at_rows(x, rows, keep), w[:inner], b[:inner])
+                (q,) = self._split(unpack_rows(queries, keep), 1, manual)
+                k, v = self._split(unpack_rows(F.linear(x, w[inner:], b[inner:]), rows), 2, manual)
         probs = None
         if need_weights:  # the explicit path, only for analysis
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
@@ -131,7 +143,14 @@ class Attention(nn.Module):
             )
         b, _, t, _ = out.shape
         out = out.transpose(1, 2).reshape(b, t, -1)
-        return self.out(out if rows is None else out[rows]), probs
+        packed_by = rows if keep is None else keep
+        return self.out(out if packed_by is None else out[packed_by]), probs
+
+
+def at_rows(x: Tensor, rows: Tensor | None, keep: Tensor) -> Tensor:
+    """The values (K, C) at ``keep`` (bool (B, T), within ``rows``) of x, which is packed over ``rows``
+    (N, C) or, without rows, whole (B, T, C)."""
+    return x[keep] if rows is None else x[keep[rows]]
 
 
 def unpack_rows(packed: Tensor, rows: Tensor | None) -> Tensor:

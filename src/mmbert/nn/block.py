@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mmbert.nn.attention import Attention, unpack_rows
+from mmbert.nn.attention import Attention, at_rows, unpack_rows
 from mmbert.nn.dropout import residual_dropout
 from mmbert.nn.feedforward import FeedForward
 
@@ -41,25 +41,53 @@ class Block(nn.Module):
         self.checkpointing = False
 
     def forward(
-        self, x: Tensor, bias: Tensor | None = None, need_weights: bool = False, rows: Tensor | None = None
+        self,
+        x: Tensor,
+        bias: Tensor | None = None,
+        need_weights: bool = False,
+        rows: Tensor | None = None,
+        keep: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D); bias (B, 1, 1, T) or, from a visibility mask, (B, 1, T, T).
         Returns the new x and, if asked, attention probs (B, H, T, T).
 
         ``rows`` (bool (B, T), the real positions; ``bias`` must mask the others) skips the padding in
         every projection and in the FFN: real positions get the same values, padded ones zeros.
+        ``keep`` (bool (B, T)): the only positions whose output is read (a last layer under losses that
+        read a few rows; see ``EncoderModel.run_blocks``): keys and values still come from every real row, queries, the
+        output projection, residuals, norms and FFN only from these; the others come out as zeros.
         """
+        if keep is not None:
+            x, rows, keep = kept_args(x, rows, keep, need_weights)
+            return run_sublayers(self, False, x, bias, False, rows, keep)[0], None
         if rows is not None and not need_weights:
             return unpack_rows(run_sublayers(self, False, x[rows], bias, False, rows)[0], rows), None
         return run_sublayers(self, need_weights, x, bias, need_weights, None)
 
     def _sublayers(
-        self, x: Tensor, bias: Tensor | None, need_weights: bool, rows: Tensor | None
+        self, x: Tensor, bias: Tensor | None, need_weights: bool, rows: Tensor | None, keep: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        h, probs = self.attn(x, bias=bias, need_weights=need_weights, rows=rows)
+        h, probs = self.attn(x, bias=bias, need_weights=need_weights, rows=rows, keep=keep)
+        if keep is not None:  # the residual stream continues at the kept rows only
+            x = at_rows(x, rows, keep)
         x = self.norm1(residual_dropout(x, h, self.dropout, self.training))
         x = self.norm2(residual_dropout(x, self.ffn(x), self.dropout, self.training))
-        return x, probs
+        return (x if keep is None else unpack_rows(x, keep)), probs
+
+
+def kept_args(
+    x: Tensor, rows: Tensor | None, keep: Tensor, need_weights: bool
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(x packed over ``rows`` where given, rows, keep restricted to the real rows): a layer's input on
+    the ``keep`` path, which the layer unpacks over ``keep`` at its end (inside a checkpoint, too)."""
+    if need_weights:
+        raise ValueError("attention maps cover every query: a layer computed only at kept rows cannot return them")
+    if keep.shape != x.shape[:2] or keep.dtype != torch.bool:
+        raise ValueError(f"keep must be a boolean (batch, positions) {tuple(x.shape[:2])} mask, got "
+                         f"{keep.dtype} {tuple(keep.shape)}")  # fmt: skip
+    if rows is None:
+        return x, None, keep
+    return x[rows], rows, keep & rows
 
 
 class CrossBlock(nn.Module):
@@ -95,21 +123,34 @@ class CrossBlock(nn.Module):
         bias: Tensor | None = None,
         need_weights: bool = False,
         rows: Tensor | None = None,
+        keep: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D) queries; context (B, S, Dc); bias (B, 1, 1, S) or (B, 1, T, S) over the context's keys.
-        ``rows`` (bool (B, T), the real queries) skips the padded queries, as in ``Block``."""
+        ``rows`` (bool (B, T), the real queries) skips the padded queries, as in ``Block``; ``keep``
+        computes only the queries whose output is read (the others come out as zeros), as in ``Block``."""
+        if keep is not None:
+            x, rows, keep = kept_args(x, rows, keep, need_weights)
+            return run_sublayers(self, False, x, context, bias, False, rows, keep)[0], None
         if rows is not None and not need_weights:
             return unpack_rows(run_sublayers(self, False, x[rows], context, bias, False, rows)[0], rows), None
         return run_sublayers(self, need_weights, x, context, bias, need_weights, None)
 
     def _sublayers(
-        self, x: Tensor, context: Tensor, bias: Tensor | None, need_weights: bool, rows: Tensor | None
+        self,
+        x: Tensor,
+        context: Tensor,
+        bias: Tensor | None,
+        need_weights: bool,
+        rows: Tensor | None,
+        keep: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        h, probs = self.attn(x, context, bias=bias, need_weights=need_weights, rows=rows)
+        h, probs = self.attn(x, context, bias=bias, need_weights=need_weights, rows=rows, keep=keep)
+        if keep is not None:
+            x = at_rows(x, rows, keep)
         x = self.norm1(residual_dropout(x, h, self.dropout, self.training))
         if self.ffn is not None:
             x = self.norm2(residual_dropout(x, self.ffn(x), self.dropout, self.training))
-        return x, probs
+        return (x if keep is None else unpack_rows(x, keep)), probs
 
 
 def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from mmbert.data.batch import Batch
+from mmbert.models.base import ScoredRows
 
 
 @dataclass
@@ -50,10 +51,12 @@ class ScoringInputs:
 
     def regions(self, pred: Tensor, objective: str) -> tuple[Tensor, Tensor]:
         """(region predictions aligned to the batch's R regions, the bool (B, R) target mask)."""
-        targets = self.region_targets
-        if targets is None:
-            targets = self.need("region_target_mask", objective)
+        targets = self.target_regions(objective)
         return self.align(pred, targets.shape[1]), targets
+
+    def target_regions(self, objective: str) -> Tensor:
+        """The bool (B, R) mask of the regions a masked-region objective scores."""
+        return self.region_targets if self.region_targets is not None else self.need("region_target_mask", objective)
 
     def align(self, pred: Tensor, r: int) -> Tensor:
         """Region predictions (B, R', .) -> the batch's R regions. Models add vision elements: a global
@@ -81,8 +84,9 @@ class Objective(nn.Module):
       raise a clear error through ``ScoringInputs.need``);
     * ``detector`` — what a feature store must hold for it (None when nothing).
 
-    and implement ``score(pred, inputs) -> LossOutput``. Adding an objective is one such class plus
-    one entry in ``mmbert.objectives.registry.OBJECTIVES``.
+    and implement ``score(pred, inputs) -> LossOutput``; where it reads only some rows of the final states,
+    ``reads(inputs)`` says which (the last layer then computes only those). Adding an objective is one such
+    class plus one entry in ``mmbert.objectives.registry.OBJECTIVES``.
     """
 
     name: str = ""
@@ -93,6 +97,11 @@ class Objective(nn.Module):
     def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
         """The loss and metrics of ``pred`` (this objective's model output) against ``inputs``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement score()")
+
+    def reads(self, inputs: ScoringInputs) -> ScoredRows | None:
+        """The rows of the final states that ``score`` reads for these inputs; None (the default, always
+        safe): every row. A row read but not declared would be scored as zeros: declare them all."""
+        return None
 
     def describe(self) -> str:
         reads = ", ".join(f"batch.{f}" for f in self.batch_fields) or "nothing else"

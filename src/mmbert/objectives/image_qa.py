@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmbert.models.base import ScoredRows
 from mmbert.objectives.base import LossOutput, Objective, ScoringInputs
 
 IGNORE = -100
@@ -27,6 +28,10 @@ class ImageQA(Objective):
 
     def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
         return self(pred, inputs.need("answer_targets", self.name), inputs.batch.pair_labels)
+
+    def reads(self, inputs: ScoringInputs) -> ScoredRows:
+        """The pooled output only."""
+        return ScoredRows(pooled=True)
 
     def forward(self, logits: Tensor, targets: Tensor, pair_labels: Tensor | None = None) -> LossOutput:
         if targets.dim() == 2:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmbert.models.base import ScoredRows
 from mmbert.objectives.base import LossOutput, Objective, ScoringInputs
 
 IGNORE = -100
@@ -23,8 +24,14 @@ class MaskedLM(Objective):
     batch_fields = ("mlm_labels",)
 
     def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
-        labels = inputs.mlm_labels if inputs.mlm_labels is not None else inputs.need("mlm_labels", self.name)
-        return self(pred, labels)
+        return self(pred, self._labels(inputs))
+
+    def reads(self, inputs: ScoringInputs) -> ScoredRows:
+        """The labelled tokens only."""
+        return ScoredRows(text=self._labels(inputs) != IGNORE)
+
+    def _labels(self, inputs: ScoringInputs) -> Tensor:
+        return inputs.mlm_labels if inputs.mlm_labels is not None else inputs.need("mlm_labels", self.name)
 
     def forward(self, logits: Tensor, labels: Tensor) -> LossOutput:
         if logits.dim() == 3:

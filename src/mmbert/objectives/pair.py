@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmbert.models.base import ScoredRows
 from mmbert.objectives.base import LossOutput, Objective, ScoringInputs
 
 IGNORE = -100
@@ -24,6 +25,10 @@ class PairMatch(Objective):
 
     def score(self, pred: Tensor, inputs: ScoringInputs) -> LossOutput:
         return self(pred, inputs.need("pair_labels", self.name))
+
+    def reads(self, inputs: ScoringInputs) -> ScoredRows:
+        """The pooled output only."""
+        return ScoredRows(pooled=True)
 
     def forward(self, logits: Tensor, labels: Tensor) -> LossOutput:
         if logits.shape != (labels.shape[0], 2):

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.data.batch import Batch
+from mmbert.models.base import ScoredRows
 from mmbert.models.pretraining import PretrainingModel, PretrainingOutput
 from mmbert.objectives.base import LossOutput, Objective, ScoringInputs
 from mmbert.objectives.mlm import IGNORE
@@ -134,7 +135,13 @@ class Pretraining(nn.Module):
     their metrics plus ``loss``. ``objectives`` default to the recipe of ``model.config`` (``recipe_key``);
     ``weights`` default to 1 each (LXMERT's 6.67 lives inside its region losses, as in its code).
     A batch with a ``task`` (a task schedule, UNITER) computes that one objective only; a batch with a
-    ``text_batch`` (a text-only corpus mixed in, VL-BERT) adds its MLM loss, reported as ``mlm_text``."""
+    ``text_batch`` (a text-only corpus mixed in, VL-BERT) adds its MLM loss, reported as ``mlm_text``.
+
+    ``scored_rows_only`` (on by default): the model's last layer computes only the rows of its final
+    states that the active objectives read (``Objective.reads``: the labelled tokens, the target regions,
+    the pooled positions), keys and values still at every real row: the same loss and gradients for
+    fewer FLOPs. It applies when every active objective declares its rows (word-region alignment, e.g.,
+    reads all of them: then every row is computed) and the model takes ``scored_rows``. Off: every row."""
 
     def __init__(
         self,
@@ -142,6 +149,7 @@ class Pretraining(nn.Module):
         objectives: Sequence[str] | None = None,
         weights: Mapping[str, float] | None = None,
         score_mismatched: bool | None = None,
+        scored_rows_only: bool = True,
     ) -> None:
         super().__init__()
         recipe = RECIPES.get(recipe_key(model.config))
@@ -172,6 +180,7 @@ class Pretraining(nn.Module):
         self.scores_tokens = any(o.output == "mlm_logits" for o in self.objectives.values())
         self.sparse_lookup = self.scores_tokens and not (dist.is_available() and dist.is_initialized())
         self.scheduled = False  # set when batches carry one task each (a step leaves the other heads unused)
+        self.scored_rows_only = scored_rows_only
         self.score_mismatched = (
             score_mismatched if score_mismatched is not None else (recipe.score_mismatched if recipe else True)
         )
@@ -235,10 +244,10 @@ class Pretraining(nn.Module):
         if global_feats is not None:
             inputs["global_feats"] = global_feats  # the loader's whole-image feature (ViLBERT's rules)
         token_objective = next((n for n in names if self.objectives[n].output == "mlm_logits"), None)
-        out = self._run_model(inputs, mlm_labels, token_objective)
         # Text-only BERT has no regions, hence no global_region; its objectives never align regions.
         where = getattr(self.model.config, "global_region", "none")
-        scoring = ScoringInputs(batch, mlm_labels, region_targets, where, out)
+        scoring = ScoringInputs(batch, mlm_labels, region_targets, where)
+        scoring.outputs = out = self._run_model(inputs, mlm_labels, token_objective, self._scored_rows(names, scoring))
         total: Tensor | None = None
         metrics: dict[str, float] = {}
         for name in names:
@@ -256,8 +265,28 @@ class Pretraining(nn.Module):
         metrics["loss"] = float(total.detach())
         return LossOutput(total, metrics)
 
-    def _run_model(self, inputs: dict, mlm_labels: Tensor | None, token_objective: str | None) -> PretrainingOutput:
-        """The model's forward, its MLM logits gathered at the labelled tokens when a token objective runs."""
+    def _scored_rows(self, names: Sequence[str], inputs: ScoringInputs) -> ScoredRows | None:
+        """The union of the rows the objectives ``names`` read (``scored_rows_only``), or None: every row
+        (it is off, the model takes none, or some objective reads every row)."""
+        if not (self.scored_rows_only and self.model.encoder.takes_scored_rows):
+            return None
+        union = ScoredRows()
+        for name in names:
+            reads = self.objectives[name].reads(inputs)
+            if reads is None:
+                return None
+            union = union.union(reads)
+        return union
+
+    def _run_model(
+        self,
+        inputs: dict,
+        mlm_labels: Tensor | None,
+        token_objective: str | None,
+        scored_rows: ScoredRows | None = None,
+    ) -> PretrainingOutput:
+        """The model's forward, its MLM logits gathered at the labelled tokens when a token objective runs,
+        its last layer computed at ``scored_rows`` only (when given)."""
         if token_objective is not None:
             if mlm_labels is None:
                 raise ValueError(f"objective {token_objective!r} needs batch.mlm_labels, which this batch lacks")
@@ -270,6 +299,8 @@ class Pretraining(nn.Module):
         # a sparse lookup gradient needs the tied decoder's dense one beside it (no MLM: stay dense)
         lookup.sparse = (self.sparse_lookup and token_objective is not None) or dense
         try:
+            if scored_rows is not None:
+                inputs = {**inputs, "scored_rows": scored_rows}
             return self.model(**inputs, mlm_positions=positions)
         finally:
             lookup.sparse = dense
@@ -280,8 +311,9 @@ class Pretraining(nn.Module):
             raise ValueError("the batch carries a text-only stream (text_batch) but 'mlm' is not an objective")
         if text.mlm_labels is None:
             raise ValueError("the text-only batch (text_batch) has no mlm_labels")
-        out = self._run_model(text.model_inputs(), text.mlm_labels, "mlm")
         where = getattr(self.model.config, "global_region", "none")
-        result = self.objectives["mlm"].score(out.mlm_logits, ScoringInputs(text, text.mlm_labels, None, where))
+        scoring = ScoringInputs(text, text.mlm_labels, None, where)
+        out = self._run_model(text.model_inputs(), text.mlm_labels, "mlm", self._scored_rows(["mlm"], scoring))
+        result = self.objectives["mlm"].score(out.mlm_logits, scoring)
         metrics = {k.replace("mlm_", "mlm_text_", 1): v for k, v in result.metrics.items()}
         return LossOutput(result.loss, metrics), self.weights["mlm"]

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmbert.models.base import ScoredRows
 from mmbert.objectives.base import DetectorNeed, LossOutput, Objective, ScoringInputs
 
 # src/lxrt/entry.py VISUAL_CONFIG.visual_loss_config: every visual loss weighted 1 / 0.15 (~6.67)
@@ -51,7 +52,14 @@ def _empty(name: str, pred: Tensor) -> LossOutput:
     return LossOutput(pred.sum() * 0.0, {f"{name}_loss": 0.0, f"{name}_count": 0})
 
 
-class RegionClassification(Objective):
+class MaskedRegionObjective(Objective):
+    """An objective scored at the target regions only (``ScoringInputs.target_regions``)."""
+
+    def reads(self, inputs: ScoringInputs) -> ScoredRows:
+        return ScoredRows(regions=inputs.target_regions(self.name))
+
+
+class RegionClassification(MaskedRegionObjective):
     """Hard-label CE on target regions: logits (B, R, C), labels (B, R) long, targets bool (B, R).
 
     The hard label is the argmax of the detector's class distribution when that has as many classes as
@@ -97,7 +105,7 @@ class RegionClassification(Objective):
                                  f"{self.name}_count": n})
 
 
-class RegionDistribution(Objective):
+class RegionDistribution(MaskedRegionObjective):
     """Match the detector distribution on target regions: logits (B, R, C), probs (B, R, C), targets
     (B, R). ``kind="kl"``: sum_c p log(p / q) (0 log 0 = 0); ``kind="soft_ce"``: -sum_c p log q.
     ``average``: "region" (mean per-region value) or "region_class" (also divided by C; UNITER)."""
@@ -139,7 +147,7 @@ class RegionDistribution(Objective):
                                  f"{self.name}_count": n})
 
 
-class FeatureRegression(Objective):
+class FeatureRegression(MaskedRegionObjective):
     """Regress original features of target regions: pred (B, R, F), feats (B, R, F), targets (B, R).
     Per region the error is averaged over the F dimensions, then averaged over target regions."""
 
@@ -202,10 +210,17 @@ class LxmertRegionLoss(Objective):
         pred, targets = inputs.regions(pred, self.name)
         target = inputs.need(self._target, self.name)
         weight = getattr(inputs.batch, self._confidence) if self._confidence else None
+        return self(pred, target, self._scored(targets, inputs), weight, inputs.batch.region_mask)
+
+    def reads(self, inputs: ScoringInputs) -> ScoredRows:
+        return ScoredRows(regions=self._scored(inputs.target_regions(self.name), inputs))
+
+    def _scored(self, targets: Tensor, inputs: ScoringInputs) -> Tensor:
+        """Class labels at every real region, the feature at the masked ones (``targets``)."""
+        if self.kind == "feat":
+            return targets
         real = inputs.batch.region_mask
-        if self.kind != "feat":  # class labels at every real region, the feature at the masked ones
-            targets = real.clone() if real is not None else torch.ones_like(targets)
-        return self(pred, target, targets, weight, real)
+        return real.clone() if real is not None else torch.ones_like(targets)
 
     def forward(
         self, pred: Tensor, target: Tensor, targets: Tensor, weight: Tensor | None = None, real: Tensor | None = None
