@@ -35,7 +35,8 @@ COMPUTES = common.computes(
     {
         "entry": "mmbert.Pretraining(load_pretraining(dir))(batch).loss; recipe lxmert: mlm obj attr feat itm qa",
         "scored_positions": "MLM transform + vocabulary projection only at the labelled tokens; region heads "
-        "at every region (as HF)",
+        "at every region (as HF); the text side of the last cross layer's self-attention and FFN only at the "
+        "labelled tokens and [CLS]",
     },
     {
         "entry": "transformers.LxmertForPreTraining(labels=, obj_labels=, matched_label=, ans=).loss",

@@ -376,7 +376,8 @@ class PretrainingSpec:
 
 # what every pre-training step script's mmbert side does alike, and the optimizer both sides share
 MMBERT_STEP = {
-    "scored_positions": "MLM transform + vocabulary projection only at the labelled tokens (mlm_positions)",
+    "scored_positions": "MLM transform + vocabulary projection only at the labelled tokens (mlm_positions); "
+    "the last layer's queries, output projection and FFN only at the rows a loss reads (scored rows)",
     "padding": "padded text tokens skipped in every projection and FFN (masked as keys)",
     "attention": "training: mmbert.nn.attention.dropout_attention (boolean dropout mask); eval: SDPA",
     "memory": "boolean dropout masks, GELU recomputed in backward, sparse word-lookup gradient",
