@@ -253,3 +253,13 @@ def test_vl_bert_mixes_in_a_text_only_stream(world, tmp_path, capsys):
     no_corpus = [a for a in argv if a not in ("--text-corpus", str(corpus))]
     assert main([*no_corpus[:-6], "--out", str(tmp_path / "plain"), *no_corpus[-6:]]) == 0
     assert "text-only corpus stream" in capsys.readouterr().out  # said, not silently dropped
+
+
+def test_optimizer_in_backward_is_a_setting_refused_with_clipping(world, tmp_path, capsys):
+    err = error_of(pretrain(world, tmp_path / "a", "--max-steps", "2", "optimizer_in_backward=true"), capsys)
+    assert "optimizer_in_backward=true cannot be combined with max_grad_norm=1.0" in err
+    assert not (tmp_path / "a").exists()  # refused before anything started
+    out = tmp_path / "b"
+    assert main(pretrain(world, out, "--max-steps", "2", "optimizer_in_backward=true", "max_grad_norm=0")) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["train"]["optimizer_in_backward"] is True and run["train"]["max_grad_norm"] == 0

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmbert.objectives.base import LossOutput
 from mmbert.train import NonFiniteLossError, ResumeError, load_checkpoint, load_latest
 from mmbert.train.checkpoint import list_checkpoints
 
 sys.path.insert(0, str(Path(__file__).parent))
 import toy  # noqa: E402
+from toy import assert_bit_identical, last_state  # noqa: E402
 
 TOY = Path(__file__).with_name("toy.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -34,21 +34,6 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{err}"
     return out
-
-
-def last_state(run_dir: Path) -> dict:
-    loaded = load_latest(run_dir)
-    assert loaded is not None
-    return loaded[0]
-
-
-def assert_bit_identical(a: dict, b: dict) -> None:
-    assert a["step"] == b["step"]
-    assert a["task"].keys() == b["task"].keys()
-    for k in a["task"]:
-        assert torch.equal(a["task"][k], b["task"][k]), k
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
 
 
 def logged_step(run_dir: Path) -> int:
@@ -113,17 +98,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    calls = {"n": 0}
-    real = toy.Pretraining.forward
-
-    def poisoned(self, batch):
-        calls["n"] += 1
-        out = real(self, batch)
-        if calls["n"] == 5:
-            return LossOutput(out.loss * float("nan"), {**out.metrics, "loss": float("nan")})
-        return out
-
-    monkeypatch.setattr(toy.Pretraining, "forward", poisoned)
+    toy.patch_forward(monkeypatch, 5, toy.nan_loss)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5.*step-00000004\.pt"):
         toy.run(tmp_path, max_steps=12, save_every=2)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 4]

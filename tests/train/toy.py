@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,7 +20,8 @@ from mmbert.data.batch import Batch
 from mmbert.data.masking import example_generator, mask_tokens
 from mmbert.models import PretrainingModel, build_model
 from mmbert.objectives import Pretraining
-from mmbert.train import TrainConfig, train
+from mmbert.objectives.base import LossOutput
+from mmbert.train import TrainConfig, load_latest, train
 
 VOCAB, MASK, CLS, SEP = 100, 4, 2, 3
 
@@ -70,22 +72,63 @@ def collate(items: list[dict]) -> Batch:
     )
 
 
+def make_task(objectives: list[str] | None = None, dropout: float = 0.1) -> Pretraining:
+    """bert_tiny pre-training (MLM + NSP unless ``objectives``), initialised from seed 0."""
+    torch.manual_seed(0)
+    return Pretraining(PretrainingModel(build_model("bert_tiny", dropout=dropout, attn_dropout=dropout)), objectives)
+
+
 def run(out: str | Path, max_steps: int = 12, resume: bool = False, batch_size: int = 8, grad_accum: int = 1,
         objectives: list[str] | None = None, save_every: int = 3, dropout: float = 0.1, delay: float = 0.0,
         lr: float = 1e-3, precision: str = "fp32", stop_rank_at: int = 0, dist_timeout: float = 5.0,
-        gradient_checkpointing: bool = False):  # fmt: skip
-    torch.manual_seed(0)
-    model = PretrainingModel(build_model("bert_tiny", dropout=dropout, attn_dropout=dropout))
-    task = Pretraining(model, objectives)
+        gradient_checkpointing: bool = False, optimizer_in_backward: bool = False,
+        max_grad_norm: float = 1.0):  # fmt: skip
+    task = make_task(objectives, dropout)
     config = TrainConfig(
         max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=2,
         save_every=save_every, log_every=1, progress=False, keep_last=2, seed=0, device="cpu", precision=precision,
         dist_timeout_minutes=dist_timeout, gradient_checkpointing=gradient_checkpointing,
+        optimizer_in_backward=optimizer_in_backward, max_grad_norm=max_grad_norm,
     )  # fmt: skip
     info = {"model": "bert_tiny", "objectives": list(task.objective_names)}
     stop_after = stop_rank_at * batch_size * grad_accum if os.environ.get("RANK") == "1" else 0
     data = ToyPairs(delay=delay, stop_after=stop_after)
     return train(task, data, collate, config, out, resume=resume, run_info=info)
+
+
+def patch_forward(patch, at_call: int, effect: Callable[[LossOutput], LossOutput]) -> None:
+    """Through ``patch`` (pytest's monkeypatch), pass the ``at_call``-th output of Pretraining.forward
+    through ``effect``: a NaN loss, or a crash standing for a killed run."""
+    calls = {"n": 0}
+    real = Pretraining.forward
+
+    def patched(self, batch):
+        calls["n"] += 1
+        out = real(self, batch)
+        return effect(out) if calls["n"] == at_call else out
+
+    patch.setattr(Pretraining, "forward", patched)
+
+
+def nan_loss(out: LossOutput) -> LossOutput:
+    return LossOutput(out.loss * float("nan"), {**out.metrics, "loss": float("nan")})
+
+
+def last_state(run_dir: str | Path) -> dict:
+    """The newest checkpoint of a run directory (the tests compare runs by it)."""
+    loaded = load_latest(run_dir)
+    assert loaded is not None, f"no checkpoint in {run_dir}"
+    return loaded[0]
+
+
+def assert_bit_identical(a: dict, b: dict) -> None:
+    """Two checkpoints at the same step with equal weights and AdamW moments, bit for bit."""
+    assert a["step"] == b["step"]
+    assert a["task"].keys() == b["task"].keys()
+    for k in a["task"]:
+        assert torch.equal(a["task"][k], b["task"][k]), k
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
 
 
 def main() -> None:

@@ -4,10 +4,11 @@ from mmbert.train.checkpoint import load_checkpoint, load_latest, save_checkpoin
 from mmbert.train.config import TrainConfig
 from mmbert.train.distributed import DistEnv, init_distributed
 from mmbert.train.loop import NonFiniteLossError, ResumeError, TrainResult, evaluate, train
-from mmbert.train.optim import build_optimizer, build_scheduler, param_groups
+from mmbert.train.optim import AdamWInBackward, build_optimizer, build_scheduler, param_groups
 from mmbert.train.sampler import StepSampler
 
 __all__ = [
+    "AdamWInBackward",
     "DistEnv",
     "NonFiniteLossError",
     "ResumeError",

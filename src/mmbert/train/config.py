@@ -39,6 +39,9 @@ class TrainConfig:
     find_unused_parameters: bool | None = None  # DDP: None = decide from the objectives' use of the heads
     gradient_checkpointing: bool = False  # recompute each Transformer layer in backward: less memory, ~1/3 more compute
     dist_timeout_minutes: float = 5.0  # DDP: a collective waiting longer than this ends the job (names the rank)
+    # AdamW applied to each parameter in backward, its gradient freed at once: no model-sized gradient memory.
+    # Needs what reads no gradient after backward: max_grad_norm=0, grad_accum=1, one process, no fp16.
+    optimizer_in_backward: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "keep_last", "log_every"):
@@ -58,6 +61,23 @@ class TrainConfig:
             raise ValueError(f"train config: precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train config: device must be auto, cpu or cuda, got {self.device!r}")
+        if self.optimizer_in_backward:
+            self._check_in_backward()
+
+    def _check_in_backward(self) -> None:
+        """Each gradient is applied and freed during backward: refuse what needs the gradients after it."""
+        conflicts = {
+            "max_grad_norm": (self.max_grad_norm > 0, "global-norm clipping needs every gradient at once; set 0"),
+            "grad_accum": (self.grad_accum > 1, "accumulating would update once per micro-batch; set 1"),
+            "precision": (self.precision == "fp16", "fp16 gradient scaling unscales and checks the gradients "
+                          "after backward; use bf16 or fp32"),  # fmt: skip
+        }
+        for key, (bad, why) in conflicts.items():
+            if bad:
+                raise ValueError(
+                    f"train config: optimizer_in_backward=true cannot be combined with {key}={getattr(self, key)!r}: "
+                    f"{why}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

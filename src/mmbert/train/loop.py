@@ -6,7 +6,8 @@
 ``train(task, dataset, collate_fn, config, run_dir)`` where ``task(batch) -> LossOutput`` (e.g.
 ``objectives.Pretraining``). Order of a step: ``grad_accum`` micro-batches (forward under autocast,
 backward; DDP gradient sync on the last only), a finite-loss check, unscale + clip, optimizer and
-scheduler step. Then logging, evaluation and checkpointing on their schedules.
+scheduler step. Then logging, evaluation and checkpointing on their schedules. With
+``optimizer_in_backward`` the loss is checked before the backward pass, which applies the update.
 
 Exact resume: the data order is a function of (seed, step) (``StepSampler``), per-example masking is
 seeded by (seed, epoch, index) (datasets with ``set_epoch``), and a checkpoint holds the model,
@@ -50,7 +51,7 @@ from mmbert.train.distributed import (
     is_communication_failure,
     lost_peer_error,
 )
-from mmbert.train.optim import build_optimizer, build_scheduler
+from mmbert.train.optim import AdamWInBackward, build_optimizer, build_scheduler
 from mmbert.train.sampler import StepSampler
 
 # Keys of the train config that fix which examples a step sees; a resume must not change them.
@@ -96,9 +97,10 @@ def train(
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = PathLock(run_dir, "run directory")  # re-entrant: the command may hold it already
-    with lock:
+    with lock, contextlib.ExitStack() as on_exit:  # on_exit: the optimizer's hooks leave the model with us
         try:
-            return _train(task, dataset, collate_fn, config, run_dir, eval_dataset, resume, run_info or {}, env)
+            return _train(task, dataset, collate_fn, config, run_dir, eval_dataset, resume, run_info or {}, env,
+                          on_exit)  # fmt: skip
         except Exception as e:
             if env.distributed and is_communication_failure(e):
                 raise lost_peer_error(env, e, "during training") from e
@@ -106,17 +108,20 @@ def train(
 
 
 def _train(task, dataset, collate_fn, config: TrainConfig, run_dir: Path, eval_dataset, resume: bool,
-           run_info: dict[str, Any], env: DistEnv) -> TrainResult:  # fmt: skip
+           run_info: dict[str, Any], env: DistEnv, on_exit: contextlib.ExitStack) -> TrainResult:  # fmt: skip
+    amp_dtype = _amp_dtype(config.precision, env.device)
+    if config.optimizer_in_backward:
+        _check_in_backward(env, amp_dtype)
     _seed_everything(config.seed + env.rank)
 
     task.to(env.device)
     if config.gradient_checkpointing:
         set_gradient_checkpointing(task, True)
-    optimizer = build_optimizer(
-        task, config.lr, config.weight_decay, (config.adam_beta1, config.adam_beta2), config.adam_eps
-    )
+    optimizer = build_optimizer(task, config.lr, config.weight_decay, (config.adam_beta1, config.adam_beta2),
+                                config.adam_eps, in_backward=config.optimizer_in_backward)  # fmt: skip
+    if isinstance(optimizer, AdamWInBackward):
+        on_exit.enter_context(optimizer)
     scheduler = build_scheduler(optimizer, config.warmup_steps, config.max_steps, config.schedule)
-    amp_dtype = _amp_dtype(config.precision, env.device)
     scaler = torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16)
 
     # ---- resume ------------------------------------------------------------------------------------
@@ -249,7 +254,9 @@ def _train_step(
         with sync:
             with _autocast(env.device, amp_dtype):
                 out: LossOutput = model(batch)
-            scaler.scale(out.loss / config.grad_accum).backward()
+            # in-backward updates: a non-finite loss must stop before the backward pass that would apply it
+            if not (config.optimizer_in_backward and not torch.isfinite(out.loss.detach()).item()):
+                scaler.scale(out.loss / config.grad_accum).backward()
         for k, v in {**out.metrics, "loss": out.loss.detach()}.items():  # "loss" is always the optimised one
             sums[k] = sums.get(k, 0.0) + float(v) / config.grad_accum
     metrics = _mean_over_processes(sums, env)
@@ -358,6 +365,21 @@ def _slot_keywords(hook: Callable, first: int, parts: int) -> Callable[[int], di
     if "part" not in inspect.signature(hook).parameters:
         return lambda j: {}
     return lambda j: {"part": first + j, "parts": parts}
+
+
+def _check_in_backward(env: DistEnv, amp_dtype: torch.dtype | None) -> None:
+    """What TrainConfig cannot see: the process count and the precision ``auto`` resolves to."""
+    if env.distributed:
+        raise ValueError(
+            f"optimizer_in_backward=true cannot run with {env.world_size} processes: DDP averages the gradients "
+            "across processes after they are complete, the update in backward would use this process's own; "
+            "run one process"
+        )
+    if amp_dtype == torch.float16:
+        raise ValueError(
+            "optimizer_in_backward=true cannot run with fp16 (precision=auto on this GPU): gradient scaling "
+            "unscales and checks the gradients after backward; set precision=bf16 or fp32"
+        )
 
 
 def _seed_everything(seed: int) -> None:
