@@ -80,3 +80,12 @@ def test_settings_that_read_the_gradients_after_backward_are_refused(setting, me
 def test_several_processes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="optimizer_in_backward=true cannot run with 2 processes"):
         train(toy.make_task(), toy.ToyPairs(), toy.collate, toy_config(), tmp_path, env=DistEnv(world_size=2))
+
+
+def test_in_backward_with_gradient_checkpointing_equals_the_normal_optimizer(tmp_path):
+    # the recomputed layers run inside the backward pass that updates the parameters
+    toy.run(tmp_path / "normal", max_steps=3, save_every=3, max_grad_norm=0.0, gradient_checkpointing=True)
+    toy.run(tmp_path / "inback", max_steps=3, save_every=3, gradient_checkpointing=True, **IN_BACKWARD)
+    a, b = last_state(tmp_path / "normal"), last_state(tmp_path / "inback")
+    for k in a["task"]:
+        torch.testing.assert_close(b["task"][k], a["task"][k], rtol=0, atol=1e-6, msg=k)

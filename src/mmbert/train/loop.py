@@ -254,8 +254,9 @@ def _train_step(
         with sync:
             with _autocast(env.device, amp_dtype):
                 out: LossOutput = model(batch)
-            # in-backward updates: a non-finite loss must stop before the backward pass that would apply it
-            if not (config.optimizer_in_backward and not torch.isfinite(out.loss.detach()).item()):
+            # in-backward mode: the backward pass applies the update, so a non-finite loss stops before it
+            applies_nan = config.optimizer_in_backward and not bool(torch.isfinite(out.loss.detach()))
+            if not applies_nan:
                 scaler.scale(out.loss / config.grad_accum).backward()
         for k, v in {**out.metrics, "loss": out.loss.detach()}.items():  # "loss" is always the optimised one
             sums[k] = sums.get(k, 0.0) + float(v) / config.grad_accum
