@@ -219,6 +219,9 @@ def add_common_args(p, repeats: int) -> None:
     p.add_argument("--memory-only", action="store_true", help="only the peak-memory workers (no timing)")
     p.add_argument("--worker", choices=[MMBERT, HF], help="internal: one side's memory measurement")
     p.add_argument("--checkpointing", action="store_true", help="internal: the worker's mmbert side checkpoints")
+    p.add_argument(
+        "--in-backward", action="store_true", help="internal: the worker's mmbert side steps AdamW in backward"
+    )
 
 
 def train_step(loss_fn: Callable[[], torch.Tensor], opt: torch.optim.Optimizer, device: str, dtype: str) -> float:
@@ -234,13 +237,15 @@ def train_step(loss_fn: Callable[[], torch.Tensor], opt: torch.optim.Optimizer, 
 
 def memory_worker(args, build_side: Callable[[str], tuple[torch.nn.Module, Callable[[], torch.Tensor]]]) -> None:
     """Build one side alone, run two steps, print its peak memory and what the second step added on
-    top of the weights, gradients-free optimizer state and everything else alive before it."""
+    top of the weights, gradients-free optimizer state and everything else alive before it. With
+    ``--in-backward`` mmbert's side uses the trainer's ``optimizer_in_backward`` set-up (each parameter
+    updated as soon as its gradient is complete, the gradient freed at once; no global clipping)."""
     from mmbert.train.optim import build_optimizer
 
     model, loss_fn = build_side(args.worker)
     if args.worker == MMBERT and "transformers" in sys.modules:
         raise RuntimeError("the mmbert memory worker imported transformers; its memory would count against mmbert")
-    opt = build_optimizer(model, lr=1e-5)
+    opt = build_optimizer(model, lr=1e-5, in_backward=args.in_backward)
     train_step(loss_fn, opt, args.device, args.dtype)
     before = current_memory_mib(args.device)
     if args.device == "cuda":
@@ -271,7 +276,9 @@ def worker_shape(args, names: Sequence[str]) -> dict:
 
 def measure_memory(script: str, args, shape_names: Sequence[str], checkpointing: bool) -> dict:
     """Each side's step memory in its own process (glibc returns freed blocks at once there, so the
-    resident peak is the live peak); plus mmbert with gradient checkpointing when asked."""
+    resident peak is the live peak); plus mmbert with gradient checkpointing when asked, and mmbert with
+    the optimizer stepped in backward. ``state_mib`` (peak minus what the step added: weights, optimizer
+    state, the process) is the floor no saving in the step can go below."""
     import os
 
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
@@ -281,6 +288,7 @@ def measure_memory(script: str, args, shape_names: Sequence[str], checkpointing:
         "step_peak_mib": {k: v["peak_mib"] for k, v in mem.items()},
         "step_added_mib": {k: v["step_added_mib"] for k, v in mem.items()},
         "step_memory_ratio": mem[MMBERT]["peak_mib"] / mem[HF]["peak_mib"],
+        "state_mib": {k: v["peak_mib"] - v["step_added_mib"] for k, v in mem.items()},
         "memory_measure": "CUDA allocator peak" if args.device == "cuda" else "peak RSS (VmHWM), own process",
     }
     if checkpointing:
@@ -290,6 +298,13 @@ def measure_memory(script: str, args, shape_names: Sequence[str], checkpointing:
             "step_added_mib": ckpt["step_added_mib"],
             "peak_vs_without": ckpt["peak_mib"] / mem[MMBERT]["peak_mib"],
             "step_added_vs_without": ckpt["step_added_mib"] / mem[MMBERT]["step_added_mib"],
+        }
+        in_bwd = run_worker(script, [*base, "--worker", MMBERT, "--in-backward"])
+        result["optimizer_in_backward"] = {
+            "what": "mmbert: build_optimizer(in_backward=True), TrainConfig optimizer_in_backward (no clipping)",
+            "step_peak_mib": in_bwd["peak_mib"],
+            "step_added_mib": in_bwd["step_added_mib"],
+            "step_memory_ratio": in_bwd["peak_mib"] / mem[HF]["peak_mib"],
         }
     return result
 
@@ -316,6 +331,12 @@ def pretraining_rows(result: dict) -> list[tuple[str, float, float, str]]:
     if "step_peak_mib" in result:
         peak = result["step_peak_mib"]
         rows.append(("step peak memory (MiB)", peak[MMBERT], peak[HF], f"{result['step_memory_ratio']:.2f}"))
+        state = result["state_mib"]
+        rows.append(("  before the step (weights, optimizer)", state[MMBERT], state[HF], ""))
+        if "optimizer_in_backward" in result:
+            ib = result["optimizer_in_backward"]
+            ratio = f"{ib['step_memory_ratio']:.2f}"
+            rows.append(("  peak, optimizer in backward", ib["step_peak_mib"], peak[HF], ratio))
     saved = result["saved_for_backward"]
     rows.append(
         (

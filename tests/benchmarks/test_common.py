@@ -72,12 +72,13 @@ def test_alternate_swaps_who_goes_first_every_round():
     assert order == ["x", "y", "x", "y", "y", "x", "x", "y"]  # warm-up, then x y / y x / x y
 
 
-def test_mmbert_memory_worker_runs_without_importing_transformers(tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--in-backward"], ["--checkpointing"]])
+def test_mmbert_memory_worker_runs_without_importing_transformers(tmp_path, mode):
     """The worker process is the benchmark's own: its JSON line comes back, and the check that
     transformers stayed out is the worker's (it raises when the import happened)."""
     out = subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_models.py"), "--preset", "bert_tiny", "--batch", "2",
-         "--seq", "16", "--threads", "1", "--worker", common.MMBERT],
+         "--seq", "16", "--threads", "1", "--worker", common.MMBERT, *mode],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
@@ -87,6 +88,6 @@ def test_mmbert_memory_worker_runs_without_importing_transformers(tmp_path):
 def test_mmbert_memory_worker_refuses_to_measure_with_transformers_imported(monkeypatch):
     import transformers  # noqa: F401  (the reason for the refusal)
 
-    args = tiny_args(worker=common.MMBERT)
+    args = tiny_args(worker=common.MMBERT, in_backward=False)
     with pytest.raises(RuntimeError, match="imported transformers"):
         common.memory_worker(args, lambda side: common.build_side(bench_models.SPEC, args, side))
