@@ -127,6 +127,34 @@ def test_demo_config_shrinks_any_family_to_the_demo_size():
         demo.demo_config("no_such_model", plan, 99, 20)
 
 
+def test_a_region_head_only_where_the_preset_has_one_or_an_objective_scores_it():
+    """VisualBERT's preset has no region head (its paper scores no regions): the demo's config keeps none
+    for the paper's recipe, builds one over the detector's classes for a recipe that scores them
+    (``mmbert compare``'s controlled one), and presets with a head keep theirs at the world's size."""
+    from mmbert.data.synthetic import ATTRIBUTES, DETECTOR_CLASSES
+
+    plan = demo.QUICK
+    paper = demo.demo_config("visualbert_tiny", plan, 99, 20, recipe_for("visualbert").objectives)
+    assert paper.num_region_classes == 0
+    assert PretrainingModel(demo.build_encoder(paper)).heads.region is None
+    controlled = demo.demo_config("visualbert_tiny", plan, 99, 20, ["mlm", "mrc_kl", "itm"])
+    assert controlled.num_region_classes == len(DETECTOR_CLASSES)
+    assert PretrainingModel(demo.build_encoder(controlled)).heads.region is not None
+    assert demo.demo_config("vilbert_tiny", plan, 99, 20).num_region_classes == len(DETECTOR_CLASSES)
+    lxmert = demo.demo_config("lxmert_tiny", plan, 99, 20)
+    assert (lxmert.num_object_labels, lxmert.num_attr_labels) == (len(DETECTOR_CLASSES), len(ATTRIBUTES))
+
+
+def test_the_demo_pretrains_visualbert_without_a_region_head(quick_run, tmp_path):
+    """The demo's pre-training is VisualBERT's paper's: MLM + matching, and no region head pre-trained for
+    nothing (one was, once VisualBertConfig took num_region_classes for VOLTA's controlled model)."""
+    world = next((quick_run / "cache").glob("world-*"))
+    tok = Tokenizer.from_pretrained(world)
+    model, objectives, _, _ = demo.pretrain(world, tok, demo.QUICK, demo.DEFAULT_MODEL, 10, tmp_path / "pre", 0,
+                                            True)  # fmt: skip
+    assert objectives == ["mlm", "itm"] and model.heads.region is None
+
+
 def test_the_checks_are_judged_on_the_held_out_test_split(quick_run):
     results = json.loads((quick_run / "out" / "results.json").read_text())
     assert results["vqa_test"]["test_questions"] > 0 and results["vqa"]["val_questions"] > 0

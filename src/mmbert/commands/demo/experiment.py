@@ -55,11 +55,11 @@ def pretrain(world: Path, tok, plan: DemoPlan, model_name: str, num_answers: int
     from mmbert.train.loop import train
     from mmbert.train.pretrain_data import PretrainingDataset, builds_pairs
 
-    config = demo_config(model_name, plan, tok.vocab_size, num_answers)
+    recipe = recipe or recipe_for(demo_config(model_name, plan, tok.vocab_size, num_answers).model_type)
+    objectives = [o for o in recipe.objectives if o != "qa"]
+    config = demo_config(model_name, plan, tok.vocab_size, num_answers, objectives)  # region heads it scores
     torch.manual_seed(seed)
     model = PretrainingModel(build_encoder(config))
-    recipe = recipe or recipe_for(config.model_type)
-    objectives = [o for o in recipe.objectives if o != "qa"]
     if model.heads.pair is None and any(o in ("itm", "itm_wra") for o in objectives):
         from mmbert.models.base import init_heads
         from mmbert.nn.heads import PairHead

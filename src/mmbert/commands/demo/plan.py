@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +42,19 @@ QUICK = DemoPlan(images=40, dim=32, heads=2, ffn_dim=64, pretrain_steps=6, pretr
                  vqa_steps=4, vqa_batch=16, seeds=(0,), retrieval_images=4, eval_questions=20, workers=0)  # fmt: skip
 
 
-def demo_config(name: str, plan: DemoPlan, vocab_size: int, num_answers: int):
+# the config fields that size a region head over the detector's labels (0: no such head)
+DETECTOR_HEAD_SIZES = ("num_region_classes", "num_object_labels", "num_attr_labels")
+
+
+def demo_config(name: str, plan: DemoPlan, vocab_size: int, num_answers: int,
+                objectives: Sequence[str] | None = None):  # fmt: skip
     """The family of preset ``name`` at the demo's width: the family's tiny layer plan (dual-stream
-    models keep their tiny co-attention plan), the world's vocabulary, features and detector classes."""
+    models keep their tiny co-attention plan), the world's vocabulary, features and detector classes.
+
+    A region head is sized to the world's detector where the preset has one. Where the preset has none
+    (VisualBERT, as its paper: ``num_region_classes=0``) it gets one only when one of ``objectives``
+    scores it (``mmbert compare``'s controlled recipe): an unscored head would be pre-trained for
+    nothing and shift the initial draws of the heads that are."""
     from mmbert.data.synthetic import ATTRIBUTES, DETECTOR_CLASSES
     from mmbert.models import MODELS
 
@@ -61,7 +72,19 @@ def demo_config(name: str, plan: DemoPlan, vocab_size: int, num_answers: int):
                                 num_attr_labels=len(ATTRIBUTES), num_qa_labels=num_answers)  # fmt: skip
     if not any(n.endswith("co_ids") or n == "num_cross_layers" for n in names):
         over["num_layers"] = plan.layers
+    scored = detector_sizes(objectives or ())
+    for size in DETECTOR_HEAD_SIZES:
+        if size in names and not getattr(preset, size) and size not in scored:
+            del over[size]
     return preset.replace(**{k: v for k, v in over.items() if k in names})
+
+
+def detector_sizes(objectives: Sequence[str]) -> set[str]:
+    """The config fields (``DETECTOR_HEAD_SIZES``) whose heads ``objectives`` score (their detector needs)."""
+    from mmbert.objectives.registry import OBJECTIVES
+
+    needs = (OBJECTIVES[o]().detector for o in objectives if o in OBJECTIVES)
+    return {need.size_key for need in needs if need is not None}
 
 
 def build_encoder(config) -> nn.Module:
