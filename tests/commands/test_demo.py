@@ -105,10 +105,10 @@ def test_every_pair_is_masked_and_mlm_is_scored_on_matching_pairs_only(quick_run
 
 def test_match_loss_plateau_is_budgeted_for():
     """Trap 4: the match loss sits at chance for a stretch before it falls. The demo's pre-training
-    budget is well over the stretch measured on this world (ITM left chance after 800-1300 steps of 64
+    budget is at least twice the stretch measured on this world (ITM left chance after 900-1450 steps of 64
     pairs at the demo width), and the demo reports when ITM accuracy left chance."""
     plan = demo.DemoPlan()
-    assert plan.pretrain_steps * plan.pretrain_batch >= 1.8 * 1300 * 64
+    assert plan.pretrain_steps * plan.pretrain_batch >= 2 * 1450 * 64
     curve = {"step": [10, 20, 30, 40], "itm_acc": [0.5, 0.52, 0.7, 0.8]}
     assert demo.left_chance_at(curve) == 40  # the mean of the last three logged accuracies reaches 0.6
     assert demo.left_chance_at({"step": [10], "itm_acc": [0.5]}) is None
