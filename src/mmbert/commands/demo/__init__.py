@@ -1,4 +1,4 @@
-"""``mmbert demo``: the survey's whole story on the built-in synthetic world, in 4-5 minutes on 2 CPU cores.
+"""``mmbert demo``: the survey's whole story on the built-in synthetic world, in 5-6 minutes on 2 CPU cores.
 
 1. Generate the world (cached): scenes, simulated detector features, captions, VQA, retrieval pools.
 2. Pre-train a small V&L model with its paper's objectives (``objectives.Pretraining`` recipes) on the
@@ -10,8 +10,9 @@
 
 Everything goes through the same readers as real data: the feature store (``mmbert.features``), the COCO
 captions reader, the VQA v2 / Karpathy-split task readers. The checks (``checks.py``) are judged on the
-world's held-out test split and a failed one makes ``mmbert demo`` exit with status 1. Run time: 4-5
-minutes on 2 otherwise idle CPU cores (the README says the same; a busy machine takes longer).
+world's held-out test split and a failed one makes ``mmbert demo`` exit with status 1. Run time: 5-6
+minutes on 2 otherwise idle CPU cores (317-341 s measured: pre-training about 150 s, VQA 160-175 s; the README
+says the same; a busy machine takes longer).
 ``--quick`` is a seconds-long smoke version whose checks are reported, not enforced.
 """
 

@@ -14,7 +14,7 @@ DEFAULT_MODEL = "visualbert_tiny"
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """The demo's budget. The default fits 4-5 minutes on 2 idle CPU cores; ``QUICK`` is a smoke test."""
+    """The demo's budget. The default takes 5-6 minutes on 2 idle CPU cores; ``QUICK`` is a smoke test."""
 
     images: int = 2000  # world size (80 % train, 10 % val, 10 % test)
     feat_dim: int = 64  # simulated detector feature width (real detectors: 2048)
