@@ -401,7 +401,8 @@ MMBERT_STEP = {
     "the last layer's queries, output projection and FFN only at the rows a loss reads (scored rows)",
     "padding": "padded text tokens skipped in every projection and FFN (masked as keys)",
     "attention": "training: mmbert.nn.attention.dropout_attention (boolean dropout mask); eval: SDPA",
-    "memory": "boolean dropout masks, GELU recomputed in backward, sparse word-lookup gradient",
+    "memory": "boolean dropout masks, GELU recomputed in backward, the tied word matrix's lookup rows added "
+    "into the decoder's (V, D) gradient in place (mmbert.nn.tied)",
     "optimizer": "mmbert.train.optim.build_optimizer: AdamW fused, wd 0.01 (not biases/LayerNorm)",
 }
 HF_STEP = {

@@ -12,6 +12,7 @@ from mmbert.models.base import ScoredRows
 from mmbert.objectives import OBJECTIVES, RECIPES, MaskedLM, PairMatch, Pretraining
 from mmbert.objectives.mlm import IGNORE
 from mmbert.objectives.pretraining import recipe_key
+from mmbert.nn.tied import TiedEmbedding, TiedGradient
 from mmbert.objectives.regions import LxmertRegionLoss, RegionDistribution
 from mmbert.train.pretrain_data import PretrainingBatch
 
@@ -118,20 +119,35 @@ def test_overrides_are_checked_by_name():
         only_nsp(batch)
 
 
-def test_the_mlm_lookup_gradient_is_sparse_only_inside_the_objective():
-    """The tied embedding's lookup gradient is sparse during MLM pre-training (the decoder's dense
-    gradient joins it, so the parameter's gradient is dense), and the model stays dense afterwards."""
-    model = PretrainingModel(build_model("bert_tiny")).eval()  # eval: no dropout, so both runs agree
+@pytest.mark.parametrize("name", ["bert_tiny", "unimo_tiny"])
+def test_the_mlm_objective_pairs_the_tied_gradients_only_inside_its_forward(name):
+    """During MLM pre-training the lookup's rows are added into the decoder's (V, D) gradient in place
+    (mmbert.nn.tied): the parameter gets the decoder's own buffer, dense, equal to the plain gradient;
+    the embedding is unpaired again afterwards."""
+    model = PretrainingModel(build_model(name)).eval()  # eval: no dropout, so both runs agree
     task = Pretraining(model, ["mlm"])
+    lookup = model.encoder.word_embeddings
+    assert isinstance(lookup, TiedEmbedding) and task.pair_tied_gradients
     ids = torch.randint(5, 100, (2, 6))
     labels = torch.full_like(ids, -100)
     labels[:, 2] = ids[:, 2]
     mask = torch.ones_like(ids, dtype=torch.bool)
     batch = PretrainingBatch(text_ids=ids, text_mask=mask, segment_ids=torch.zeros_like(ids), mlm_labels=labels)
-    task(batch).loss.backward()
-    grad = model.encoder.word_embeddings.weight.grad
-    assert grad is not None and not grad.is_sparse and model.encoder.word_embeddings.sparse is False
-    dense = PretrainingModel(build_model("bert_tiny")).eval()
+    held: list[int] = []
+    hold = TiedGradient.hold
+
+    def spy(self, grad):
+        kept = hold(self, grad)
+        held.extend([grad.data_ptr()] if kept else [])
+        return kept
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TiedGradient, "hold", spy)
+        task(batch).loss.backward()
+    grad = lookup.weight.grad
+    assert grad is not None and not grad.is_sparse and lookup.pairing is None
+    assert held == [grad.data_ptr()]  # the decoder's buffer became the gradient
+    dense = PretrainingModel(build_model(name)).eval()
     dense.load_state_dict(model.state_dict())
     out = dense(ids, mlm_positions=labels != -100)
     torch.nn.functional.cross_entropy(out.mlm_logits, labels[labels != -100]).backward()

@@ -50,6 +50,7 @@ from mmbert.models.heads import PretrainingHeads
 from mmbert.models.region_embeddings import LocatedRegionEmbeddings
 from mmbert.models.single_stream import check_region_flags, joint_visibility
 from mmbert.nn import MLMHead, Pooler, RegionHeads, key_padding_bias
+from mmbert.nn.tied import TiedEmbedding
 
 
 @dataclass
@@ -138,7 +139,7 @@ class UnimoTextEmbeddings(nn.Module):
 
     def __init__(self, c: UnimoConfig) -> None:
         super().__init__()
-        self.word = nn.Embedding(c.vocab_size, c.dim)
+        self.word = TiedEmbedding(c.vocab_size, c.dim)
         self.position = nn.Embedding(c.max_positions, c.dim)
         self.norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
         self.offset = c.position_offset

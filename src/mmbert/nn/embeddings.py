@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mmbert.nn.dropout import dropout
+from mmbert.nn.tied import TiedEmbedding
 
 
 class TextEmbeddings(nn.Module):
@@ -23,7 +24,7 @@ class TextEmbeddings(nn.Module):
         pad_token_id: int = 0,
     ) -> None:
         super().__init__()
-        self.word = nn.Embedding(vocab_size, dim, padding_idx=pad_token_id)
+        self.word = TiedEmbedding(vocab_size, dim, padding_idx=pad_token_id)
         self.position = nn.Embedding(max_positions, dim)
         self.segment = nn.Embedding(type_vocab_size, dim)
         self.norm = nn.LayerNorm(dim, eps=eps)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmbert.nn.tied import TiedEmbedding
+
 
 class Pooler(nn.Module):
     """``act(W h_first)``: BERT's tanh pooler over [CLS]; ViLBERT pools with ReLU into a wider space."""
@@ -60,7 +62,10 @@ class MLMHead(nn.Module):
         """hidden (B, T, D) -> logits (B, T, V), or (N, V) for the N selected positions."""
         if positions is not None:
             hidden = hidden[positions]
-        return F.linear(self.transform(hidden), self.decoder_weight, self.bias)
+        tied = self._tied[0]
+        # through the lookup's gradient pairing when the objective opened one (mmbert.nn.tied)
+        weight = tied.decoder_weight() if isinstance(tied, TiedEmbedding) else tied.weight
+        return F.linear(self.transform(hidden), weight, self.bias)
 
 
 # ViLBERT and VOLTA read the fused (text x vision) pooled vector through nn.Dropout(0.1) before the matching

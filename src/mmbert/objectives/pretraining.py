@@ -23,16 +23,17 @@ image QA).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from mmbert.config import ModelConfig
 from mmbert.data.batch import Batch
 from mmbert.models.base import ScoredRows
 from mmbert.models.pretraining import PretrainingModel, PretrainingOutput
+from mmbert.nn.tied import TiedEmbedding
 from mmbert.objectives.base import LossOutput, Objective, ScoringInputs
 from mmbert.objectives.mlm import IGNORE
 from mmbert.objectives.registry import OBJECTIVES
@@ -171,14 +172,12 @@ class Pretraining(nn.Module):
             raise KeyError(f"weights given for objectives not in use: {stray} (in use: {list(objectives)})")
         self.model = model
         self.objective_names = objectives
-        # The MLM loss always sends the tied decoder's dense (V, D) gradient into the word embeddings, so
-        # during these forwards the input lookup's gradient can be sparse: added in place instead of
-        # costing a zero-filled (V, D) matrix and a dense add per step. Scoped to this objective's forward
-        # (the model stays dense elsewhere), and not under DDP, whose reducer would expect a sparse grad.
         self.weights = {name: float(weights.get(name, 1.0)) for name in objectives}
         self.objectives: Mapping[str, Objective] = nn.ModuleDict({name: OBJECTIVES[name]() for name in objectives})
         self.scores_tokens = any(o.output == "mlm_logits" for o in self.objectives.values())
-        self.sparse_lookup = self.scores_tokens and not (dist.is_available() and dist.is_initialized())
+        # The MLM loss always sends the tied decoder's dense (V, D) gradient into the word embeddings: during
+        # these forwards the lookup adds its rows into that matrix instead of costing a (V, D) sum per step.
+        self.pair_tied_gradients = self.scores_tokens
         self.scheduled = False  # set when batches carry one task each (a step leaves the other heads unused)
         self.scored_rows_only = scored_rows_only
         self.score_mismatched = (
@@ -294,16 +293,13 @@ class Pretraining(nn.Module):
         else:  # nothing to score: gather no token rather than project all of them onto the vocabulary
             positions = torch.zeros_like(inputs["text_mask"] if inputs.get("text_mask") is not None
                                          else inputs["text_ids"], dtype=torch.bool)  # fmt: skip
+        if scored_rows is not None:
+            inputs = {**inputs, "scored_rows": scored_rows}
         lookup = self.model.encoder.word_embeddings
-        dense = lookup.sparse
-        # a sparse lookup gradient needs the tied decoder's dense one beside it (no MLM: stay dense)
-        lookup.sparse = (self.sparse_lookup and token_objective is not None) or dense
-        try:
-            if scored_rows is not None:
-                inputs = {**inputs, "scored_rows": scored_rows}
+        # the decoder scores tokens: its (V, D) gradient takes the lookup's rows in place (mmbert.nn.tied)
+        pair = self.pair_tied_gradients and token_objective is not None and isinstance(lookup, TiedEmbedding)
+        with lookup.paired() if pair else nullcontext():
             return self.model(**inputs, mlm_positions=positions)
-        finally:
-            lookup.sparse = dense
 
     def _score_text(self, text: Batch) -> tuple[LossOutput, float]:
         """MLM on a text-only batch (VL-BERT's general-corpus stream): its own mean, reported as mlm_text_*."""
