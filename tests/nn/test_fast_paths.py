@@ -38,6 +38,25 @@ def test_dropout_keeps_one_minus_p_and_rescales():
     assert dropout(x, 0.25, False) is x
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_mask_draws_each_element_independently_with_probability_one_minus_p(p):
+    """Two 31-bit lanes per 64-bit draw: both lanes (even and odd elements) keep with 1 - p, the two
+    lanes of one draw are uncorrelated, odd sizes are filled, and a seed reproduces the mask."""
+    torch.manual_seed(0)
+    keep = keep_mask((999, 1001), p, torch.device("cpu"))  # odd: the last draw's second lane unused
+    assert keep.dtype == torch.bool and keep.shape == (999, 1001)
+    flat = keep.flatten().float()
+    n = flat.numel() // 2
+    even, odd = flat[0 : 2 * n : 2], flat[1 : 2 * n : 2]
+    sigma = (p * (1 - p) / n) ** 0.5
+    for lane in (even, odd):
+        assert abs(lane.mean().item() - (1 - p)) < 5 * sigma
+    assert abs(torch.corrcoef(torch.stack([even, odd]))[0, 1].item()) < 5 / n**0.5
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask((999, 1001), p, torch.device("cpu")), keep)
+    assert bool(keep_mask((3, 5), 0.0, torch.device("cpu")).all())
+
+
 def test_masked_scale_gradient():
     keep = keep_mask((4, 6), 0.3, torch.device("cpu"))
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)

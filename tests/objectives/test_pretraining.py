@@ -9,10 +9,10 @@ import torch
 
 from mmbert.models import MODELS, PretrainingModel, build_model
 from mmbert.models.base import ScoredRows
+from mmbert.nn.tied import TiedEmbedding, TiedGradient
 from mmbert.objectives import OBJECTIVES, RECIPES, MaskedLM, PairMatch, Pretraining
 from mmbert.objectives.mlm import IGNORE
 from mmbert.objectives.pretraining import recipe_key
-from mmbert.nn.tied import TiedEmbedding, TiedGradient
 from mmbert.objectives.regions import LxmertRegionLoss, RegionDistribution
 from mmbert.train.pretrain_data import PretrainingBatch
 
