@@ -55,6 +55,7 @@ def test_keep_mask_draws_each_element_independently_with_probability_one_minus_p
     torch.manual_seed(0)
     assert torch.equal(keep_mask((999, 1001), p, torch.device("cpu")), keep)
     assert bool(keep_mask((3, 5), 0.0, torch.device("cpu")).all())
+    assert not bool(keep_mask((3, 5), 1 - 1e-12, torch.device("cpu")).any())  # threshold past int32
 
 
 def test_masked_scale_gradient():

@@ -26,10 +26,13 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     """A boolean mask, each element True (kept) with probability 1 - p, from the default generator."""
     if device.type != "cpu":
         return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p)
+    threshold = round(p * (1 << _LANE_BITS))
+    if threshold > _LANE_MASK:  # p within 2^-32 of 1: nothing is kept (and int32 cannot hold 2^31)
+        return torch.zeros(shape, dtype=torch.bool)
     n = math.prod(shape)
     words = torch.empty((n + 1) // 2, dtype=torch.int64).random_()  # [0, 2^63): bits 0..62 uniform
     lanes = words.view(torch.int32)[:n].bitwise_and_(_LANE_MASK)  # two uniform 31-bit lanes per draw
-    return torch.ge(lanes, round(p * (1 << _LANE_BITS))).view(shape)
+    return torch.ge(lanes, threshold).view(shape)
 
 
 class _MaskedScale(torch.autograd.Function):
