@@ -175,9 +175,6 @@ class Pretraining(nn.Module):
         self.weights = {name: float(weights.get(name, 1.0)) for name in objectives}
         self.objectives: Mapping[str, Objective] = nn.ModuleDict({name: OBJECTIVES[name]() for name in objectives})
         self.scores_tokens = any(o.output == "mlm_logits" for o in self.objectives.values())
-        # The MLM loss always sends the tied decoder's dense (V, D) gradient into the word embeddings: during
-        # these forwards the lookup adds its rows into that matrix instead of costing a (V, D) sum per step.
-        self.pair_tied_gradients = self.scores_tokens
         self.scheduled = False  # set when batches carry one task each (a step leaves the other heads unused)
         self.scored_rows_only = scored_rows_only
         self.score_mismatched = (
@@ -296,8 +293,9 @@ class Pretraining(nn.Module):
         if scored_rows is not None:
             inputs = {**inputs, "scored_rows": scored_rows}
         lookup = self.model.encoder.word_embeddings
-        # the decoder scores tokens: its (V, D) gradient takes the lookup's rows in place (mmbert.nn.tied)
-        pair = self.pair_tied_gradients and token_objective is not None and isinstance(lookup, TiedEmbedding)
+        # The decoder scores tokens, so it sends a dense (V, D) gradient into the word embeddings: the lookup
+        # adds its rows into that matrix instead of costing a (V, D) sum per step (mmbert.nn.tied).
+        pair = token_objective is not None and isinstance(lookup, TiedEmbedding)
         with lookup.paired() if pair else nullcontext():
             return self.model(**inputs, mlm_positions=positions)
 
